@@ -1,0 +1,22 @@
+# The two quickstart commands:  make demo  |  make test
+# Installs into the active Python (use a venv if you like). On a machine with no torch yet, a
+# CPU build of torch 2.13.0 is installed first so pip never pulls a multi-GB CUDA build; a torch
+# that is already installed (e.g. your CUDA build) is kept.
+PY ?= python3
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install demo test test-fast
+
+install:
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[test]"
+
+demo: install
+	$(PY) -m copsd sweep run demo
+	$(PY) -m copsd report table --by language --sweep demo
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"

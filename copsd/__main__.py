@@ -1,0 +1,3 @@
+from copsd.cli import main
+
+main()

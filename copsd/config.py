@@ -1,0 +1,224 @@
+"""Typed job configuration: one canonical, hashable config per job.
+
+A job is (method, model, language, seed) plus its evaluation and training settings. Defaults
+are PAPER.md's settings; a sweep spec overrides them. `JobConfig.job_id` is a short hash of the
+canonical JSON of the resolved config, so it is stable across runs and machines and changes
+exactly when a setting that can change the numbers changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from copsd.languages import canonical_code
+
+METHODS = ("base", "copsd", "grpo", "sft")
+TRAINED_METHODS = ("copsd", "grpo", "sft")
+
+# Settings that say where things are or how fast they run, not what is computed: they are
+# kept in the config (and in MLflow) but left out of the job id.
+UNHASHED_PATHS = (("eval", "data_dir"), ("train", "data_path"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Decoding(_Strict):
+    """Sampling settings for evaluation (PAPER.md: 12 samples, T=1.0, top_p 0.95, no top_k, 1024)."""
+
+    n_samples: int = Field(12, ge=1, description="samples per problem (k of Pass@k, Maj@k)")
+    temperature: float = Field(1.0, ge=0.0, description="0 = greedy")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(1024, ge=1, description="decoding budget per sample")
+
+
+class EvalConfig(_Strict):
+    benchmark: Literal["afrimgsm", "mgsm", "polymath", "gsm8k"] = "afrimgsm"
+    split: str = Field("test", description="afrimgsm: test|dev; polymath: low|medium|high|top; others: test")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N problems")
+    thinking: bool = Field(True, description="open the assistant turn with <think> + the language's sentence")
+    decoding: Decoding = Decoding()
+    batch_size: int = Field(64, ge=1, description="sequences per generate call (changes the RNG stream)")
+    checkpoints: list[int] = Field(
+        default_factory=list, description="training steps whose adapters are evaluated (trained methods)"
+    )
+    data_dir: str | None = Field(None, description="local AfriMGSM copy (<lang>/test.tsv); not hashed")
+
+    @field_validator("split")
+    @classmethod
+    def _split_known(cls, v: str) -> str:
+        allowed = {"test", "dev", "low", "medium", "high", "top"}
+        if v not in allowed:
+            raise ValueError(f"unknown split '{v}'; allowed: {', '.join(sorted(allowed))}")
+        return v
+
+
+class LoraSettings(_Strict):
+    """LoRA on all projections, r=64, alpha=128 (PAPER.md)."""
+
+    r: int = Field(64, ge=1)
+    alpha: int = Field(128, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class TrainCommon(_Strict):
+    """Optimiser and checkpointing shared by every trained method (PAPER.md defaults)."""
+
+    lr: float = Field(5e-6, gt=0.0)
+    max_grad_norm: float = Field(0.1, gt=0.0)
+    batch_size: int = Field(32, ge=1, description="prompts per optimizer step (effective batch)")
+    micro_batch_size: int = Field(4, ge=1, description="prompts per forward/backward; accumulation fills the rest")
+    max_steps: int = Field(100, ge=1)
+    save_steps: int = Field(5, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lora: LoraSettings = LoraSettings()
+    data_path: str | None = Field(None, description="training JSON (local path or Hub id); not hashed")
+
+
+class CopsdSettings(TrainCommon):
+    method: Literal["copsd"] = "copsd"
+    temperature: float = Field(1.1, gt=0.0, description="rollout temperature; logits are divided by it in the loss")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(20, ge=0)
+    max_completion_length: int = Field(2048, ge=1)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta: float = Field(0.5, ge=0.0, le=1.0, description="teacher weight of the generalized JSD (divergence=jsd)")
+    clip: float | None = Field(0.05, description="per-vocabulary-entry clamp from above; null = off")
+    teacher: Literal["fixed", "live", "ema"] = "fixed"
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    include_problem_en: bool = True
+    include_reference_solution_en: bool = True
+    student_thinking: bool = True
+
+
+class GrpoSettings(TrainCommon):
+    method: Literal["grpo"] = "grpo"
+    num_generations: int = Field(8, ge=2)
+    temperature: float = Field(1.2, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    max_completion_length: int = Field(2048, ge=1)
+    epsilon: float = Field(0.2, gt=0.0)
+    kl_coef: float = Field(0.0, ge=0.0)
+    format_reward: float = Field(0.0, ge=0.0)
+    student_thinking: bool = True
+
+
+class SftSettings(TrainCommon):
+    method: Literal["sft"] = "sft"
+    max_length: int = Field(2048, ge=1)
+    student_thinking: bool = True
+
+
+TrainSettings = Union[CopsdSettings, GrpoSettings, SftSettings]
+TRAIN_CLASSES: dict[str, type[TrainCommon]] = {"copsd": CopsdSettings, "grpo": GrpoSettings, "sft": SftSettings}
+
+
+class JobConfig(_Strict):
+    """The fully resolved configuration of one job."""
+
+    method: Literal["base", "copsd", "grpo", "sft"]
+    model: str = Field(..., min_length=1, description="Hub id, local directory, or builtin:<name>")
+    language: str
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    eval: EvalConfig = EvalConfig()
+    train: TrainSettings | None = Field(None, discriminator="method")
+
+    @field_validator("language")
+    @classmethod
+    def _canonical_language(cls, v: str) -> str:
+        try:
+            return canonical_code(v)
+        except Exception as exc:  # CopsdError -> pydantic error with the same message
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_block_for_method(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method")
+        train = data.get("train")
+        if method == "base":
+            data["train"] = None  # the untrained model has no training block
+        elif method in TRAIN_CLASSES:
+            train = dict(train or {}) if not isinstance(train, BaseModel) else train.model_dump()
+            train["method"] = method
+            data["train"] = train
+        return data
+
+    @model_validator(mode="after")
+    def _language_in_benchmark(self) -> "JobConfig":
+        from copsd.benchmarks import check_language  # local import: benchmarks imports config
+
+        check_language(self.eval.benchmark, self.language, self.eval.split)
+        return self
+
+    # ---- identity -------------------------------------------------------------------------
+    def canonical(self) -> dict:
+        """The hashed view: everything that can change the numbers, nothing that cannot."""
+        d = self.model_dump(mode="json")
+        for path in UNHASHED_PATHS:
+            node = d
+            for key in path[:-1]:
+                node = node.get(key) or {}
+            node.pop(path[-1], None) if isinstance(node, dict) else None
+        if self.method == "base":
+            d["eval"].pop("checkpoints", None)
+        return d
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def job_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/{short_model_name(self.model)}/{self.language}/seed{self.seed}"
+
+    def eval_steps(self) -> list[int]:
+        """Checkpoint steps to evaluate: step 0 for the base model, the spec's list otherwise."""
+        if self.method == "base":
+            return [0]
+        if self.eval.checkpoints:
+            return sorted(set(self.eval.checkpoints))
+        return [self.train.max_steps] if self.train else [0]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "JobConfig":
+        return cls.model_validate(yaml.safe_load(text))
+
+
+def short_model_name(model: str) -> str:
+    """`Qwen/Qwen3-1.7B` -> `Qwen3-1.7B`; `/path/to/dir/` -> `dir`; `builtin:tiny-qwen3` -> `tiny-qwen3`."""
+    m = model.rstrip("/")
+    if m.startswith("builtin:"):
+        return m.split(":", 1)[1]
+    return m.rsplit("/", 1)[-1]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}; used for MLflow params and spec overrides."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

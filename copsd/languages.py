@@ -1,0 +1,96 @@
+"""The language registry: codes, names, scripts and the prompt strings in each language.
+
+The registry is a data file (`copsd/resources/languages.yaml`) so that translations can be
+reviewed and overridden without touching code (`COPSD_LANGUAGES=/path/to/extra.yaml`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from copsd.errors import CopsdError
+
+AFRIMGSM_LANGUAGES = (
+    "amh", "ewe", "hau", "ibo", "kin", "lin", "lug", "orm", "sna",
+    "sot", "swa", "twi", "vai", "wol", "xho", "yor", "zul",
+)
+
+
+@dataclass(frozen=True)
+class Language:
+    code: str
+    name: str
+    script: str
+    instruction: str
+    thinking: str
+    aliases: tuple[str, ...] = ()
+    review: bool = False
+    missing: bool = False
+    synthetic: bool = False
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def _load_yaml(path: Path | str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise CopsdError(f"{path}: a language file must map language codes to entries")
+    return data
+
+
+@lru_cache(maxsize=8)
+def _registry(override: str | None) -> dict[str, Language]:
+    raw = _load_yaml(resources.files("copsd") / "resources" / "languages.yaml")
+    if override:
+        if not Path(override).is_file():
+            raise CopsdError(f"COPSD_LANGUAGES={override}: file not found")
+        for code, entry in _load_yaml(override).items():
+            raw[code] = {**raw.get(code, {}), **(entry or {})}
+    known = {"name", "script", "instruction", "thinking", "aliases", "review", "missing", "synthetic"}
+    langs = {}
+    for code, entry in raw.items():
+        for key in ("name", "instruction", "thinking"):
+            if key not in entry:
+                raise CopsdError(f"language registry: entry '{code}' lacks '{key}'")
+        langs[code] = Language(
+            code=code,
+            name=entry["name"],
+            script=entry.get("script", "Latin"),
+            instruction=entry["instruction"],
+            thinking=entry["thinking"],
+            aliases=tuple(entry.get("aliases") or ()),
+            review=bool(entry.get("review", False)),
+            missing=bool(entry.get("missing", False)),
+            synthetic=bool(entry.get("synthetic", False)),
+            extra={k: v for k, v in entry.items() if k not in known},
+        )
+    return langs
+
+
+def registry() -> dict[str, Language]:
+    return _registry(os.environ.get("COPSD_LANGUAGES") or None)
+
+
+def canonical_code(code: str) -> str:
+    """Map a code or alias (`sw`, `SWA`) to the registry key (`swa`); unknown codes raise."""
+    langs = registry()
+    c = str(code).strip().lower()
+    if c in langs:
+        return c
+    for lang in langs.values():
+        if c in lang.aliases:
+            return lang.code
+    raise CopsdError(
+        f"unknown language '{code}'; known: {', '.join(sorted(langs))} "
+        "(or their ISO 639-1 aliases; add new ones with COPSD_LANGUAGES=file.yaml)"
+    )
+
+
+def get_language(code: str) -> Language:
+    return registry()[canonical_code(code)]

@@ -1,0 +1,251 @@
+"""Paper-style comparison tables from the results database.
+
+`build_table` turns result rows into a grid of cells (mean over seeds, std when there are
+several, delta vs the base model, best per row); `render` writes it as markdown, LaTeX, CSV or
+HTML. Rates are shown in percent; `mean_length` in tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from copsd.config import short_model_name
+from copsd.db.schema import METRIC_COLUMNS
+from copsd.errors import CopsdError
+
+METHOD_ORDER = ("base", "sft", "grpo", "copsd")
+LOWER_IS_BETTER = {"truncation_rate", "mean_length", "repetition_2", "repetition_3", "repetition_4",
+                   "repetition_5", "repetition_6", "repetition_rate"}
+NOT_PERCENT = {"mean_length"}
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float | None = None  # over seeds, when there are >= 2
+    delta: float | None = None  # vs base in the same row/model
+    n_seeds: int = 1
+    best: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    row_name: str
+    rows: list[str]
+    columns: list[tuple[str, ...]]  # (model, method) or (method,) or (model,)
+    cells: dict[tuple[str, tuple[str, ...]], Cell] = field(default_factory=dict)
+    groups: list[list[int]] = field(default_factory=list)  # column indices compared for "best"
+
+
+def _method_key(m: str) -> tuple:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def select_rows(df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None,
+                budget: int | None = None) -> pd.DataFrame:
+    """One result per job: the final (largest) checkpoint, the best one, or a given step."""
+    if metric not in METRIC_COLUMNS:
+        raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(METRIC_COLUMNS)}")
+    if df.empty:
+        raise CopsdError("no results in the database for this selection; run a sweep first (copsd sweep run SPEC)")
+    if benchmark:
+        df = df[df.benchmark == benchmark]
+    elif df.benchmark.nunique() > 1:
+        raise CopsdError(f"results span several benchmarks ({', '.join(sorted(df.benchmark.unique()))}); pick one with --benchmark")
+    if budget:
+        df = df[df.max_new_tokens == budget]
+    else:
+        df = df[df.max_new_tokens == df.groupby(["job_id"]).max_new_tokens.transform("max")]
+    if df.empty:
+        raise CopsdError("no results match --benchmark/--budget")
+    if step == "final":
+        df = df[df.step == df.groupby("job_id").step.transform("max")]
+    elif step == "best":
+        idx = (df.groupby("job_id")[metric].idxmin() if metric in LOWER_IS_BETTER else df.groupby("job_id")[metric].idxmax())
+        df = df.loc[idx]
+    else:
+        try:
+            s = int(step)
+        except ValueError:
+            raise CopsdError(f"--step must be 'final', 'best' or a checkpoint number, not '{step}'") from None
+        # base jobs have only step 0: they stand at every step
+        df = df[(df.step == s) | (df.method == "base")]
+    df = df.copy()
+    df["model"] = df.model.map(short_model_name)
+    return df
+
+
+def _scale(metric: str) -> float:
+    return 1.0 if metric in NOT_PERCENT else 100.0
+
+
+def build_table(df: pd.DataFrame, by: str = "language", metric: str = "accuracy", step: str = "final",
+                benchmark: str | None = None, budget: int | None = None) -> Table:
+    df = select_rows(df, metric, step, benchmark, budget)
+    df["value"] = df[metric] * _scale(metric)
+    models = sorted(df.model.unique())
+    methods = sorted(df.method.unique(), key=_method_key)
+    if by == "language":
+        rows = sorted(df.language.unique())
+        columns = [(m, me) for m in models for me in methods if ((df.model == m) & (df.method == me)).any()]
+        per_seed = df.groupby(["language", "model", "method", "seed"]).value.mean()
+        # Avg row: mean over languages within each seed, then over seeds
+        avg = df.groupby(["model", "method", "seed"]).value.mean()
+        title_rows = rows + ["Avg"]
+
+        def seeds_of(r, c):
+            if r == "Avg":
+                return avg.loc[c] if c in avg.index.droplevel("seed") else None
+            key = (r, *c)
+            return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
+
+        groups = [[i for i, c in enumerate(columns) if c[0] == m] for m in models]
+        row_name = "language"
+    elif by in ("model", "method"):
+        per_seed = df.groupby(["model", "method", "seed"]).value.mean()  # mean over languages
+        if by == "model":
+            title_rows, columns = models, [(me,) for me in methods]
+
+            def seeds_of(r, c):
+                key = (r, c[0])
+                return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
+        else:
+            title_rows, columns = list(methods), [(m,) for m in models]
+
+            def seeds_of(r, c):
+                key = (c[0], r)
+                return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
+        groups = [list(range(len(columns)))]
+        row_name = by
+    else:
+        raise CopsdError(f"--by must be language, model or method, not '{by}'")
+
+    label = f"{metric}{'' if metric in NOT_PERCENT else ' (%)'}"
+    t = Table(title=f"{label} by {by}, {step} checkpoint", row_name=row_name, rows=title_rows, columns=columns,
+              groups=groups if by != "method" else [])
+    for r in title_rows:
+        for c in columns:
+            vals = seeds_of(r, c)
+            if vals is None or len(vals) == 0:
+                continue
+            v = np.asarray(vals, dtype=float)
+            t.cells[(r, c)] = Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, None, len(v))
+    # delta vs base
+    for (r, c), cell in t.cells.items():
+        if by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
+            cell.delta = cell.mean - t.cells[(r, (c[0], "base"))].mean
+        elif by == "model" and c[0] != "base" and (r, ("base",)) in t.cells:
+            cell.delta = cell.mean - t.cells[(r, ("base",))].mean
+        elif by == "method" and r != "base" and ("base", c) in t.cells:
+            cell.delta = cell.mean - t.cells[("base", c)].mean
+    # best per row (within each model group); for by=method, best per column
+    lower = metric in LOWER_IS_BETTER
+    pick = min if lower else max
+    if by == "method":
+        for c in columns:
+            present = [t.cells[(r, c)] for r in title_rows if (r, c) in t.cells]
+            if len(present) > 1:
+                b = pick(x.mean for x in present)
+                for x in present:
+                    x.best = math.isclose(x.mean, b)
+    else:
+        for r in title_rows:
+            for g in t.groups:
+                present = [t.cells[(r, columns[i])] for i in g if (r, columns[i]) in t.cells]
+                if len(present) > 1:
+                    b = pick(x.mean for x in present)
+                    for x in present:
+                        x.best = math.isclose(x.mean, b)
+    return t
+
+
+def _fmt(cell: Cell | None, digits: int = 2) -> str:
+    if cell is None:
+        return "–"
+    s = f"{cell.mean:.{digits}f}"
+    if cell.std is not None:
+        s += f" ± {cell.std:.{digits}f}"
+    if cell.delta is not None:
+        s += f" ({cell.delta:+.{digits}f})"
+    return s
+
+
+def _col_name(c: tuple[str, ...]) -> str:
+    return " ".join(c)
+
+
+def render(t: Table, fmt: str = "markdown") -> str:
+    heads = [t.row_name] + [_col_name(c) for c in t.columns]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        header = [t.row_name]
+        for c in t.columns:
+            n = "/".join(c)
+            header += [n, f"{n}:std", f"{n}:delta"]
+        w.writerow(header)
+        for r in t.rows:
+            line = [r]
+            for c in t.columns:
+                cell = t.cells.get((r, c))
+                line += ["" if cell is None else f"{cell.mean:.4f}",
+                         "" if cell is None or cell.std is None else f"{cell.std:.4f}",
+                         "" if cell is None or cell.delta is None else f"{cell.delta:.4f}"]
+            w.writerow(line)
+        return buf.getvalue()
+
+    def cell_text(r, c, bold):
+        cell = t.cells.get((r, c))
+        s = _fmt(cell)
+        return bold(s) if cell is not None and cell.best else s
+
+    if fmt == "markdown":
+        out = [f"**{t.title}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for r in t.rows:
+            out.append("| " + " | ".join([r] + [cell_text(r, c, lambda s: f"**{s}**") for c in t.columns]) + " |")
+        return "\n".join(out) + "\n"
+    if fmt == "latex":
+        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+        out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(t.columns) + "}", r"\toprule",
+               " & ".join(esc(h) for h in heads) + r" \\", r"\midrule"]
+        for r in t.rows:
+            if r == "Avg":
+                out.append(r"\midrule")
+            out.append(" & ".join([esc(r)] + [esc(cell_text(r, c, lambda s: r"\textbf{" + s + "}")) for c in t.columns]) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(t.title) + "}", r"\end{table}"]
+        return "\n".join(out) + "\n"
+    if fmt == "html":
+        import html as h
+
+        out = [f"<table>\n<caption>{h.escape(t.title)}</caption>",
+               "<tr>" + "".join(f"<th>{h.escape(x)}</th>" for x in heads) + "</tr>"]
+        for r in t.rows:
+            tds = "".join(f"<td>{cell_text(r, c, lambda s: '<b>' + h.escape(s) + '</b>') if (t.cells.get((r, c)) and t.cells[(r, c)].best) else h.escape(_fmt(t.cells.get((r, c))))}</td>" for c in t.columns)
+            out.append(f"<tr><th>{h.escape(r)}</th>{tds}</tr>")
+        out.append("</table>")
+        return "\n".join(out) + "\n"
+    raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
+
+
+def to_rich(t: Table):
+    from rich.table import Table as RichTable
+
+    rt = RichTable(title=t.title)
+    rt.add_column(t.row_name, style="bold")
+    for c in t.columns:
+        rt.add_column(_col_name(c), justify="right")
+    for r in t.rows:
+        cells = []
+        for c in t.columns:
+            cell = t.cells.get((r, c))
+            s = _fmt(cell)
+            cells.append(f"[bold green]{s}[/]" if cell is not None and cell.best else s)
+        rt.add_row(r, *cells, end_section=(r == t.rows[-2] if len(t.rows) > 1 and t.rows[-1] == "Avg" else False))
+    return rt

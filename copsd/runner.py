@@ -1,0 +1,257 @@
+"""Running a sweep: register jobs, claim them one at a time, run, record, go on.
+
+Sequential by default; `workers > 1` starts that many processes that claim jobs from the same
+database (each gets its own GPU when there are GPUs). DONE jobs are skipped, RUNNING jobs with a
+stale heartbeat are reclaimed, FAILED jobs are retried until `max_attempts`, a failing job never
+stops the sweep, and Ctrl-C gives the current job back (PENDING) before exiting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from copsd.config import JobConfig
+from copsd.db.schema import DONE, FAILED, PENDING, RUNNING
+from copsd.db.store import ResultsDB
+from copsd.errors import one_line
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep; the database has been left consistent."""
+
+
+@dataclass
+class RunOptions:
+    db_url: str
+    device: str | None = None
+    workers: int = 1
+    max_attempts: int = 3
+    stale_after_s: float = 600.0
+    heartbeat_s: float = 30.0
+    retry_failed: bool = True
+    mlflow: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "copsd"
+    log_generations: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SweepSummary:
+    ran: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class _Heartbeat:
+    """Refreshes a RUNNING job's heartbeat from a background thread while it runs."""
+
+    def __init__(self, db: ResultsDB, job_id: str, every_s: float):
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, args=(db, job_id, every_s), daemon=True)
+
+    def _loop(self, db, job_id, every_s):
+        while not self._stop.wait(every_s):
+            try:
+                db.heartbeat(job_id)
+            except Exception:
+                pass
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def _make_tracker(opts: RunOptions):
+    if not opts.mlflow:
+        return None
+    from copsd.tracking import Tracker, default_tracking_uri
+
+    return Tracker(opts.tracking_uri or default_tracking_uri(opts.db_url), opts.experiment)
+
+
+def execute_one(job: JobConfig, db: ResultsDB, opts: RunOptions, *, tracker=None, parent_run_id: str | None = None,
+                sweep: str | None = None, on_total=None, on_advance=None) -> tuple[str, str | None]:
+    """Claim and run one job. Returns (status, error); status SKIPPED if it was not claimable."""
+    from copsd.jobs import run_job
+
+    if not db.claim(job.job_id, max_attempts=opts.max_attempts, stale_after_s=opts.stale_after_s,
+                    retry_failed=opts.retry_failed):
+        return "SKIPPED", None
+    run_id = None
+    try:
+        with _Heartbeat(db, job.job_id, opts.heartbeat_s):
+            if tracker is not None:
+                row = db.get_job(job.job_id)
+                run_id = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
+                db.set_job_mlflow_run(job.job_id, run_id)
+            run_job(job, db, tracker=tracker, run_id=run_id, device=opts.device,
+                    log_generations=opts.log_generations, on_total=on_total, on_advance=on_advance)
+    except KeyboardInterrupt:
+        db.release(job.job_id)
+        if tracker is not None and run_id:
+            tracker.end(run_id, "KILLED")
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded and the sweep goes on
+        err = one_line(exc)
+        db.finish(job.job_id, FAILED, err)
+        if tracker is not None and run_id:
+            tracker.client.set_tag(run_id, "copsd.error", err[:500])
+            tracker.end(run_id, "FAILED")
+        return FAILED, err
+    db.finish(job.job_id, DONE)
+    if tracker is not None and run_id:
+        tracker.end(run_id, "FINISHED")
+    return DONE, None
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
+                    transient=False)
+
+
+def run_sweep(name: str, jobs: list[JobConfig], opts: RunOptions, *, all_jobs: list[JobConfig] | None = None,
+              description: str = "", spec_path: str | None = None, spec_yaml: str | None = None) -> SweepSummary:
+    """Run `jobs` (a subset of the sweep's `all_jobs` when filtered with --only)."""
+    db = ResultsDB(opts.db_url)
+    db.register_sweep(name, all_jobs or jobs, description=description, spec_path=spec_path, spec_yaml=spec_yaml)
+    tracker = _make_tracker(opts)
+    parent = None
+    if tracker is not None:
+        sw = db.get_sweep(name)
+        parent = tracker.sweep_run(name, sw.mlflow_run_id if sw else None, description)
+        db.set_sweep_mlflow_run(name, parent)
+    summary = SweepSummary()
+    status = {j.id: j.status for j in db.jobs(ids=[j.job_id for j in jobs])}
+    todo = [j for j in jobs if status.get(j.job_id) != DONE]
+    summary.skipped = len(jobs) - len(todo)
+    try:
+        if opts.workers <= 1 or len(todo) <= 1:
+            _run_sequential(todo, db, opts, tracker, parent, name, summary)
+        else:
+            _run_parallel(todo, opts, parent, name, summary)
+    except KeyboardInterrupt:
+        if tracker is not None and parent:
+            tracker.end(parent, "KILLED")
+        raise SweepInterrupted(
+            f"interrupted: {summary.done} job(s) finished, the running one was returned to PENDING; "
+            "run the same command again to resume"
+        ) from None
+    if tracker is not None and parent:
+        tracker.client.set_tag(parent, "copsd.failed_jobs", str(summary.failed))
+        tracker.end(parent, "FINISHED")
+    db.close()
+    return summary
+
+
+def _run_sequential(todo, db, opts, tracker, parent, name, summary):
+    with _progress(opts.progress) as prog:
+        overall = prog.add_task(f"sweep {name}", total=len(todo))
+        for job in todo:
+            inner = prog.add_task(f"  {job.label}", total=None)
+            status, err = execute_one(
+                job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name,
+                on_total=lambda n, t=inner: prog.update(t, total=n),
+                on_advance=lambda n, t=inner: prog.advance(t, n),
+            )
+            prog.remove_task(inner)
+            _count(summary, job, status, err)
+            if status == FAILED:
+                prog.console.print(f"[red]FAILED[/red] {job.label} ({job.job_id}): {err}")
+            prog.advance(overall)
+
+
+def _count(summary: SweepSummary, job: JobConfig, status: str, err: str | None) -> None:
+    if status == DONE:
+        summary.ran += 1
+        summary.done += 1
+    elif status == FAILED:
+        summary.ran += 1
+        summary.failed += 1
+        summary.errors[job.job_id] = err or ""
+    else:
+        summary.skipped += 1
+
+
+def _worker_main(worker: int, gpu: int | None, job_jsons: list[str], opts: RunOptions, parent: str | None,
+                 name: str) -> None:
+    """Entry point of a worker process: claim jobs from the shared list until none is left."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    db = ResultsDB(opts.db_url)
+    tracker = _make_tracker(opts)
+    try:
+        for js in job_jsons:
+            job = JobConfig.model_validate_json(js)
+            execute_one(job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        db.close()
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def _run_parallel(todo, opts, parent, name, summary):
+    ctx = mp.get_context("spawn")
+    gpus = _gpu_count()
+    job_jsons = [j.model_dump_json() for j in todo]
+    procs = []
+    for w in range(opts.workers):
+        # every worker walks the whole list (rotated so they start apart); claims make it exactly-once
+        rot = job_jsons[w::opts.workers] + [js for i, js in enumerate(job_jsons) if i % opts.workers != w]
+        p = ctx.Process(target=_worker_main, args=(w, w % gpus if gpus else None, rot, opts, parent, name),
+                        name=f"copsd-worker-{w}")
+        p.start()
+        procs.append(p)
+    db = ResultsDB(opts.db_url)
+    ids = [j.job_id for j in todo]
+    before = {j.id: j.attempts for j in db.jobs(ids=ids)}
+    try:
+        with _progress(opts.progress) as prog:
+            task = prog.add_task(f"sweep {name} ({opts.workers} workers)", total=len(todo))
+            while any(p.is_alive() for p in procs):
+                rows = db.jobs(ids=ids)
+                finished = sum(1 for r in rows if r.status in (DONE, FAILED) and r.attempts > before.get(r.id, 0))
+                prog.update(task, completed=finished)
+                time.sleep(1.0)
+            for p in procs:
+                p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    for r in db.jobs(ids=ids):
+        if r.attempts > before.get(r.id, 0) and r.status == DONE:
+            summary.ran += 1
+            summary.done += 1
+        elif r.attempts > before.get(r.id, 0) and r.status == FAILED:
+            summary.ran += 1
+            summary.failed += 1
+            summary.errors[r.id] = r.last_error or ""
+        elif r.status in (PENDING, RUNNING):
+            summary.skipped += 1
+    db.close()

@@ -1,0 +1,241 @@
+"""Sweep specs: YAML -> validated `SweepSpec` -> fully resolved `JobConfig`s.
+
+Resolution order for each point of the matrix (later wins):
+  built-in defaults (PAPER.md) < spec `defaults` < spec `methods.<method>` < the matrix point.
+Matrix keys are `language`, `model`, `method`, `seed` or any dotted field path of a job config
+(`train.lr`, `eval.decoding.max_new_tokens`). A key that does not apply to a method (for example
+`train.lr` for `base`) is dropped for that method, and identical jobs are merged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from copsd.config import METHODS, TRAINED_METHODS, JobConfig
+from copsd.errors import SpecError
+
+
+class RunnerSettings(BaseModel):
+    """How a sweep is run; never part of a job's identity."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int = Field(3, ge=1, description="a FAILED job is retried until it has failed this often")
+    stale_after_s: float = Field(600.0, gt=0, description="a RUNNING job whose heartbeat is older is reclaimed")
+    heartbeat_s: float = Field(30.0, gt=0)
+
+
+class MlflowSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    experiment: str = "copsd"
+    log_generations: bool = True
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    runner: RunnerSettings = RunnerSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = d
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[k] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _get_path(d: dict, dotted: str) -> Any:
+    node: Any = d
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return _MISSING
+        node = node[k]
+    return node
+
+
+_MISSING = object()
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _loc_str(loc: tuple) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in ("copsd", "grpo", "sft") and parts and parts[-1] == "train":
+            continue  # pydantic's discriminator tag, not a field the user wrote
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts)
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for 'unknown field' messages)."""
+    from copsd.config import TRAIN_CLASSES
+
+    cls: Any = model
+    for p in loc[:-1]:
+        if isinstance(p, int) or cls is None:
+            continue
+        if p in TRAIN_CLASSES:
+            cls = TRAIN_CLASSES[p]
+            continue
+        fld = getattr(cls, "model_fields", {}).get(p)
+        if fld is None:
+            return []
+        ann = fld.annotation
+        cls = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return sorted(getattr(cls, "model_fields", {}) or [])
+
+
+def format_validation_error(err: ValidationError, where: str, model: type[BaseModel], prefix: str = "") -> str:
+    """First error of a pydantic ValidationError as one line: file, field path, what is allowed."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    path = prefix + _loc_str(loc)
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_fields(model, loc)
+        field = str(loc[-1])
+        hint = difflib.get_close_matches(field, allowed, n=1)
+        did = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"{where}: unknown field '{path}'{did}; allowed here: {', '.join(allowed)}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"{where}: field '{path}' is required"
+    return f"{where}: field '{path}': {msg}"
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(raw, where=str(path))
+
+
+def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a spec must be a mapping with at least 'name' and 'matrix'")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, where, SweepSpec)) from None
+    for m in spec.methods:
+        if m not in METHODS:
+            raise SpecError(f"{where}: field 'methods.{m}': unknown method; allowed: {', '.join(METHODS)}")
+    for key, values in spec.matrix.items():
+        if not values:
+            raise SpecError(f"{where}: field 'matrix.{key}' is an empty list; give at least one value")
+        if key == "method":
+            for i, v in enumerate(values):
+                if v not in METHODS:
+                    raise SpecError(f"{where}: field 'matrix.method[{i}]': unknown method '{v}'; allowed: {', '.join(METHODS)}")
+        if key == "language":
+            from copsd.languages import canonical_code
+
+            for i, v in enumerate(values):
+                try:
+                    canonical_code(v)
+                except Exception as exc:
+                    raise SpecError(f"{where}: field 'matrix.language[{i}]': {exc}") from None
+    return spec
+
+
+def _point_jobs(spec: SweepSpec, point: dict[str, Any], where: str) -> JobConfig | None:
+    method = point.get("method", spec.defaults.get("method"))
+    if method is None:
+        raise SpecError(f"{where}: no method given; put 'method' in 'matrix' or 'defaults'")
+    cfg = _deep_merge(spec.defaults, spec.methods.get(method, {}))
+    for key, value in point.items():
+        if key.startswith("train.") and method not in TRAINED_METHODS:
+            continue  # a training hyperparameter does not apply to the untrained model
+        _set_path(cfg, key, value)
+    if method not in TRAINED_METHODS:
+        cfg.pop("train", None)
+    cfg["method"] = method
+    try:
+        return JobConfig.model_validate(cfg)
+    except ValidationError as err:
+        e_loc = _loc_str(tuple(err.errors()[0]["loc"]))
+        source = "defaults."
+        if e_loc in point or any(e_loc.startswith(k + ".") or k.startswith(e_loc) for k in point):
+            source = "matrix."
+        elif _get_path(spec.methods.get(method, {}), e_loc) is not _MISSING:
+            source = f"methods.{method}."
+        who = ", ".join(f"{k}={v}" for k, v in point.items())
+        raise SpecError(format_validation_error(err, f"{where} (job {who})", JobConfig, prefix=source)) from None
+
+
+def expand(spec: SweepSpec, where: str = "<spec>") -> list[JobConfig]:
+    """All jobs of a spec, deduplicated by job id, in matrix order."""
+    keys = list(spec.matrix)
+    jobs: dict[str, JobConfig] = {}
+    for values in itertools.product(*(spec.matrix[k] for k in keys)):
+        point = dict(zip(keys, values))
+        if any(all(point.get(k) == v for k, v in ex.items()) for ex in spec.exclude):
+            continue
+        job = _point_jobs(spec, point, where)
+        jobs.setdefault(job.job_id, job)
+    return list(jobs.values())
+
+
+def load_jobs(path: str | Path) -> tuple[SweepSpec, list[JobConfig]]:
+    spec = load_spec(path)
+    return spec, expand(spec, where=str(path))
+
+
+def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
+    """`--only key=value` (dotted paths allowed, comma = any of); all filters must match."""
+    if not only:
+        return jobs
+    conds: list[tuple[str, set[str]]] = []
+    for item in only:
+        if "=" not in item:
+            raise SpecError(f"--only '{item}': expected key=value, e.g. --only language=swa --only method=base,copsd")
+        k, v = item.split("=", 1)
+        conds.append((k.strip(), {s.strip() for s in v.split(",")}))
+    out = []
+    for job in jobs:
+        d = job.model_dump(mode="json")
+        d["id"] = job.job_id
+        ok = True
+        for k, vals in conds:
+            got = _get_path(d, k)
+            if got is _MISSING:
+                raise SpecError(f"--only '{k}': no such field in a job config (e.g. method, model, language, seed, train.lr)")
+            if str(got) not in vals:
+                ok = False
+                break
+        if ok:
+            out.append(job)
+    return out
