@@ -125,6 +125,8 @@ def format_validation_error(err: ValidationError, where: str, model: type[BaseMo
         did = f" (did you mean '{hint[0]}'?)" if hint else ""
         return f"{where}: unknown field '{path}'{did}; allowed here: {', '.join(allowed)}"
     msg = e["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields (e.g. language x benchmark): the message names them
+        return f"{where}: {msg}"
     if e["type"] == "missing":
         return f"{where}: field '{path}' is required"
     return f"{where}: field '{path}': {msg}"
@@ -188,7 +190,9 @@ def _point_jobs(spec: SweepSpec, point: dict[str, Any], where: str) -> JobConfig
     except ValidationError as err:
         e_loc = _loc_str(tuple(err.errors()[0]["loc"]))
         source = "defaults."
-        if e_loc in point or any(e_loc.startswith(k + ".") or k.startswith(e_loc) for k in point):
+        if not e_loc:
+            source = ""
+        elif e_loc in point or any(e_loc.startswith(k + ".") or k.startswith(e_loc) for k in point):
             source = "matrix."
         elif _get_path(spec.methods.get(method, {}), e_loc) is not _MISSING:
             source = f"methods.{method}."
@@ -224,18 +228,27 @@ def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
             raise SpecError(f"--only '{item}': expected key=value, e.g. --only language=swa --only method=base,copsd")
         k, v = item.split("=", 1)
         conds.append((k.strip(), {s.strip() for s in v.split(",")}))
-    out = []
+    def matches(got: Any, vals: set[str]) -> bool:
+        if str(got) in vals:
+            return True
+        for v in vals:
+            try:
+                if yaml.safe_load(v) == got:
+                    return True
+            except yaml.YAMLError:
+                pass
+        return False
+
+    from copsd.languages import canonical_code
+
+    conds = [(k, {canonical_code(v) for v in vals}) if k == "language" else (k, vals) for k, vals in conds]
+    dumps = []
     for job in jobs:
         d = job.model_dump(mode="json")
         d["id"] = job.job_id
-        ok = True
-        for k, vals in conds:
-            got = _get_path(d, k)
-            if got is _MISSING:
-                raise SpecError(f"--only '{k}': no such field in a job config (e.g. method, model, language, seed, train.lr)")
-            if str(got) not in vals:
-                ok = False
-                break
-        if ok:
-            out.append(job)
-    return out
+        dumps.append(d)
+    for k, _ in conds:
+        if dumps and all(_get_path(d, k) is _MISSING for d in dumps):
+            raise SpecError(f"--only '{k}': no such field in these jobs (e.g. id, method, model, language, seed, train.lr)")
+    return [job for job, d in zip(jobs, dumps)
+            if all((got := _get_path(d, k)) is not _MISSING and matches(got, vals) for k, vals in conds)]

@@ -1,0 +1,74 @@
+"""Test environment: no network (HF_HUB_OFFLINE), one model cache per session, each test in its own dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("copsd-cache")
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "COPSD_CACHE", "MLFLOW_TRACKING_URI", "COPSD_DB",
+                                          "COPSD_AFRIMGSM_DIR", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COPSD_CACHE=str(cache))
+    for k in ("MLFLOW_TRACKING_URI", "COPSD_DB", "COPSD_AFRIMGSM_DIR"):
+        os.environ.pop(k, None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(_offline_env):
+    from copsd.models import load_model
+
+    return load_model("builtin:tiny-qwen3", dtype="float32", device="cpu")
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real console program in a subprocess (what a user runs)."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+SMALL_SPEC = """
+name: small
+description: two languages, two seeds, base, a handful of problems
+defaults:
+  model: builtin:tiny-qwen3
+  dtype: float32
+  eval:
+    benchmark: mgsm
+    limit: 3
+    decoding: {n_samples: 2, max_new_tokens: 16}
+    batch_size: 8
+matrix:
+  language: [swa, eng]
+  method: [base]
+  seed: [0, 1]
+"""
+
+
+@pytest.fixture
+def small_spec(workdir) -> Path:
+    p = workdir / "small.yaml"
+    p.write_text(SMALL_SPEC)
+    return p

@@ -1,0 +1,129 @@
+"""The results database: schema, WAL, job claims, retries, stale heartbeats, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text, update
+
+from copsd.config import JobConfig
+from copsd.db import DONE, FAILED, PENDING, RUNNING, ResultsDB
+from copsd.db.schema import METRIC_COLUMNS, Job, utcnow
+from copsd.errors import CopsdError
+
+
+def _jobs(n=3):
+    return [JobConfig(method="base", model="m/m", language="swa", seed=s, eval={"benchmark": "mgsm"}) for s in range(n)]
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    yield d
+    d.close()
+
+
+def test_schema_and_wal(db, tmp_path):
+    assert db.schema_version() == 1
+    con = sqlite3.connect(tmp_path / "r.db")
+    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= tables
+    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+    cols = {r[1] for r in con.execute("pragma table_info(results)")}
+    assert set(METRIC_COLUMNS) <= cols and {"step", "max_new_tokens", "split", "benchmark"} <= cols
+    con.close()
+
+
+def test_register_is_idempotent_and_keeps_state(db):
+    jobs = _jobs()
+    db.register_sweep("s", jobs)
+    assert db.claim(jobs[0].job_id, max_attempts=3, stale_after_s=600)
+    db.finish(jobs[0].job_id, DONE)
+    db.register_sweep("s", jobs)
+    db.register_sweep("other", jobs[:1])  # a job shared by two sweeps
+    assert [j.status for j in db.jobs(sweep="s")] == [DONE, PENDING, PENDING]
+    assert [j.id for j in db.jobs(sweep="other")] == [jobs[0].job_id]
+    assert JobConfig.model_validate_json(db.get_job(jobs[1].job_id).config_json) == jobs[1]
+
+
+def test_claim_is_exclusive_and_counts_attempts(db):
+    j = _jobs(1)[0]
+    db.register_sweep("s", [j])
+    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
+    assert not db.claim(j.job_id, max_attempts=3, stale_after_s=600)  # RUNNING with a fresh heartbeat
+    row = db.get_job(j.job_id)
+    assert (row.status, row.attempts, row.host is not None, row.heartbeat_at is not None) == (RUNNING, 1, True, True)
+
+
+def test_failed_jobs_retry_up_to_cap(db):
+    j = _jobs(1)[0]
+    db.register_sweep("s", [j])
+    for attempt in range(2):
+        assert db.claim(j.job_id, max_attempts=2, stale_after_s=600)
+        db.finish(j.job_id, FAILED, f"boom {attempt}")
+    assert not db.claim(j.job_id, max_attempts=2, stale_after_s=600)
+    row = db.get_job(j.job_id)
+    assert (row.status, row.attempts, row.last_error) == (FAILED, 2, "boom 1")
+    assert not db.claim(j.job_id, max_attempts=5, stale_after_s=600, retry_failed=False)
+    assert db.reset([j.job_id]) == 1 and db.get_job(j.job_id).attempts == 0
+
+
+def test_stale_running_job_is_reclaimed(db):
+    j = _jobs(1)[0]
+    db.register_sweep("s", [j])
+    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
+    with db.Session.begin() as s:  # a worker that died 20 minutes ago
+        s.execute(update(Job).where(Job.id == j.job_id).values(heartbeat_at=utcnow() - timedelta(minutes=20)))
+    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
+    assert db.get_job(j.job_id).attempts == 2
+
+
+def test_release_returns_job_without_counting(db):
+    j = _jobs(1)[0]
+    db.register_sweep("s", [j])
+    db.claim(j.job_id, max_attempts=3, stale_after_s=600)
+    db.release(j.job_id)
+    row = db.get_job(j.job_id)
+    assert (row.status, row.attempts) == (PENDING, 0)
+
+
+def test_results_upsert_and_frame(db):
+    j = _jobs(1)[0]
+    db.register_sweep("s", [j])
+    metrics = {c: 0.5 for c in METRIC_COLUMNS}
+    key = dict(benchmark="mgsm", language="swa", split="test", step=0, max_new_tokens=16, n_samples=2, n_problems=3)
+    db.add_result(j.job_id, **key, metrics=metrics)
+    db.add_result(j.job_id, **key, metrics={**metrics, "accuracy": 0.75})
+    df = db.results_frame("s")
+    assert len(df) == 1 and df.accuracy.iloc[0] == 0.75 and df.method.iloc[0] == "base"
+    assert db.result_keys(j.job_id) == {("mgsm", "swa", "test", 0, 16)}
+
+
+def test_migrations_run_in_order_on_older_databases(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    ResultsDB(url).close()  # made by "version 1"
+    calls = []
+
+    def v2(engine):
+        calls.append(2)
+        with engine.begin() as c:
+            c.execute(text("ALTER TABLE results ADD COLUMN extra_metric FLOAT"))
+
+    def v3(engine):
+        calls.append(3)
+
+    newer = ResultsDB(url, migrations={2: v2, 3: v3}, schema_version=3)
+    assert calls == [2, 3] and newer.schema_version() == 3
+    newer.close()
+    again = ResultsDB(url, migrations={2: v2, 3: v3}, schema_version=3)  # nothing left to do
+    assert calls == [2, 3]
+    again.close()
+    with pytest.raises(CopsdError, match="newer than this copsd"):
+        ResultsDB(url)  # this copsd knows only v1
+
+
+def test_missing_database_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CopsdError, match="does not exist"):
+        ResultsDB(f"sqlite:///{tmp_path / 'no' / 'such' / 'r.db'}")
