@@ -129,16 +129,26 @@ def run_sweep(name: str, jobs: list[JobConfig], opts: RunOptions, *, all_jobs: l
     """Run `jobs` (a subset of the sweep's `all_jobs` when filtered with --only)."""
     db = ResultsDB(opts.db_url)
     db.register_sweep(name, all_jobs or jobs, description=description, spec_path=spec_path, spec_yaml=spec_yaml)
+    summary = SweepSummary()
+    rows = {j.id: j for j in db.jobs(ids=[j.job_id for j in jobs])}
+
+    def runnable(j: JobConfig) -> bool:
+        r = rows.get(j.job_id)
+        if r is None or r.status in (PENDING, RUNNING):
+            return True
+        return r.status == FAILED and opts.retry_failed and r.attempts < opts.max_attempts
+
+    todo = [j for j in jobs if runnable(j)]
+    summary.skipped = len(jobs) - len(todo)
+    if not todo:  # nothing to do: do not even open MLflow
+        db.close()
+        return summary
     tracker = _make_tracker(opts)
     parent = None
     if tracker is not None:
         sw = db.get_sweep(name)
         parent = tracker.sweep_run(name, sw.mlflow_run_id if sw else None, description)
         db.set_sweep_mlflow_run(name, parent)
-    summary = SweepSummary()
-    status = {j.id: j.status for j in db.jobs(ids=[j.job_id for j in jobs])}
-    todo = [j for j in jobs if status.get(j.job_id) != DONE]
-    summary.skipped = len(jobs) - len(todo)
     try:
         if opts.workers <= 1 or len(todo) <= 1:
             _run_sequential(todo, db, opts, tracker, parent, name, summary)

@@ -1,0 +1,79 @@
+"""Report tables: seeds aggregated, delta vs base, best per row, step selection, formats."""
+
+from __future__ import annotations
+
+import pytest
+
+from copsd.config import JobConfig
+from copsd.db import ResultsDB
+from copsd.db.schema import METRIC_COLUMNS
+from copsd.errors import CopsdError
+from copsd.reports import build_table, render
+
+
+def _job(method, model, lang, seed):
+    return JobConfig(method=method, model=model, language=lang, seed=seed, eval={"benchmark": "mgsm", "checkpoints": [5, 10]})
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    # accuracy per (method, model, language, seed, step) chosen so the expected table is easy to check
+    acc = {
+        ("base", "swa", 0, 0): 0.10, ("base", "swa", 1, 0): 0.20, ("base", "eng", 0, 0): 0.50, ("base", "eng", 1, 0): 0.50,
+        ("copsd", "swa", 0, 5): 0.90, ("copsd", "swa", 0, 10): 0.30, ("copsd", "swa", 1, 10): 0.40,
+        ("copsd", "eng", 0, 10): 0.40, ("copsd", "eng", 1, 10): 0.40,
+    }
+    jobs = {}
+    for (method, lang, seed, step), a in acc.items():
+        j = jobs.setdefault((method, lang, seed), _job(method, "Org/M-1B", lang, seed))
+        d.register_sweep("t", [j])
+        d.add_result(j.job_id, benchmark="mgsm", language=lang, split="test", step=step, max_new_tokens=1024,
+                     n_samples=12, n_problems=250, metrics={**{c: 0.0 for c in METRIC_COLUMNS}, "accuracy": a})
+    yield d
+    d.close()
+
+
+def test_by_language_final_checkpoint(db):
+    t = build_table(db.results_frame("t"), by="language", metric="accuracy")
+    assert t.rows == ["eng", "swa", "Avg"]
+    assert t.columns == [("M-1B", "base"), ("M-1B", "copsd")]
+    base_swa, copsd_swa = t.cells[("swa", ("M-1B", "base"))], t.cells[("swa", ("M-1B", "copsd"))]
+    assert base_swa.mean == pytest.approx(15.0) and base_swa.std == pytest.approx(7.0710678)
+    assert copsd_swa.mean == pytest.approx(35.0)  # final step 10, not the better step 5
+    assert copsd_swa.delta == pytest.approx(20.0) and copsd_swa.best and not base_swa.best
+    eng = t.cells[("eng", ("M-1B", "copsd"))]
+    assert eng.delta == pytest.approx(-10.0) and t.cells[("eng", ("M-1B", "base"))].best
+    avg = t.cells[("Avg", ("M-1B", "copsd"))]
+    assert avg.mean == pytest.approx(37.5) and avg.n_seeds == 2
+    md = render(t, "markdown")
+    assert "| swa | 15.00 ± 7.07 | **35.00 ± 7.07 (+20.00)** |" in md
+
+
+def test_step_selection(db):
+    best = build_table(db.results_frame("t"), by="language", step="best")
+    assert best.cells[("swa", ("M-1B", "copsd"))].mean == pytest.approx(65.0)  # seed0 step5=90, seed1=40
+    s5 = build_table(db.results_frame("t"), by="language", step="5")
+    assert s5.cells[("swa", ("M-1B", "copsd"))].mean == pytest.approx(90.0)
+    assert ("eng", ("M-1B", "copsd")) not in s5.cells
+    assert s5.cells[("swa", ("M-1B", "base"))].mean == pytest.approx(15.0)  # base stands at every step
+    with pytest.raises(CopsdError, match="--step"):
+        build_table(db.results_frame("t"), step="last")
+
+
+def test_by_model_and_method(db):
+    t = build_table(db.results_frame("t"), by="model")
+    assert t.rows == ["M-1B"] and t.cells[("M-1B", ("copsd",))].mean == pytest.approx(37.5)
+    t = build_table(db.results_frame("t"), by="method")
+    assert t.rows == ["base", "copsd"] and t.cells[("copsd", ("M-1B",))].delta == pytest.approx(37.5 - 32.5)
+
+
+def test_csv_and_errors(db):
+    text = render(build_table(db.results_frame("t")), "csv")
+    lines = text.strip().splitlines()
+    assert lines[0] == "language,M-1B/base,M-1B/base:std,M-1B/base:delta,M-1B/copsd,M-1B/copsd:std,M-1B/copsd:delta"
+    assert lines[2].startswith("swa,15.0000,7.0711,,35.0000,7.0711,20.0000")
+    with pytest.raises(CopsdError, match="--by"):
+        build_table(db.results_frame("t"), by="planet")
+    with pytest.raises(CopsdError, match="no results"):
+        build_table(db.results_frame("nonexistent"))
