@@ -22,7 +22,7 @@ TRAINED_METHODS = ("copsd", "grpo", "sft")
 
 # Settings that say where things are or how fast they run, not what is computed: they are
 # kept in the config (and in MLflow) but left out of the job id.
-UNHASHED_PATHS = (("eval", "data_dir"), ("train", "data_path"))
+UNHASHED_PATHS = (("eval", "data_dir"), ("train", "data_path"), ("train", "loss_chunk_size"))
 
 
 class _Strict(BaseModel):
@@ -81,6 +81,10 @@ class TrainCommon(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     lora: LoraSettings = LoraSettings()
     data_path: str | None = Field(None, description="training JSON (local path or Hub id); not hashed")
+    val_size: int = Field(64, ge=1, description="training records held out for validation")
+    loss_chunk_size: int = Field(
+        256, ge=0, description="positions per LM-head chunk in the loss (0 = direct full-logits path); not hashed"
+    )
 
 
 class CopsdSettings(TrainCommon):
@@ -162,6 +166,15 @@ class JobConfig(_Strict):
         from copsd.benchmarks import check_language  # local import: benchmarks imports config
 
         check_language(self.eval.benchmark, self.language, self.eval.split)
+        if self.train is not None:
+            t = self.train
+            bad = [c for c in self.eval.checkpoints
+                   if c < 0 or c > t.max_steps or (c % t.save_steps and c != t.max_steps)]
+            if bad:
+                raise ValueError(
+                    f"eval.checkpoints {bad} are not saved steps: use 0, multiples of train.save_steps "
+                    f"({t.save_steps}) up to train.max_steps ({t.max_steps}), or max_steps itself"
+                )
         return self
 
     # ---- identity -------------------------------------------------------------------------

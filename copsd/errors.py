@@ -17,10 +17,6 @@ class ModelLoadError(CopsdError):
     """A model or tokenizer that cannot be loaded (bad path, unreachable Hub, ...)."""
 
 
-class MethodNotAvailable(CopsdError):
-    """A method named in a spec that this version cannot run yet."""
-
-
 def one_line(exc: BaseException) -> str:
     """Collapse an exception into the single line stored as a job's `last_error`."""
     text = str(exc).strip().replace("\n", " ") or type(exc).__name__

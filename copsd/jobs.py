@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 from copsd.config import TRAINED_METHODS, JobConfig
 from copsd.db.store import ResultsDB
-from copsd.errors import CopsdError, MethodNotAvailable
+from copsd.errors import CopsdError
 
 
 def seed_everything(seed: int) -> None:
@@ -41,15 +42,11 @@ def run_job(
     run_id: str | None = None,
     device: str | None = None,
     log_generations: bool = True,
+    runs_dir: Path | None = None,
     on_total: Callable[[int], None] | None = None,
     on_advance: Callable[[int], None] | None = None,
 ) -> dict[int, dict[str, float]]:
     """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now."""
-    if job.method in TRAINED_METHODS:
-        raise MethodNotAvailable(
-            f"method '{job.method}' is not available yet (training methods land with the methods issue); "
-            "only 'base' jobs run in this version"
-        )
     from copsd.benchmarks import load_problems
     from copsd.evaluation.evaluate import evaluate
     from copsd.languages import get_language
@@ -64,14 +61,40 @@ def run_job(
     steps = pending_steps(job, db)
     if not steps:
         return {}
+    trained = job.method in TRAINED_METHODS
+    if trained:  # fail fast on missing training data, before loading any weights
+        from copsd.training.data import load_training_data
+
+        examples, _val = load_training_data(job.language, job.train.data_path, val_size=job.train.val_size,
+                                            seed=job.seed)
     if on_total:
         on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)
+    seed_everything(job.seed)
     lm = load_model(job.model, dtype=job.dtype, device=device)
+    model = lm.model
+    run_dir = (runs_dir or Path("runs")) / job.job_id
+    if trained:
+        from copsd.training import TRAINERS
+        from copsd.training.common import wrap_lora
+
+        model = wrap_lora(model, job.train.lora, job.seed)
+        if next(model.parameters()).device.type == "cuda":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        log = None
+        if tracker is not None and run_id is not None:
+            log = lambda metrics, step: tracker.log_metrics(run_id, metrics, step)  # noqa: E731
+        trainer = TRAINERS[job.method](job, model, lm.tokenizer, examples, run_dir, log=log)
+        trainer.train()
+        model.eval()
     done: dict[int, dict[str, float]] = {}
     for step in steps:
+        if trained:
+            from copsd.training.common import load_adapter
+
+            load_adapter(model, run_dir, step)
         seed_everything(job.seed)
         try:
-            out = evaluate(lm.model, lm.tokenizer, problems, job.language, job.eval, seed=job.seed, on_batch=on_advance)
+            out = evaluate(model, lm.tokenizer, problems, job.language, job.eval, seed=job.seed, on_batch=on_advance)
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
                 raise CopsdError(

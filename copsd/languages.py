@@ -22,6 +22,35 @@ AFRIMGSM_LANGUAGES = (
 )
 
 
+# The teacher's labels in English (the released COPSD code's wording). A language's `teacher:`
+# block overrides any of them; `{language}` is replaced by the language's English name.
+TEACHER_DEFAULTS = {
+    "problem": "Problem",
+    "problem_en": "English translation of the problem",
+    "solution_en": "Correct English reference solution",
+    "ref_begin": "=== Reference Solution Begin ===",
+    "ref_end": "=== Reference Solution End ===",
+    "transition": (
+        "After reading the English reference solution above, make sure you truly understand the logic behind "
+        "each step\u2014do not copy it or merely paraphrase it. Now, using your own words and independent "
+        "reasoning, solve the original problem in {language}. Think step by step, try different approaches, and "
+        "do not hesitate to backtrack or reconsider if something does not work:"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TeacherStrings:
+    problem: str
+    problem_en: str
+    solution_en: str
+    ref_begin: str
+    ref_end: str
+    transition: str
+    final_instruction: str
+    translated: bool  # False = the English defaults were used for labels/transition
+
+
 @dataclass(frozen=True)
 class Language:
     code: str
@@ -34,6 +63,15 @@ class Language:
     missing: bool = False
     synthetic: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def teacher(self) -> TeacherStrings:
+        """Labels of the teacher's prompt. As in the released code, the final instruction of the
+        teacher equals the student instruction."""
+        block = dict(self.extra.get("teacher") or {})
+        vals = {k: str(block.get(k, v)).replace("{language}", self.name) for k, v in TEACHER_DEFAULTS.items()}
+        return TeacherStrings(**vals, final_instruction=self.instruction,
+                              translated=self.code == "eng" or "transition" in block)
 
 
 def _load_yaml(path: Path | str) -> dict:

@@ -7,7 +7,15 @@ Student/evaluation prompt (as in the released COPSD evaluation code):
 Without thinking (`thinking: false`) a Qwen3-style template renders its own non-thinking turn
 (`enable_thinking=False`, an empty think block). Templates without `<think>` get the plain
 assistant turn; tokenizers without any chat template get "{user text}\n\n" (documented fallback).
-The teacher's prompt is added with the methods (issue 3).
+
+Training prompts follow the released COPSD training collator:
+    student:  "{Problem label}: {problem}\n\n{instruction}"  (+ thinking prefix when student_thinking)
+    teacher:  "{Problem label}: {problem}"
+              "\n\n{English-problem label}: {English problem}"                (include_problem_en)
+              "\n\n{Solution label}:\n{begin marker}\n{English solution}\n{end marker}"  (include_reference_solution_en)
+              "\n\n{transition}\n{final instruction}"  (just "\n\n{final instruction}" without the solution)
+              always with the thinking prefix.
+The teacher's prompt differs from the student's exactly by the privileged English context.
 """
 
 from __future__ import annotations
@@ -41,3 +49,32 @@ def render_chat(tokenizer, user_text: str, *, thinking: bool, language: str) -> 
 
 def student_prompt(tokenizer, problem: str, language: str, *, thinking: bool = True) -> str:
     return render_chat(tokenizer, user_message(problem, language), thinking=thinking, language=language)
+
+
+def training_student_prompt(tokenizer, problem: str, language: str, *, thinking: bool = True) -> str:
+    lab = get_language(language)
+    user = f"{lab.teacher.problem}: {problem.strip()}\n\n{lab.instruction}"
+    return render_chat(tokenizer, user, thinking=thinking, language=language)
+
+
+def teacher_user_message(problem: str, language: str, *, problem_en: str | None, solution_en: str | None,
+                         include_problem_en: bool = True, include_reference_solution_en: bool = True) -> str:
+    lab = get_language(language)
+    t = lab.teacher
+    parts = [f"{t.problem}: {problem.strip()}"]
+    if include_problem_en and problem_en:
+        parts.append(f"{t.problem_en}: {problem_en.strip()}")
+    if include_reference_solution_en and solution_en:
+        parts.append(f"{t.solution_en}:\n{t.ref_begin}\n{solution_en.strip()}\n{t.ref_end}")
+        parts.append(f"{t.transition}\n{t.final_instruction}")
+    else:
+        parts.append(t.final_instruction)
+    return "\n\n".join(parts)
+
+
+def teacher_prompt(tokenizer, problem: str, language: str, *, problem_en: str | None, solution_en: str | None,
+                   include_problem_en: bool = True, include_reference_solution_en: bool = True) -> str:
+    user = teacher_user_message(problem, language, problem_en=problem_en, solution_en=solution_en,
+                                include_problem_en=include_problem_en,
+                                include_reference_solution_en=include_reference_solution_en)
+    return render_chat(tokenizer, user, thinking=True, language=language)

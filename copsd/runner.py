@@ -38,6 +38,17 @@ class RunOptions:
     experiment: str = "copsd"
     log_generations: bool = True
     progress: bool = True
+    runs_dir: str | None = None  # adapter checkpoints; default: runs/ beside the results DB ($COPSD_RUNS)
+
+    def resolved_runs_dir(self):
+        from pathlib import Path
+
+        from copsd.db.store import sqlite_path
+
+        if self.runs_dir or os.environ.get("COPSD_RUNS"):
+            return Path(self.runs_dir or os.environ["COPSD_RUNS"])
+        p = sqlite_path(self.db_url)
+        return (p.resolve().parent if p is not None else Path.cwd()) / "runs"
 
 
 @dataclass
@@ -96,7 +107,8 @@ def execute_one(job: JobConfig, db: ResultsDB, opts: RunOptions, *, tracker=None
                 run_id = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
                 db.set_job_mlflow_run(job.job_id, run_id)
             run_job(job, db, tracker=tracker, run_id=run_id, device=opts.device,
-                    log_generations=opts.log_generations, on_total=on_total, on_advance=on_advance)
+                    log_generations=opts.log_generations, runs_dir=opts.resolved_runs_dir(),
+                    on_total=on_total, on_advance=on_advance)
     except KeyboardInterrupt:
         db.release(job.job_id)
         if tracker is not None and run_id:

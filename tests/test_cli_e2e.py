@@ -87,14 +87,16 @@ def test_failing_jobs_do_not_stop_the_sweep(workdir):
     spec = workdir / "mixed.yaml"
     spec.write_text(SMALL_SPEC.replace("name: small", "name: mixed")
                     .replace("method: [base]", "method: [base, copsd]").replace("seed: [0, 1]", "seed: [0]")
-                    + "  model: [builtin:tiny-qwen3, ./no-such-model]\n")
+                    + "  model: [builtin:tiny-qwen3, ./no-such-model]\n"
+                    + "methods:\n  copsd:\n    train: {batch_size: 2, micro_batch_size: 2, max_steps: 1, save_steps: 1,"
+                      " max_completion_length: 8, lora: {r: 2, alpha: 4}}\n")
     r = run_cli("sweep", "run", str(spec), "--max-attempts", "1", "--no-mlflow", cwd=workdir)
     assert r.returncode == 1
-    assert "2 done, 6 failed" in r.stdout
+    assert "3 done, 5 failed" in r.stdout
     rows = dict(_db_rows(workdir / "experiments.db", "select method || '/' || model || '/' || language, last_error from jobs"))
-    assert "not available yet" in rows["copsd/builtin:tiny-qwen3/swa"]
+    assert "no training data for language 'eng'" in rows["copsd/builtin:tiny-qwen3/eng"]
     assert "does not exist" in rows["base/./no-such-model/eng"]
-    assert rows["base/builtin:tiny-qwen3/swa"] is None
+    assert rows["base/builtin:tiny-qwen3/swa"] is None and rows["copsd/builtin:tiny-qwen3/swa"] is None
     again = run_cli("sweep", "run", str(spec), "--max-attempts", "1", "--no-mlflow", cwd=workdir)
     assert "0 done, 0 failed, 8 skipped" in again.stdout  # failed jobs at their cap are not retried
 

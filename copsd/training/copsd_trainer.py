@@ -1,0 +1,154 @@
+"""COPSD: the student samples from the target-language prompt; the teacher (same network, with
+the English problem and reference solution in its prompt) scores the student's tokens; the loss
+is the per-token divergence between their next-token distributions over the rollout.
+
+One optimizer step = `batch_size` prompts, in micro-batches of `micro_batch_size`:
+  1. rollouts: the current policy (adapters on) generates from the student prompt alone;
+  2. student forward (with grad) on student prompt + rollout;
+  3. teacher forward (no grad) on teacher prompt + the same rollout tokens, with the adapters
+     disabled (`fixed`, the paper's setting), the current adapters (`live`), or an EMA of them;
+  4. loss = sum over rollout tokens of the (clipped) divergence / number of rollout tokens,
+     divided by the number of micro-batches (gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from copsd.losses import _entry_divergence, chunked_token_divergence
+from copsd.prompts import teacher_prompt, training_student_prompt
+from copsd.rollout import SamplingParams, generate
+from copsd.training.common import Trainer, completion_hidden, decoder_and_head
+
+
+class CopsdTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder, self.lm_head = decoder_and_head(self.model)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if self.cfg.teacher == "ema":
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    # ---- teacher weights ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def teacher_weights(self):
+        """Weights the teacher forward runs with; the student's are restored afterwards."""
+        if self.cfg.teacher == "fixed":
+            with self.model.disable_adapter():
+                yield
+        elif self.cfg.teacher == "live":
+            yield
+        else:  # ema: swap the EMA adapter weights in, then back
+            live = {}
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    if n in self.ema:
+                        live[n] = p.detach().clone()
+                        p.copy_(self.ema[n])
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for n, p in self.model.named_parameters():
+                        if n in live:
+                            p.copy_(live[n])
+
+    def after_optimizer_step(self) -> None:
+        if self.ema is not None:
+            d = self.cfg.ema_decay
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    if n in self.ema:
+                        self.ema[n].mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def extra_state(self) -> dict:
+        return {"ema": self.ema} if self.ema is not None else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.ema is not None and state.get("ema"):
+            self.ema = state["ema"]
+
+    # ---- prompts ------------------------------------------------------------------------------
+    def student_ids(self, ex) -> list[int]:
+        text = training_student_prompt(self.tok, ex.problem, self.job.language, thinking=self.cfg.student_thinking)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def teacher_ids(self, ex) -> list[int]:
+        text = teacher_prompt(self.tok, ex.problem, self.job.language, problem_en=ex.problem_en,
+                              solution_en=ex.solution_en, include_problem_en=self.cfg.include_problem_en,
+                              include_reference_solution_en=self.cfg.include_reference_solution_en)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def rollouts(self, examples, step: int, micro: int) -> list[list[int]]:
+        cfg = self.cfg
+        prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
+                   for ex in examples]
+        params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                max_new_tokens=cfg.max_completion_length)
+        self.model.eval()
+        groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts),
+                          seed=self.rollout_seed(step, micro))
+        self.model.train()
+        self._finished += sum(g[0].finished for g in groups)
+        return [g[0].token_ids for g in groups]
+
+    def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
+        """Mean (clipped) divergence over the rollout tokens of these examples."""
+        cfg = self.cfg
+        pad = self.tok.pad_token_id
+        keep = [i for i, c in enumerate(completions) if c]
+        examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
+        if not completions:
+            return torch.zeros((), device=self.device, requires_grad=True), {}
+        hs = completion_hidden(self.decoder, [self.student_ids(e) for e in examples], completions, pad, self.device)
+        with torch.no_grad(), self.teacher_weights():
+            ht = completion_hidden(self.decoder, [self.teacher_ids(e) for e in examples], completions, pad, self.device)
+        kw = dict(kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature)
+        chunk = cfg.loss_chunk_size
+        if chunk > 0:
+            per_token = chunked_token_divergence(hs, ht, self.lm_head, clip=cfg.clip, chunk_size=chunk, **kw)
+        else:  # the direct path: full-vocabulary logits for every rollout token at once
+            from copsd.losses import token_divergence
+
+            per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, **kw)
+        with torch.no_grad():  # diagnostics on up to 256 tokens: unclipped divergence, share of clipped entries
+            import torch.nn.functional as F
+
+            n = min(256, hs.shape[0])
+            s = F.log_softmax(self.lm_head(hs[:n].detach()).float() / cfg.temperature, -1)
+            t = F.log_softmax(self.lm_head(ht[:n]).float() / cfg.temperature, -1)
+            entries = _entry_divergence(s, t, cfg.divergence, cfg.beta)
+            diag = {"divergence_unclipped": float(entries.sum(-1).mean()),
+                    "clipped_share": float((entries > cfg.clip).float().mean()) if cfg.clip is not None else 0.0}
+        return per_token.mean(), diag
+
+    def compute_step(self, examples, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        micro = self.micro_batches(examples, cfg.micro_batch_size)
+        self._finished = 0
+        losses, diags, n_tokens, lengths, gen_time = [], [], 0, [], 0.0
+        for m, mb in enumerate(micro):
+            t0 = time.perf_counter()
+            comps = self.rollouts(mb, step, m)
+            gen_time += time.perf_counter() - t0
+            lengths += [len(c) for c in comps]
+            n_tokens += sum(len(c) for c in comps)
+            loss, diag = self.divergence_loss(mb, comps)
+            (loss / len(micro)).backward()
+            losses.append(float(loss.detach()))
+            diags.append(diag)
+        out = {
+            "loss": sum(losses) / len(losses),
+            "rollout_length": sum(lengths) / max(1, len(lengths)),
+            "truncation_rate": 1.0 - self._finished / max(1, len(lengths)),
+            "rollout_tokens_per_s": n_tokens / gen_time if gen_time > 0 else 0.0,
+        }
+        for key in ("divergence_unclipped", "clipped_share"):
+            vals = [d[key] for d in diags if key in d]
+            if vals:
+                out[key] = sum(vals) / len(vals)
+        return out

@@ -1,0 +1,105 @@
+"""GRPO baseline: G rollouts per prompt, binary math-verify reward, group-normalised advantages,
+clipped token-level surrogate, optional KL to the base model (adapters disabled).
+
+`batch_size` counts completions per optimizer step (TRL's convention), so a step covers
+batch_size / num_generations prompts. One gradient step per batch of rollouts (fully on-policy):
+the importance ratio is 1 at the point where the gradient is taken, so the clip (epsilon) bounds
+only the direction, as in TRL with num_iterations = 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from copsd.evaluation import extract_boxed, is_equivalent
+from copsd.losses import chunked_token_logprobs
+from copsd.prompts import training_student_prompt
+from copsd.rollout import SamplingParams, generate
+from copsd.training.common import Trainer, completion_hidden, decoder_and_head
+
+
+def final_answer_region(text: str) -> str:
+    """The part after the last `</think>` (the released reward grades the answer, not the thinking)."""
+    return text.rsplit("</think>", 1)[-1] if "</think>" in text else text
+
+
+def reward(text: str, gold: str, format_weight: float = 0.0) -> float:
+    region = final_answer_region(text)
+    pred = extract_boxed(region)
+    return float(is_equivalent(pred, gold)) + (format_weight if pred is not None else 0.0)
+
+
+class GrpoTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder, self.lm_head = decoder_and_head(self.model)
+
+    def prompts_per_step(self) -> int:
+        return max(1, self.cfg.batch_size // self.cfg.num_generations)
+
+    def compute_step(self, examples, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        G = cfg.num_generations
+        per_micro = max(1, cfg.micro_batch_size // G)
+        micro = self.micro_batches(examples, per_micro)
+        stats = {"loss": [], "reward": [], "zero_std_groups": [], "length": [], "finished": [], "kl": []}
+        n_tokens, gen_time = 0, 0.0
+        for m, mb in enumerate(micro):
+            prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
+                       for ex in mb]
+            params = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                    max_new_tokens=cfg.max_completion_length)
+            t0 = time.perf_counter()
+            self.model.eval()
+            groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts) * G,
+                              seed=self.rollout_seed(step, m))
+            self.model.train()
+            gen_time += time.perf_counter() - t0
+            prompt_ids, comps, adv = [], [], []
+            for ex, p, g in zip(mb, prompts, groups):
+                r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
+                stats["reward"] += r.tolist()
+                stats["zero_std_groups"].append(float(r.std() == 0))
+                a = (r - r.mean()) / (r.std() + 1e-4)
+                for x, ai in zip(g, a.tolist()):
+                    stats["length"].append(len(x.token_ids))
+                    stats["finished"].append(float(x.finished))
+                    if x.token_ids:
+                        prompt_ids.append(self.tok(p, add_special_tokens=False)["input_ids"])
+                        comps.append(x.token_ids)
+                        adv.append(ai)
+            if not comps:
+                continue
+            n_tokens += sum(len(c) for c in comps)
+            h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
+            targets = torch.tensor([t for c in comps for t in c], device=self.device)
+            logp = chunked_token_logprobs(h, self.lm_head, targets, temperature=cfg.temperature,
+                                          chunk_size=cfg.loss_chunk_size or 10**9)
+            adv_tok = torch.tensor([a for a, c in zip(adv, comps) for _ in c], device=self.device)
+            ratio = torch.exp(logp - logp.detach())
+            surrogate = torch.minimum(ratio * adv_tok, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv_tok)
+            per_token = -surrogate
+            if cfg.kl_coef > 0:
+                with torch.no_grad(), self.model.disable_adapter():
+                    href = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
+                    ref = chunked_token_logprobs(href, self.lm_head, targets, temperature=cfg.temperature)
+                kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3 estimator, >= 0
+                per_token = per_token + cfg.kl_coef * kl
+                stats["kl"].append(float(kl.mean().detach()))
+            loss = per_token.mean()
+            (loss / len(micro)).backward()
+            stats["loss"].append(float(loss.detach()))
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        out = {
+            "loss": mean(stats["loss"]),
+            "reward": mean(stats["reward"]),
+            "zero_variance_group_share": mean(stats["zero_std_groups"]),
+            "rollout_length": mean(stats["length"]),
+            "truncation_rate": 1.0 - mean(stats["finished"]),
+            "rollout_tokens_per_s": n_tokens / gen_time if gen_time > 0 else 0.0,
+        }
+        if stats["kl"]:
+            out["kl"] = mean(stats["kl"])
+        return out
