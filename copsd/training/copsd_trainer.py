@@ -104,9 +104,10 @@ class CopsdTrainer(Trainer):
         examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
         if not completions:
             return torch.zeros((), device=self.device, requires_grad=True), {}
-        hs = completion_hidden(self.decoder, [self.student_ids(e) for e in examples], completions, pad, self.device)
+        # teacher first: the EMA teacher swaps weights in place, which must not touch the student's graph
         with torch.no_grad(), self.teacher_weights():
             ht = completion_hidden(self.decoder, [self.teacher_ids(e) for e in examples], completions, pad, self.device)
+        hs = completion_hidden(self.decoder, [self.student_ids(e) for e in examples], completions, pad, self.device)
         kw = dict(kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature)
         chunk = cfg.loss_chunk_size
         if chunk > 0:

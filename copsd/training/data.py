@@ -1,6 +1,6 @@
 """Training records for every method: target-language problem, English problem, English solution.
 
-Accepted sources (`train.data_path`):
+Accepted sources (`train.data_path`; `{language}` in it is replaced by the language code):
 - a COPSD JSON/JSONL file with `problem` (English), `solution` (English) and `problem_<lang>`
   (the released training format), or the Hub variant with `problem_translated` + `language`;
 - a directory holding such files (e.g. `translated_<lang>.json`);
@@ -169,6 +169,7 @@ def load_training_data(language: str, data_path: str | None = None, *, val_size:
         examples = _bundled_swahili()
         source = "bundled GSM8K-train (swa)"
     else:
+        data_path = data_path.replace("{language}", language)  # e.g. data/translated_{language}.json
         examples = _to_examples(_records_from_files(_resolve_files(data_path)), language, data_path)
         source = data_path
     tests = test_problem_set()

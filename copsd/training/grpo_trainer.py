@@ -39,6 +39,27 @@ class GrpoTrainer(Trainer):
     def prompts_per_step(self) -> int:
         return max(1, self.cfg.batch_size // self.cfg.num_generations)
 
+    def policy_loss(self, prompt_ids: list[list[int]], comps: list[list[int]], adv: list[float]):
+        """Token-level clipped surrogate (+ k3 KL to the base), averaged over all completion tokens."""
+        cfg = self.cfg
+        h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
+        targets = torch.tensor([t for c in comps for t in c], device=self.device)
+        logp = chunked_token_logprobs(h, self.lm_head, targets, temperature=cfg.temperature,
+                                      chunk_size=cfg.loss_chunk_size or 10**9)
+        adv_tok = torch.tensor([a for a, c in zip(adv, comps) for _ in c], device=self.device)
+        ratio = torch.exp(logp - logp.detach())
+        surrogate = torch.minimum(ratio * adv_tok, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv_tok)
+        per_token = -surrogate
+        kl_value = None
+        if cfg.kl_coef > 0:
+            with torch.no_grad(), self.model.disable_adapter():
+                href = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
+                ref = chunked_token_logprobs(href, self.lm_head, targets, temperature=cfg.temperature)
+            kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3 estimator, >= 0
+            per_token = per_token + cfg.kl_coef * kl
+            kl_value = float(kl.mean().detach())
+        return per_token.mean(), kl_value
+
     def compute_step(self, examples, step: int) -> dict[str, float]:
         cfg = self.cfg
         G = cfg.num_generations
@@ -73,22 +94,9 @@ class GrpoTrainer(Trainer):
             if not comps:
                 continue
             n_tokens += sum(len(c) for c in comps)
-            h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
-            targets = torch.tensor([t for c in comps for t in c], device=self.device)
-            logp = chunked_token_logprobs(h, self.lm_head, targets, temperature=cfg.temperature,
-                                          chunk_size=cfg.loss_chunk_size or 10**9)
-            adv_tok = torch.tensor([a for a, c in zip(adv, comps) for _ in c], device=self.device)
-            ratio = torch.exp(logp - logp.detach())
-            surrogate = torch.minimum(ratio * adv_tok, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv_tok)
-            per_token = -surrogate
-            if cfg.kl_coef > 0:
-                with torch.no_grad(), self.model.disable_adapter():
-                    href = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
-                    ref = chunked_token_logprobs(href, self.lm_head, targets, temperature=cfg.temperature)
-                kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3 estimator, >= 0
-                per_token = per_token + cfg.kl_coef * kl
-                stats["kl"].append(float(kl.mean().detach()))
-            loss = per_token.mean()
+            loss, kl = self.policy_loss(prompt_ids, comps, adv)
+            if kl is not None:
+                stats["kl"].append(kl)
             (loss / len(micro)).backward()
             stats["loss"].append(float(loss.detach()))
         mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731

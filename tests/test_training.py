@@ -1,0 +1,277 @@
+"""The methods on a tiny real Qwen3: what changes, what the teacher sees, resuming, data formats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from copsd.config import JobConfig
+from copsd.errors import CopsdError, DataError
+from copsd.languages import get_language
+from copsd.models import load_model
+from copsd.prompts import teacher_prompt, teacher_user_message, training_student_prompt
+from copsd.training import TRAINERS
+from copsd.training.common import load_adapter, saved_steps, wrap_lora
+from copsd.training.data import TrainExample, clean_gsm8k_solution, load_training_data
+from copsd.training.grpo_trainer import final_answer_region, reward
+
+EX = [TrainExample(f"x{i}", f"Swali namba {i}: Ana ana machungwa {i + 2}. Anakula 1. Yamebaki mangapi?",
+                   f"Question {i}: Ana has {i + 2} oranges. She eats 1. How many are left?",
+                   f"{i + 2} - 1 = {i + 1}\nThe answer is \\boxed{{{i + 1}}}.", str(i + 1)) for i in range(8)]
+
+
+def _job(method="copsd", **train):
+    base = {"batch_size": 2, "micro_batch_size": 2, "max_steps": 2, "save_steps": 1, "lr": 5e-2,
+            "lora": {"r": 4, "alpha": 8}}
+    if method == "copsd":
+        base["max_completion_length"] = 12
+    if method == "grpo":
+        base.update(max_completion_length=12, num_generations=2, batch_size=4, micro_batch_size=4)
+    base.update(train)
+    return JobConfig(method=method, model="builtin:tiny-qwen3", language="swa", dtype="float32",
+                     eval={"benchmark": "mgsm"}, train=base)
+
+
+def _setup(job, tmp_path):
+    lm = load_model("builtin:tiny-qwen3", dtype="float32", device="cpu")
+    model = wrap_lora(lm.model, job.train.lora, job.seed)
+    return TRAINERS[job.method](job, model, lm.tokenizer, EX, tmp_path / "run"), lm
+
+
+def test_teacher_prompt_differs_from_student_exactly_by_privileged_context(tiny_model):
+    tok, ex, lang = tiny_model.tokenizer, EX[0], "swa"
+    t = get_language(lang).teacher
+    student = training_student_prompt(tok, ex.problem, lang, thinking=True)
+    teacher = teacher_prompt(tok, ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en)
+    privileged = (f"\n\n{t.problem_en}: {ex.problem_en}\n\n{t.solution_en}:\n{t.ref_begin}\n{ex.solution_en}\n"
+                  f"{t.ref_end}\n\n{t.transition}\n")
+    assert privileged in teacher
+    assert teacher.replace(privileged, "\n\n") == student
+    bare = teacher_prompt(tok, ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en,
+                          include_problem_en=False, include_reference_solution_en=False)
+    assert bare == student
+    no_sol = teacher_user_message(ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en,
+                                  include_reference_solution_en=False)
+    assert ex.problem_en in no_sol and ex.solution_en not in no_sol and t.transition not in no_sol
+    assert teacher.endswith("<|im_start|>assistant\n<think>\n" + get_language(lang).thinking)
+
+
+def test_copsd_step_changes_only_lora_and_fixed_teacher_is_the_base(tmp_path):
+    job = _job()
+    trainer, lm = _setup(job, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+    ids = torch.tensor([lm.tokenizer("Swali: 2 + 2 = ?", add_special_tokens=False)["input_ids"]])
+    base = load_model("builtin:tiny-qwen3", dtype="float32", device="cpu").model
+    with torch.no_grad():
+        ref = base(ids).logits
+        student = trainer.model(ids).logits
+        with trainer.teacher_weights():
+            teacher = trainer.model(ids).logits
+    torch.testing.assert_close(teacher, ref)
+    assert not torch.allclose(student, ref)
+    assert saved_steps(tmp_path / "run") == [1, 2]
+
+
+def test_rollouts_are_sampled_from_the_student_prompt_alone(tmp_path, monkeypatch):
+    import copsd.training.copsd_trainer as ct
+
+    seen = []
+    real = ct.generate
+
+    def spy(model, tok, prompts, *a, **kw):
+        seen.extend(prompts)
+        return real(model, tok, prompts, *a, **kw)
+
+    monkeypatch.setattr(ct, "generate", spy)
+    job = _job(max_steps=1)
+    trainer, lm = _setup(job, tmp_path)
+    trainer.train()
+    assert len(seen) == 2
+    for p in seen:
+        ex = next(e for e in EX if e.problem in p)
+        assert p == training_student_prompt(lm.tokenizer, ex.problem, "swa")
+        assert ex.problem_en not in p and ex.solution_en not in p
+
+
+@pytest.mark.parametrize("teacher", ["fixed", "live"])
+def test_teacher_with_the_students_prompt_gives_zero_loss_and_gradient(tmp_path, teacher):
+    job = _job(teacher=teacher, include_problem_en=False, include_reference_solution_en=False, clip=None)
+    trainer, _ = _setup(job, tmp_path)
+    trainer.model.train()
+    trainer._finished = 0
+    comps = trainer.rollouts(EX[:2], 1, 0)
+    loss, _ = trainer.divergence_loss(EX[:2], comps)
+    loss.backward()
+    assert abs(float(loss.detach())) < 1e-6
+    grads = [p.grad.abs().max() for p in trainer.params if p.grad is not None]
+    assert all(float(g) < 1e-6 for g in grads)
+
+
+def test_privileged_context_gives_a_nonzero_signal(tmp_path):
+    trainer, _ = _setup(_job(clip=None), tmp_path)
+    trainer._finished = 0
+    comps = trainer.rollouts(EX[:2], 1, 0)
+    loss, _ = trainer.divergence_loss(EX[:2], comps)
+    assert float(loss.detach()) > 1e-4
+
+
+def test_chunked_and_direct_loss_agree_in_trainer(tmp_path):
+    t1, _ = _setup(_job(loss_chunk_size=3), tmp_path / "a")
+    t2, _ = _setup(_job(loss_chunk_size=0), tmp_path / "b")
+    t1._finished = t2._finished = 0
+    comps = t1.rollouts(EX[:2], 1, 0)
+    l1, _ = t1.divergence_loss(EX[:2], comps)
+    l2, _ = t2.divergence_loss(EX[:2], comps)
+    torch.testing.assert_close(l1, l2)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+    job = _job(max_steps=3)
+    straight, _ = _setup(job, tmp_path / "a")
+    straight.train()
+
+    crashed, _ = _setup(job, tmp_path / "b")
+
+    def boom(step):
+        if step == 2:
+            raise RuntimeError("node lost")
+
+    crashed.on_step = boom
+    with pytest.raises(RuntimeError):
+        crashed.train()
+    assert saved_steps(tmp_path / "b" / "run") == [1, 2]
+    resumed, _ = _setup(job, tmp_path / "b")
+    assert resumed.train() == 3
+    a = {n: p for n, p in straight.model.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in resumed.model.named_parameters() if "lora_" in n}
+    for n in a:
+        torch.testing.assert_close(a[n], b[n])
+
+
+def test_ema_teacher_lags_the_student(tmp_path):
+    trainer, _ = _setup(_job(teacher="ema", ema_decay=0.5, max_steps=1), tmp_path)
+    trainer.train()
+    live = {n: p.detach() for n, p in trainer.model.named_parameters() if n in trainer.ema}
+    b = [n for n in live if "lora_B" in n][0]
+    assert not torch.equal(trainer.ema[b], live[b])
+    torch.testing.assert_close(trainer.ema[b], 0.5 * live[b])  # EMA of (0 -> live) with decay 0.5
+
+
+def test_sft_step_trains_lora_and_grpo_logs_its_diagnostics(tmp_path):
+    for method in ("grpo", "sft"):
+        trainer, _ = _setup(_job(method, max_steps=1), tmp_path / method)
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+        logged = []
+        trainer.log = lambda m, s: logged.append(m)
+        trainer.train()
+        assert "train/loss" in logged[0]
+        if method == "sft":
+            assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
+        else:  # a random model earns no reward: every group has zero variance, so no update
+            assert logged[0]["train/zero_variance_group_share"] == 1.0 and logged[0]["train/reward"] == 0.0
+
+
+def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
+    trainer, lm = _setup(_job("grpo", lr=1e-2), tmp_path)
+    tok = lm.tokenizer
+    prompt = tok(training_student_prompt(tok, EX[0].problem, "swa"), add_special_tokens=False)["input_ids"]
+    good, bad = tok("\\boxed{3}", add_special_tokens=False)["input_ids"], tok("no idea", add_special_tokens=False)["input_ids"]
+
+    from copsd.losses import chunked_token_logprobs
+    from copsd.training.common import completion_hidden
+
+    def logp(c):
+        with torch.no_grad():
+            h = completion_hidden(trainer.decoder, [prompt], [c], tok.pad_token_id, trainer.device)
+            return float(chunked_token_logprobs(h, trainer.lm_head, torch.tensor(c)).mean())
+
+    g0, b0 = logp(good), logp(bad)
+    for _ in range(3):
+        trainer.optimizer.zero_grad()
+        loss, _ = trainer.policy_loss([prompt, prompt], [good, bad], [1.0, -1.0])
+        loss.backward()
+        trainer.optimizer.step()
+    assert logp(good) > g0 and logp(bad) < b0
+
+
+def test_grpo_reward_grades_the_answer_after_thinking():
+    assert final_answer_region("<think>\\boxed{3}</think> so \\boxed{4}") == " so \\boxed{4}"
+    assert reward("<think>\\boxed{4}</think> so \\boxed{5}", "4") == 0.0
+    assert reward("thinking... \\boxed{4}", "4") == 1.0
+    assert reward("no box", "4", format_weight=0.1) == 0.0
+    assert reward("\\boxed{5}", "4", format_weight=0.1) == pytest.approx(0.1)
+
+
+def test_load_adapter_step_zero_is_the_base(tmp_path):
+    trainer, _ = _setup(_job(max_steps=1), tmp_path)
+    trainer.train()
+    load_adapter(trainer.model, tmp_path / "run", 0)
+    assert all(float(p.abs().max()) == 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+    load_adapter(trainer.model, tmp_path / "run", 1)
+    assert any(float(p.abs().max()) > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+
+# ---- training data -----------------------------------------------------------------------------
+
+def test_bundled_swahili_set_and_gsm8k_cleaning():
+    train, val = load_training_data("swa", val_size=64)
+    assert len(train) + len(val) == 7468 and len(val) == 64
+    assert all("<<" not in e.solution_en and "\\boxed{" in e.solution_en for e in train[:50])
+    sol, ans = clean_gsm8k_solution("3 * 2 = <<3*2=6>>6 apples\n#### 1,006")
+    assert sol == "3 * 2 = 6 apples\nThe answer is \\boxed{1006}." and ans == "1006"
+
+
+def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
+    mgsm_en_first = "Janet\u2019s ducks lay 16 eggs per day."
+    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(10)]
+    (tmp_path / "translated_hau.json").write_text(json.dumps(recs))
+    train, val = load_training_data("hau", str(tmp_path / "translated_{language}.json"), val_size=2)
+    assert len(train) == 8 and {e.answer for e in train + val} == {str(i) for i in range(10)}
+    hub = [{"problem": f"Q{i}", "solution": "x #### 7", "problem_translated": f"T{i}", "language": "Hausa"}
+           for i in range(5)] + [{"problem": "Z", "solution": "y", "problem_translated": "W", "language": "yor"}]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "part.jsonl").write_text("\n".join(json.dumps(r) for r in hub))
+    train, val = load_training_data("ha", str(tmp_path / "d"), val_size=1)
+    assert len(train) + len(val) == 5 and train[0].answer == "7" and "\\boxed{7}" in train[0].solution_en
+    # never train on evaluation test problems
+    leak = [{"problem": open_mgsm_en_first(), "solution": "s", "problem_hau": "h"}] + recs
+    (tmp_path / "leak.json").write_text(json.dumps(leak))
+    train, val = load_training_data("hau", str(tmp_path / "leak.json"), val_size=2)
+    assert len(train) + len(val) == 10
+    with pytest.raises(DataError, match="no training data for language 'hau'"):
+        load_training_data("hau")
+    with pytest.raises(DataError, match="lacks 'problem'"):
+        (tmp_path / "bad.json").write_text(json.dumps([{"problem_hau": "x", "problem": "y"}]))
+        load_training_data("hau", str(tmp_path / "bad.json"), val_size=1)
+    with pytest.raises(DataError, match="not found"):
+        load_training_data("hau", str(tmp_path / "missing.json"))
+    assert mgsm_en_first  # documentation of what the leak test uses
+
+
+def open_mgsm_en_first() -> str:
+    from copsd.benchmarks import load_problems
+
+    return load_problems("mgsm", "eng", limit=1)[0].question
+
+
+def test_checkpoints_must_be_saved_steps():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not saved steps"):
+        JobConfig(method="copsd", model="m/m", language="swa", eval={"checkpoints": [3]},
+                  train={"save_steps": 5, "max_steps": 100})
+    ok = JobConfig(method="copsd", model="m/m", language="swa", eval={"checkpoints": [0, 5, 100]})
+    assert ok.eval_steps() == [0, 5, 100]
+
+
+def test_nan_loss_is_a_clear_error(tmp_path):
+    trainer, _ = _setup(_job(max_steps=1), tmp_path)
+    trainer.compute_step = lambda examples, step: {"loss": float("nan")}
+    with pytest.raises(CopsdError, match="non-finite loss .* lower train.lr"):
+        trainer.train()
