@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from copsd.errors import CopsdError
 
@@ -141,7 +142,7 @@ def sweep_run(
     console.print(f"sweep '{s.name}': {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
                   f"(already done or not retried); results in {opts.db_url}")
     for jid, e in summary.errors.items():
-        console.print(f"  [red]FAILED[/red] {jid}: {e}")
+        console.print(f"  [red]FAILED[/red] {jid}: {escape(e)}", soft_wrap=True)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -175,7 +176,7 @@ def sweep_status(
     if errors:
         for n, j in failed:
             console.print(f"[red]FAILED[/red] {n} {j.id} {j.method}/{j.language}/seed{j.seed} "
-                          f"(attempts {j.attempts}): {j.last_error}")
+                          f"(attempts {j.attempts}): {escape(j.last_error or '')}", soft_wrap=True)
     rdb.close()
 
 
@@ -322,7 +323,7 @@ def main() -> None:
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except CopsdError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

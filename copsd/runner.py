@@ -193,7 +193,9 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
             prog.remove_task(inner)
             _count(summary, job, status, err)
             if status == FAILED:
-                prog.console.print(f"[red]FAILED[/red] {job.label} ({job.job_id}): {err}")
+                from rich.markup import escape
+
+                prog.console.print(f"[red]FAILED[/red] {job.label} ({job.job_id}): {escape(err or '')}", soft_wrap=True)
             prog.advance(overall)
 
 
