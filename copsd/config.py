@@ -81,7 +81,7 @@ class TrainCommon(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     lora: LoraSettings = LoraSettings()
     data_path: str | None = Field(None, description="training JSON (local path or Hub id); not hashed")
-    val_size: int = Field(64, ge=1, description="training records held out for validation")
+    val_size: int = Field(32, ge=0, description="training records held out (never trained on) for validation")
     loss_chunk_size: int = Field(
         256, ge=0, description="positions per LM-head chunk in the loss (0 = direct full-logits path); not hashed"
     )

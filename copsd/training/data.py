@@ -156,7 +156,7 @@ def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExam
     return out
 
 
-def load_training_data(language: str, data_path: str | None = None, *, val_size: int = 64,
+def load_training_data(language: str, data_path: str | None = None, *, val_size: int = 32,
                        seed: int = 0) -> tuple[list[TrainExample], list[TrainExample]]:
     """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out."""
     language = canonical_code(language)
@@ -180,4 +180,5 @@ def load_training_data(language: str, data_path: str | None = None, *, val_size:
     order = list(range(len(examples)))
     rng.shuffle(order)
     shuffled = [examples[i] for i in order]
-    return shuffled[: len(shuffled) - val_size], shuffled[len(shuffled) - val_size :]
+    cut = len(shuffled) - val_size
+    return shuffled[:cut], shuffled[cut:]
