@@ -78,27 +78,31 @@ def chunked_token_divergence(
     def one(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
         return token_divergence(lm_head(hs), lm_head(ht), kind=kind, beta=beta, temperature=temperature, clip=clip)
 
+    return _map_chunks(one, student_hidden, teacher_hidden, chunk_size)
+
+
+def _map_chunks(fn, x: torch.Tensor, other: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """fn over row chunks of (x, other), concatenated; each chunk under activation checkpointing
+    when x needs a gradient, so only one chunk's intermediates (logits) live at a time."""
     outs = []
-    for i in range(0, student_hidden.shape[0], chunk_size):
-        hs, ht = student_hidden[i : i + chunk_size], teacher_hidden[i : i + chunk_size]
-        if torch.is_grad_enabled() and hs.requires_grad:
-            outs.append(checkpoint(one, hs, ht, use_reentrant=False))
+    for i in range(0, x.shape[0], chunk_size):
+        a, b = x[i : i + chunk_size], other[i : i + chunk_size]
+        if torch.is_grad_enabled() and a.requires_grad:
+            outs.append(checkpoint(fn, a, b, use_reentrant=False))
         else:
-            outs.append(one(hs, ht))
-    if not outs:
-        return student_hidden.new_zeros((0,), dtype=torch.float32)
-    return torch.cat(outs)
+            outs.append(fn(a, b))
+    return torch.cat(outs) if outs else x.new_zeros((0,), dtype=torch.float32)
 
 
-def clipped_share(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, kind: Kind, beta: float,
-                  temperature: float, clip: float | None) -> float:
-    """Share of vocabulary entries whose divergence the clip cut (a logged diagnostic)."""
-    if clip is None:
-        return 0.0
+def divergence_diagnostics(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, kind: Kind, beta: float,
+                           temperature: float, clip: float | None) -> tuple[float, float]:
+    """(mean unclipped per-token divergence, share of vocabulary entries the clip cuts): logged."""
     with torch.no_grad():
         s = F.log_softmax(student_logits.float() / temperature, dim=-1)
         t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        return float((_entry_divergence(s, t, kind, beta) > clip).float().mean())
+        entries = _entry_divergence(s, t, kind, beta)
+        share = float((entries > clip).float().mean()) if clip is not None else 0.0
+        return float(entries.sum(-1).mean()), share
 
 
 def chunked_token_logprobs(
@@ -115,11 +119,4 @@ def chunked_token_logprobs(
         logp = F.log_softmax(lm_head(h).float() / temperature, dim=-1)
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
-    outs = []
-    for i in range(0, hidden.shape[0], chunk_size):
-        h, y = hidden[i : i + chunk_size], targets[i : i + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
-            outs.append(checkpoint(one, h, y, use_reentrant=False))
-        else:
-            outs.append(one(h, y))
-    return torch.cat(outs) if outs else hidden.new_zeros((0,), dtype=torch.float32)
+    return _map_chunks(one, hidden, targets, chunk_size)

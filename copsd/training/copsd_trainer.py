@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from copsd.losses import _entry_divergence, chunked_token_divergence
+from copsd.losses import chunked_token_divergence, divergence_diagnostics, token_divergence
 from copsd.prompts import teacher_prompt, training_student_prompt
 from copsd.rollout import SamplingParams, generate
 from copsd.training.common import Trainer, completion_hidden, decoder_and_head
@@ -113,18 +113,10 @@ class CopsdTrainer(Trainer):
         if chunk > 0:
             per_token = chunked_token_divergence(hs, ht, self.lm_head, clip=cfg.clip, chunk_size=chunk, **kw)
         else:  # the direct path: full-vocabulary logits for every rollout token at once
-            from copsd.losses import token_divergence
-
             per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, **kw)
-        with torch.no_grad():  # diagnostics on up to 256 tokens: unclipped divergence, share of clipped entries
-            import torch.nn.functional as F
-
-            n = min(256, hs.shape[0])
-            s = F.log_softmax(self.lm_head(hs[:n].detach()).float() / cfg.temperature, -1)
-            t = F.log_softmax(self.lm_head(ht[:n]).float() / cfg.temperature, -1)
-            entries = _entry_divergence(s, t, cfg.divergence, cfg.beta)
-            diag = {"divergence_unclipped": float(entries.sum(-1).mean()),
-                    "clipped_share": float((entries > cfg.clip).float().mean()) if cfg.clip is not None else 0.0}
+        n = min(256, hs.shape[0])  # diagnostics on up to 256 tokens: unclipped divergence, clipped share
+        unclipped, share = divergence_diagnostics(self.lm_head(hs[:n].detach()), self.lm_head(ht[:n]), **kw, clip=cfg.clip)
+        diag = {"divergence_unclipped": unclipped, "clipped_share": share}
         return per_token.mean(), diag
 
     def compute_step(self, examples, step: int) -> dict[str, float]:
