@@ -168,8 +168,11 @@ def test_ctrl_c_leaves_database_consistent_and_resumes(workdir):
     db = workdir / "experiments.db"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if db.exists() and _db_rows(db, "select count(*) from jobs where status='RUNNING'") == [(1,)]:
-            break
+        try:
+            if db.exists() and _db_rows(db, "select count(*) from jobs where status='RUNNING'") == [(1,)]:
+                break
+        except sqlite3.OperationalError:  # the file exists before its tables do
+            pass
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
