@@ -1,4 +1,5 @@
-"""Benchmark loaders: AfriMGSM (Hub or local copy), MGSM, PolyMath, GSM8K test.
+"""Benchmark loaders: AfriMGSM (Hub or local copy), MGSM, PolyMath, GSM8K test, and the
+synthetic `testbed` (English + the synthetic LRLs, generated on the fly).
 
 Every loader returns a list of `Problem`s in file order; `limit` takes the first N. Bundled
 files live in `copsd/resources/benchmarks/` (see ATTRIBUTION.md there).
@@ -27,12 +28,14 @@ BENCHMARK_LANGUAGES: dict[str, tuple[str, ...]] = {
     "mgsm": tuple(MGSM_LANGS),
     "polymath": tuple(POLYMATH_LANGS),
     "gsm8k": ("eng",),
+    "testbed": ("eng", "synlo", "synvlo"),
 }
 BENCHMARK_SPLITS = {
     "afrimgsm": ("test", "dev"),
     "mgsm": ("test",),
     "polymath": ("low", "medium", "high", "top"),
     "gsm8k": ("test",),
+    "testbed": ("test",),
 }
 
 
@@ -135,6 +138,11 @@ def load_problems(benchmark: str, language: str, split: str = "test", limit: int
         path = _bundled("gsm8k", "test.jsonl")
         probs = [Problem(f"gsm8k-{i}", r["question"], _clean_answer(r["answer"].split("####")[-1].replace(",", "")))
                  for i, r in enumerate(_read_jsonl(path))]
+    elif benchmark == "testbed":
+        from copsd.testbed.world import TEST_SIZE, problems
+
+        probs = [Problem(f"testbed-{language}-{i}", q, str(p.answer))
+                 for i, (q, p) in enumerate(problems(language, "test", TEST_SIZE))]
     else:  # pragma: no cover - guarded by check_language
         raise CopsdError(f"unknown benchmark '{benchmark}'")
     if not probs:

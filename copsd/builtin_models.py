@@ -1,4 +1,5 @@
-"""Models that can be had with no download: `builtin:tiny-qwen3` (random weights).
+"""Models that can be had with no download: `builtin:tiny-qwen3` (random weights) and
+`builtin:testbed` (pretrained on the synthetic world of `copsd.testbed`).
 
 `tiny-qwen3` is a ~0.2M-parameter Qwen3-architecture model with a byte-level BPE tokenizer
 trained on the bundled MGSM questions, a Qwen3-style chat template (`<think>` tokens) and
@@ -36,7 +37,7 @@ TINY_QWEN3 = {
     "head_dim": 16,
     "seed": 0,
 }
-BUILTINS = {"tiny-qwen3": TINY_QWEN3}
+BUILTINS = {"tiny-qwen3": TINY_QWEN3, "testbed": None}  # testbed: copsd.testbed.build.RECIPE
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -72,6 +73,8 @@ def build_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
 def build_builtin(name: str) -> Path:
     if name not in BUILTINS:
         raise ModelLoadError(f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + b for b in BUILTINS)}")
+    if name == "testbed":
+        return build_testbed_cached()
     recipe = BUILTINS[name]
     target = cache_dir() / "models" / f"{name}-{recipe_hash(recipe)}"
 
@@ -100,3 +103,29 @@ def build_builtin(name: str) -> Path:
         model.save_pretrained(tmp)
 
     return atomic_build(target, build)
+
+
+def testbed_path() -> Path:
+    """Where `builtin:testbed` lives: keyed by its recipe and the English prompt strings it was
+    pretrained with (changing either builds a new one)."""
+    from copsd.languages import get_language
+    from copsd.testbed.build import RECIPE
+    from copsd.testbed.world import WORLD_VERSION
+
+    eng = get_language("eng")
+    key = {**RECIPE, "world": WORLD_VERSION, "instruction": eng.instruction, "thinking": eng.thinking}
+    return cache_dir() / "models" / f"testbed-{recipe_hash(key)}"
+
+
+def build_testbed_cached(log=None) -> Path:
+    """Pretrain the testbed model once per machine (a few minutes on 2 cores), then reuse it."""
+    from copsd.testbed.build import build_testbed
+
+    target = testbed_path()
+    if not (target / "config.json").is_file():
+        import sys
+
+        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        say(f"building builtin:testbed (once per machine) into {target}")
+        atomic_build(target, lambda tmp: build_testbed(tmp, log=say))
+    return target

@@ -40,7 +40,7 @@ class Decoding(_Strict):
 
 
 class EvalConfig(_Strict):
-    benchmark: Literal["afrimgsm", "mgsm", "polymath", "gsm8k"] = "afrimgsm"
+    benchmark: Literal["afrimgsm", "mgsm", "polymath", "gsm8k", "testbed"] = "afrimgsm"
     split: str = Field("test", description="afrimgsm: test|dev; polymath: low|medium|high|top; others: test")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N problems")
     thinking: bool = Field(True, description="open the assistant turn with <think> + the language's sentence")

@@ -90,6 +90,11 @@ def _registry(override: str | None) -> dict[str, Language]:
             raise CopsdError(f"COPSD_LANGUAGES={override}: file not found")
         for code, entry in _load_yaml(override).items():
             raw[code] = {**raw.get(code, {}), **(entry or {})}
+    if "eng" in raw:  # the synthetic testbed languages, derived from the English entry
+        from copsd.testbed.world import language_entries
+
+        for code, entry in language_entries(raw["eng"]).items():
+            raw.setdefault(code, entry)
     known = {"name", "script", "instruction", "thinking", "aliases", "review", "missing", "synthetic"}
     langs = {}
     for code, entry in raw.items():

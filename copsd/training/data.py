@@ -160,7 +160,13 @@ def load_training_data(language: str, data_path: str | None = None, *, val_size:
                        seed: int = 0) -> tuple[list[TrainExample], list[TrainExample]]:
     """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out."""
     language = canonical_code(language)
-    if data_path is None:
+    if data_path is None and registry()[language].synthetic:
+        from copsd.testbed.world import TRAIN_SIZE, problems
+
+        examples = [TrainExample(f"testbed-train-{i}", q, p.question, p.solution, str(p.answer))
+                    for i, (q, p) in enumerate(problems(language, "train", TRAIN_SIZE))]
+        source = f"testbed world ({language})"
+    elif data_path is None:
         if language not in BUNDLED_LANGUAGES:
             raise DataError(
                 f"no training data for language '{language}': set train.data_path to a COPSD JSON file with "
