@@ -95,7 +95,10 @@ class CopsdSettings(TrainCommon):
     max_completion_length: int = Field(2048, ge=1)
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
     beta: float = Field(0.5, ge=0.0, le=1.0, description="teacher weight of the generalized JSD (divergence=jsd)")
-    clip: float | None = Field(0.05, description="per-vocabulary-entry clamp from above; null = off")
+    clip: float | None = Field(0.05, description="divergence cap; null = off")
+    clip_mode: Literal["entry", "token_rescale"] = Field(
+        "entry", description="entry: clamp each vocabulary entry (paper); token_rescale: scale a token's sum down"
+    )
     teacher: Literal["fixed", "live", "ema"] = "fixed"
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     include_problem_en: bool = True

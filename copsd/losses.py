@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 Kind = Literal["forward_kl", "reverse_kl", "jsd"]
 KINDS = ("forward_kl", "reverse_kl", "jsd")
+ClipMode = Literal["entry", "token_rescale"]
 
 
 def _entry_divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
@@ -47,14 +48,26 @@ def token_divergence(
     beta: float = 0.5,
     temperature: float = 1.0,
     clip: float | None = None,
+    clip_mode: ClipMode = "entry",
 ) -> torch.Tensor:
-    """Divergence per position ([..., V] logits -> [...] values), computed in fp32."""
+    """Divergence per position ([..., V] logits -> [...] values), computed in fp32.
+
+    clip_mode "entry" (the paper's): each vocabulary entry clamped from above at `clip` before the
+    sum; a clamped entry passes no gradient, and entries where p_T < p_S stay negative, so the
+    per-token value can go below zero. "token_rescale" (ours): a token whose summed divergence d
+    exceeds `clip` is scaled by clip / d (the factor without gradient): its value is capped at
+    `clip` but its gradient keeps its direction, only shrunk."""
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     d = _entry_divergence(s, t, kind, beta)
-    if clip is not None:
-        d = d.clamp(max=clip)
-    return d.sum(dim=-1)
+    if clip is None:
+        return d.sum(dim=-1)
+    if clip_mode == "entry":
+        return d.clamp(max=clip).sum(dim=-1)
+    if clip_mode == "token_rescale":
+        tok = d.sum(dim=-1)
+        return tok * (clip / tok.detach().clamp(min=clip))
+    raise ValueError(f"clip_mode must be 'entry' or 'token_rescale', got {clip_mode!r}")
 
 
 def chunked_token_divergence(
@@ -66,6 +79,7 @@ def chunked_token_divergence(
     beta: float = 0.5,
     temperature: float = 1.0,
     clip: float | None = None,
+    clip_mode: ClipMode = "entry",
     chunk_size: int = 256,
 ) -> torch.Tensor:
     """Same values as `token_divergence(lm_head(hs), lm_head(ht))` per position, for [N, H] hidden
@@ -76,7 +90,8 @@ def chunked_token_divergence(
     teacher_hidden = teacher_hidden.detach()
 
     def one(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
-        return token_divergence(lm_head(hs), lm_head(ht), kind=kind, beta=beta, temperature=temperature, clip=clip)
+        return token_divergence(lm_head(hs), lm_head(ht), kind=kind, beta=beta, temperature=temperature, clip=clip,
+                                clip_mode=clip_mode)
 
     return _map_chunks(one, student_hidden, teacher_hidden, chunk_size)
 
@@ -95,14 +110,21 @@ def _map_chunks(fn, x: torch.Tensor, other: torch.Tensor, chunk_size: int) -> to
 
 
 def divergence_diagnostics(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, kind: Kind, beta: float,
-                           temperature: float, clip: float | None) -> tuple[float, float]:
-    """(mean unclipped per-token divergence, share of vocabulary entries the clip cuts): logged."""
+                           temperature: float, clip: float | None, clip_mode: ClipMode = "entry") -> tuple[float, float]:
+    """(mean unclipped per-token divergence, share the clip cuts: of vocabulary entries for
+    clip_mode 'entry', of tokens for 'token_rescale'): logged."""
     with torch.no_grad():
         s = F.log_softmax(student_logits.float() / temperature, dim=-1)
         t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
         entries = _entry_divergence(s, t, kind, beta)
-        share = float((entries > clip).float().mean()) if clip is not None else 0.0
-        return float(entries.sum(-1).mean()), share
+        per_token = entries.sum(-1)
+        if clip is None:
+            share = 0.0
+        elif clip_mode == "entry":
+            share = float((entries > clip).float().mean())
+        else:
+            share = float((per_token > clip).float().mean())
+        return float(per_token.mean()), share
 
 
 def chunked_token_logprobs(

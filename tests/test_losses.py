@@ -93,3 +93,20 @@ def test_forward_kl_is_what_the_paper_code_computes():
     ref = torch.nn.functional.kl_div(torch.log_softmax(s, -1), torch.log_softmax(t, -1), reduction="none",
                                      log_target=True).sum(-1)
     torch.testing.assert_close(token_divergence(s, t, kind="forward_kl"), ref)
+
+
+def test_token_rescale_caps_the_value_and_keeps_the_gradient_direction():
+    torch.manual_seed(1)
+    s = (torch.randn(6, 13) * 3).requires_grad_(True)
+    t = torch.randn(6, 13) * 3
+    raw = token_divergence(s, t)
+    assert (raw > 0.5).any()
+    capped = token_divergence(s, t, clip=0.5, clip_mode="token_rescale")
+    torch.testing.assert_close(capped, raw.clamp(max=0.5))
+    (g_raw,) = torch.autograd.grad(raw.sum(), s)
+    (g_cap,) = torch.autograd.grad(token_divergence(s, t, clip=0.5, clip_mode="token_rescale").sum(), s)
+    for i in range(6):  # same direction per token, never silenced
+        cos = torch.nn.functional.cosine_similarity(g_raw[i], g_cap[i], dim=0)
+        assert float(cos) > 0.999 and float(g_cap[i].abs().sum()) > 0
+    with pytest.raises(ValueError):
+        token_divergence(s, t, clip=0.5, clip_mode="nope")

@@ -137,9 +137,14 @@ def build_table(df: pd.DataFrame, by: str = "language", metric: str = "accuracy"
                 continue
             v = np.asarray(vals, dtype=float)
             t.cells[(r, c)] = Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, None, len(v))
-    # delta vs base
+    # delta vs base; in the Avg row, the mean of the per-language deltas (paired: a method trained
+    # on fewer languages than the base was evaluated on is compared on its own languages only)
     for (r, c), cell in t.cells.items():
-        if by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
+        if by == "language" and r == "Avg" and c[1] != "base":
+            ds = [t.cells[(x, c)].mean - t.cells[(x, (c[0], "base"))].mean for x in title_rows[:-1]
+                  if (x, c) in t.cells and (x, (c[0], "base")) in t.cells]
+            cell.delta = float(np.mean(ds)) if ds else None
+        elif by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
             cell.delta = cell.mean - t.cells[(r, (c[0], "base"))].mean
         elif by == "model" and c[0] != "base" and (r, ("base",)) in t.cells:
             cell.delta = cell.mean - t.cells[(r, ("base",))].mean

@@ -111,11 +111,13 @@ class CopsdTrainer(Trainer):
         kw = dict(kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature)
         chunk = cfg.loss_chunk_size
         if chunk > 0:
-            per_token = chunked_token_divergence(hs, ht, self.lm_head, clip=cfg.clip, chunk_size=chunk, **kw)
+            per_token = chunked_token_divergence(hs, ht, self.lm_head, clip=cfg.clip, clip_mode=cfg.clip_mode,
+                                                 chunk_size=chunk, **kw)
         else:  # the direct path: full-vocabulary logits for every rollout token at once
-            per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, **kw)
+            per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, clip_mode=cfg.clip_mode, **kw)
         n = min(256, hs.shape[0])  # diagnostics on up to 256 tokens: unclipped divergence, clipped share
-        unclipped, share = divergence_diagnostics(self.lm_head(hs[:n].detach()), self.lm_head(ht[:n]), **kw, clip=cfg.clip)
+        unclipped, share = divergence_diagnostics(self.lm_head(hs[:n].detach()), self.lm_head(ht[:n]), **kw, clip=cfg.clip,
+                                                   clip_mode=cfg.clip_mode)
         diag = {"divergence_unclipped": unclipped, "clipped_share": share}
         return per_token.mean(), diag
 

@@ -1,0 +1,138 @@
+"""The synthetic testbed: its world, its languages, and (slow) the method's regression tests on
+the pretrained `builtin:testbed` (built once per test session, ~5 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from copsd.benchmarks import load_problems
+from copsd.config import EvalConfig, JobConfig
+from copsd.languages import get_language
+from copsd.spec import load_jobs
+from copsd.testbed.world import SYNTHETIC, english_split, problems, translate
+from copsd.training.data import load_training_data
+
+
+def test_world_is_deterministic_and_splits_are_disjoint():
+    a, b = english_split("test", 200), english_split("test", 200)
+    assert a == b and len({p.question for p in a}) == 200
+    train = {p.question for p in english_split("train", 2000)}
+    assert not train & {p.question for p in a}
+    for p in a[:50]:
+        assert p.solution.endswith(f"the answer is \\boxed{{ {p.answer} }} .")
+        assert 0 <= p.answer <= 100
+
+
+def test_synthetic_languages_translate_words_not_numbers():
+    p = english_split("test", 1)[0]
+    lo, vlo = translate(p.question, "synlo"), translate(p.question, "synvlo")
+    assert lo != p.question and vlo != lo
+    nums = [t for t in p.question.split() if t.isdigit()]
+    assert [t for t in lo.split() if t.isdigit()] == nums
+    assert translate(p.solution, "synlo").count("\\boxed{") == 1
+
+
+def test_synthetic_languages_are_registered_like_real_ones():
+    for code in SYNTHETIC:
+        lang = get_language(code)
+        assert lang.synthetic and "\\boxed{}" in lang.instruction
+        probs = load_problems("testbed", code)
+        assert len(probs) == 200 and probs[0].question == problems(code, "test", 1)[0][0]
+        train, val = load_training_data(code, val_size=32)
+        assert len(train) == 1968 and train[0].problem != train[0].problem_en
+    job = JobConfig(method="copsd", model="builtin:testbed", language="synlo", eval={"benchmark": "testbed"})
+    assert job.language == "synlo"
+
+
+def test_demo_spec_plans_the_methods_on_the_synthetic_languages():
+    _, jobs = load_jobs(str(__import__("copsd.cli", fromlist=["x"]).resolve_spec_path("demo")))
+    methods = {(j.method, j.language) for j in jobs}
+    for m in ("copsd", "grpo", "sft"):
+        assert (m, "synlo") in methods and (m, "synvlo") in methods and (m, "eng") not in methods
+    assert ("base", "eng") in methods and len(jobs) == 15
+
+
+# ---- regression tests of the method (slow: they need the pretrained testbed) ------------------
+
+GREEDY = EvalConfig(benchmark="testbed", decoding={"n_samples": 1, "temperature": 0.0, "max_new_tokens": 40},
+                    batch_size=200)
+
+
+def _accuracy(model, tok, lang: str) -> float:
+    from copsd.evaluation.evaluate import evaluate
+
+    model.eval()
+    return 100 * evaluate(model, tok, load_problems("testbed", lang), lang, GREEDY).metrics["accuracy"]
+
+
+def _post_train(tmp_path, trainer_cls=None, steps=50, **copsd):
+    from copsd.models import load_model
+    from copsd.training import CopsdTrainer
+    from copsd.training.common import wrap_lora
+
+    train = {"batch_size": 16, "micro_batch_size": 16, "max_steps": steps, "save_steps": steps, "lr": 1e-3,
+             "lora": {"r": 16, "alpha": 32}, "clip": None, "max_completion_length": 32, **copsd}
+    job = JobConfig(method="copsd", model="builtin:testbed", language="synlo", dtype="float32",
+                    eval={"benchmark": "testbed"}, train=train)
+    lm = load_model("builtin:testbed", dtype="float32", device="cpu")
+    model = wrap_lora(lm.model, job.train.lora, 0)
+    before = {lang: _accuracy(model, lm.tokenizer, lang) for lang in ("synlo", "eng")}
+    examples, _ = load_training_data("synlo", val_size=32)
+    (trainer_cls or CopsdTrainer)(job, model, lm.tokenizer, examples, tmp_path / "run").train()
+    after = {lang: _accuracy(model, lm.tokenizer, lang) for lang in ("synlo", "eng")}
+    return before, after
+
+
+@pytest.mark.slow
+def test_copsd_closes_most_of_the_gap_without_hurting_english(tmp_path):
+    before, after = _post_train(tmp_path)
+    assert after["synlo"] - before["synlo"] >= 20, (before, after)
+    assert before["eng"] - after["eng"] <= 5, (before, after)
+
+
+@pytest.mark.slow
+def test_without_privileged_context_there_is_nothing_to_learn(tmp_path):
+    """Teacher prompt == student prompt and a fixed teacher == the initial student: zero signal."""
+    before, after = _post_train(tmp_path, steps=10, include_problem_en=False, include_reference_solution_en=False)
+    assert abs(after["synlo"] - before["synlo"]) < 1e-9 and abs(after["eng"] - before["eng"]) < 1e-9
+
+
+@pytest.mark.slow
+def test_swapping_student_and_teacher_roles_does_not_help(tmp_path):
+    from copsd.training import CopsdTrainer
+
+    class Swapped(CopsdTrainer):
+        """The student sees the privileged prompt and the teacher the plain one (roles swapped)."""
+
+        def student_ids(self, ex):
+            return CopsdTrainer.teacher_ids(self, ex)
+
+        def teacher_ids(self, ex):
+            return CopsdTrainer.student_ids(self, ex)
+
+    before, after = _post_train(tmp_path, trainer_cls=Swapped)
+    assert after["synlo"] - before["synlo"] < 10, (before, after)
+
+
+@pytest.mark.slow
+def test_teacher_with_students_prompt_gives_zero_loss_and_gradient_on_the_testbed(tmp_path):
+    from copsd.models import load_model
+    from copsd.training import CopsdTrainer
+    from copsd.training.common import wrap_lora
+
+    job = JobConfig(method="copsd", model="builtin:testbed", language="synvlo", dtype="float32",
+                    eval={"benchmark": "testbed"},
+                    train={"batch_size": 8, "micro_batch_size": 8, "max_steps": 1, "max_completion_length": 32,
+                           "include_problem_en": False, "include_reference_solution_en": False})
+    lm = load_model("builtin:testbed", dtype="float32", device="cpu")
+    tr = CopsdTrainer(job, wrap_lora(lm.model, job.train.lora, 0), lm.tokenizer,
+                      load_training_data("synvlo")[0][:8], tmp_path / "run")
+    tr._finished = 0
+    comps = tr.rollouts(tr.examples, 1, 0)
+    loss, _ = tr.divergence_loss(tr.examples, comps)
+    loss.backward()
+    assert abs(float(loss.detach())) < 1e-6
+    assert all(float(p.grad.abs().max()) < 1e-6 for p in tr.params if p.grad is not None)
+    assert sum(map(len, comps)) > 0
+    assert torch.isfinite(loss)
