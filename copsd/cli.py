@@ -41,6 +41,8 @@ report_app = typer.Typer(help="Comparison tables from the results database.", no
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(data_app, name="data")
 app.add_typer(report_app, name="report")
+testbed_app = typer.Typer(help="The CPU testbed: a synthetic world and a tiny model pretrained on it.", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -314,6 +316,28 @@ def report_table(
     else:
         console.print(to_rich(t))
     err_console.print(f"written to {out}")
+
+
+@testbed_app.command("build")
+def testbed_build():
+    """Pretrain builtin:testbed now (~5 minutes on 2 cores; once per machine, then cached)."""
+    from copsd.builtin_models import build_testbed_cached
+
+    path = build_testbed_cached(log=lambda m: err_console.print(m, highlight=False))
+    console.print(f"builtin:testbed is at {path}")
+
+
+@testbed_app.command("info")
+def testbed_info():
+    """Where builtin:testbed is cached, whether it is built, and a sample problem per language."""
+    from copsd.builtin_models import testbed_path
+    from copsd.testbed.world import problems
+
+    p = testbed_path()
+    console.print(f"builtin:testbed: {p} ({'built' if (p / 'config.json').is_file() else 'not built yet'})")
+    for lang in ("eng", "synlo", "synvlo"):
+        q, prob = problems(lang, "test", 1)[0]
+        console.print(f"  {lang}: {q}  ->  {prob.answer}", highlight=False)
 
 
 def main() -> None:
