@@ -14,6 +14,7 @@ install:
 demo: install
 	$(PY) -m copsd sweep run demo
 	$(PY) -m copsd report table --by language --sweep demo
+	$(PY) -m copsd report curves --sweep demo
 
 test: install
 	$(PY) -m pytest

@@ -318,6 +318,27 @@ def report_table(
     err_console.print(f"written to {out}")
 
 
+@report_app.command("curves")
+def report_curves(
+    metric: str = typer.Option("accuracy", "--metric", help="accuracy, pass_at_k, format_rate, ..."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG path; default reports/<sweep>_curves_<metric>.png"),
+    db: Optional[str] = DB_OPT,
+):
+    """Training dynamics: the metric at each evaluated checkpoint, per language and method (PNG)."""
+    from copsd.db.store import ResultsDB
+    from copsd.reports.plots import plot_curves
+
+    rdb = ResultsDB(db)
+    if sweep and rdb.get_sweep(sweep) is None:
+        raise CopsdError(f"no sweep named '{sweep}' in {rdb.url}; known: {', '.join(s.name for s in rdb.sweeps()) or 'none'}")
+    df = rdb.results_frame(sweep)
+    rdb.close()
+    path = plot_curves(df, out or Path("reports") / f"{sweep or 'all'}_curves_{metric}.png", metric, benchmark)
+    console.print(f"written to {path}")
+
+
 @testbed_app.command("build")
 def testbed_build():
     """Pretrain builtin:testbed now (~5 minutes on 2 cores; once per machine, then cached)."""

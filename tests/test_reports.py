@@ -77,3 +77,12 @@ def test_csv_and_errors(db):
         build_table(db.results_frame("t"), by="planet")
     with pytest.raises(CopsdError, match="no results"):
         build_table(db.results_frame("nonexistent"))
+
+
+def test_curves_plot_is_written(db, tmp_path):
+    from copsd.reports.plots import plot_curves
+
+    out = plot_curves(db.results_frame("t"), tmp_path / "c.png")
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(CopsdError, match="unknown metric"):
+        plot_curves(db.results_frame("t"), tmp_path / "d.png", metric="nope")

@@ -1,4 +1,4 @@
-"""Reports rendered from the results database (tables now; plots with the training methods)."""
+"""Reports rendered from the results database: comparison tables and training-dynamics plots."""
 
 from copsd.reports.tables import Table, build_table, render
 
