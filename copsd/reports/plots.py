@@ -8,20 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from copsd.config import short_model_name
-from copsd.db.schema import METRIC_COLUMNS
-from copsd.errors import CopsdError
-from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT
+from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, check_selection
 
 
 def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark: str | None = None) -> Path:
-    if metric not in METRIC_COLUMNS:
-        raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(METRIC_COLUMNS)}")
-    if df.empty:
-        raise CopsdError("no results in the database for this selection; run a sweep first (copsd sweep run SPEC)")
-    if benchmark:
-        df = df[df.benchmark == benchmark]
-    elif df.benchmark.nunique() > 1:
-        raise CopsdError(f"results span several benchmarks ({', '.join(sorted(df.benchmark.unique()))}); pick one with --benchmark")
+    df = check_selection(df, metric, benchmark)
     import matplotlib
 
     matplotlib.use("Agg")

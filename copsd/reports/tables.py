@@ -48,17 +48,23 @@ def _method_key(m: str) -> tuple:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
 
-def select_rows(df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None,
-                budget: int | None = None) -> pd.DataFrame:
-    """One result per job: the final (largest) checkpoint, the best one, or a given step."""
+def check_selection(df: pd.DataFrame, metric: str, benchmark: str | None) -> pd.DataFrame:
+    """Validate the metric and narrow the results to one benchmark (shared by tables and plots)."""
     if metric not in METRIC_COLUMNS:
         raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(METRIC_COLUMNS)}")
     if df.empty:
         raise CopsdError("no results in the database for this selection; run a sweep first (copsd sweep run SPEC)")
     if benchmark:
-        df = df[df.benchmark == benchmark]
-    elif df.benchmark.nunique() > 1:
+        return df[df.benchmark == benchmark]
+    if df.benchmark.nunique() > 1:
         raise CopsdError(f"results span several benchmarks ({', '.join(sorted(df.benchmark.unique()))}); pick one with --benchmark")
+    return df
+
+
+def select_rows(df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None,
+                budget: int | None = None) -> pd.DataFrame:
+    """One result per job: the final (largest) checkpoint, the best one, or a given step."""
+    df = check_selection(df, metric, benchmark)
     if budget:
         df = df[df.max_new_tokens == budget]
     else:
