@@ -37,7 +37,6 @@ TINY_QWEN3 = {
     "head_dim": 16,
     "seed": 0,
 }
-BUILTINS = {"tiny-qwen3": TINY_QWEN3, "testbed": None}  # testbed: copsd.testbed.build.RECIPE
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -71,12 +70,15 @@ def build_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
 
 
 def build_builtin(name: str) -> Path:
+    """The directory of `builtin:<name>`, built on first use."""
     if name not in BUILTINS:
         raise ModelLoadError(f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + b for b in BUILTINS)}")
-    if name == "testbed":
-        return build_testbed_cached()
-    recipe = BUILTINS[name]
-    target = cache_dir() / "models" / f"{name}-{recipe_hash(recipe)}"
+    return BUILTINS[name]()
+
+
+def build_tiny_qwen3() -> Path:
+    recipe = TINY_QWEN3
+    target = cache_dir() / "models" / f"tiny-qwen3-{recipe_hash(recipe)}"
 
     def build(tmp: Path) -> None:
         import torch
@@ -129,3 +131,6 @@ def build_testbed_cached(log=None) -> Path:
         say(f"building builtin:testbed (once per machine) into {target}")
         atomic_build(target, lambda tmp: build_testbed(tmp, log=say))
     return target
+
+
+BUILTINS = {"tiny-qwen3": build_tiny_qwen3, "testbed": build_testbed_cached}

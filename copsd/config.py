@@ -184,11 +184,9 @@ class JobConfig(_Strict):
     def canonical(self) -> dict:
         """The hashed view: everything that can change the numbers, nothing that cannot."""
         d = self.model_dump(mode="json")
-        for path in UNHASHED_PATHS:
-            node = d
-            for key in path[:-1]:
-                node = node.get(key) or {}
-            node.pop(path[-1], None) if isinstance(node, dict) else None
+        for section, key in UNHASHED_PATHS:
+            if isinstance(d.get(section), dict):
+                d[section].pop(key, None)
         if self.method == "base":
             d["eval"].pop("checkpoints", None)
         return d

@@ -49,7 +49,8 @@ class LoadedModel:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+    """A Hub id is `org/name`; anything else with a slash, or that exists here, is a path."""
+    return name.startswith((".", "/", "~")) or name.strip("/").count("/") > 1 or Path(name).exists()
 
 
 def resolve_model_source(name: str) -> str:

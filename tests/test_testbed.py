@@ -46,7 +46,9 @@ def test_synthetic_languages_are_registered_like_real_ones():
 
 
 def test_demo_spec_plans_the_methods_on_the_synthetic_languages():
-    _, jobs = load_jobs(str(__import__("copsd.cli", fromlist=["x"]).resolve_spec_path("demo")))
+    from copsd.cli import resolve_spec_path
+
+    _, jobs = load_jobs(resolve_spec_path("demo"))
     methods = {(j.method, j.language) for j in jobs}
     for m in ("copsd", "grpo", "sft"):
         assert (m, "synlo") in methods and (m, "synvlo") in methods and (m, "eng") not in methods
@@ -130,7 +132,6 @@ def test_teacher_with_students_prompt_gives_zero_loss_and_gradient_on_the_testbe
     lm = load_model("builtin:testbed", dtype="float32", device="cpu")
     tr = CopsdTrainer(job, wrap_lora(lm.model, job.train.lora, 0), lm.tokenizer,
                       load_training_data("synvlo")[0][:8], tmp_path / "run")
-    tr._finished = 0
     comps = tr.rollouts(tr.examples, 1, 0)
     loss, _ = tr.divergence_loss(tr.examples, comps)
     loss.backward()

@@ -104,7 +104,6 @@ def test_teacher_with_the_students_prompt_gives_zero_loss_and_gradient(tmp_path,
     job = _job(teacher=teacher, include_problem_en=False, include_reference_solution_en=False, clip=None)
     trainer, _ = _setup(job, tmp_path)
     trainer.model.train()
-    trainer._finished = 0
     comps = trainer.rollouts(EX[:2], 1, 0)
     loss, _ = trainer.divergence_loss(EX[:2], comps)
     loss.backward()
@@ -115,7 +114,6 @@ def test_teacher_with_the_students_prompt_gives_zero_loss_and_gradient(tmp_path,
 
 def test_privileged_context_gives_a_nonzero_signal(tmp_path):
     trainer, _ = _setup(_job(clip=None), tmp_path)
-    trainer._finished = 0
     comps = trainer.rollouts(EX[:2], 1, 0)
     loss, _ = trainer.divergence_loss(EX[:2], comps)
     assert float(loss.detach()) > 1e-4
@@ -124,7 +122,6 @@ def test_privileged_context_gives_a_nonzero_signal(tmp_path):
 def test_chunked_and_direct_loss_agree_in_trainer(tmp_path):
     t1, _ = _setup(_job(loss_chunk_size=3), tmp_path / "a")
     t2, _ = _setup(_job(loss_chunk_size=0), tmp_path / "b")
-    t1._finished = t2._finished = 0
     comps = t1.rollouts(EX[:2], 1, 0)
     l1, _ = t1.divergence_loss(EX[:2], comps)
     l2, _ = t2.divergence_loss(EX[:2], comps)
@@ -228,7 +225,6 @@ def test_bundled_swahili_set_and_gsm8k_cleaning():
 
 
 def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
-    mgsm_en_first = "Janet\u2019s ducks lay 16 eggs per day."
     recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(10)]
     (tmp_path / "translated_hau.json").write_text(json.dumps(recs))
     train, val = load_training_data("hau", str(tmp_path / "translated_{language}.json"), val_size=2)
@@ -251,7 +247,6 @@ def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
         load_training_data("hau", str(tmp_path / "bad.json"), val_size=1)
     with pytest.raises(DataError, match="not found"):
         load_training_data("hau", str(tmp_path / "missing.json"))
-    assert mgsm_en_first  # documentation of what the leak test uses
 
 
 def open_mgsm_en_first() -> str:

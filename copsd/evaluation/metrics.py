@@ -46,7 +46,7 @@ class Sample:
     token_ids: list[int]
 
 
-def compute_metrics(samples: list[list[Sample]], gold_equal=None) -> dict[str, float]:
+def compute_metrics(samples: list[list[Sample]]) -> dict[str, float]:
     """Metrics over problems (outer list) x samples (inner list, all the same length k)."""
     from copsd.evaluation.grading import normalize_answer
 

@@ -95,6 +95,7 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.step = 0
+        self._perm_epoch, self._perm = -1, []
 
     # ---- to implement ---------------------------------------------------------------------
     def compute_step(self, examples: list, step: int) -> dict[str, float]:
@@ -117,10 +118,15 @@ class Trainer:
         start = (step - 1) * size
         for k in range(start, start + size):
             epoch, i = divmod(k, n)
-            perm = list(range(n))
-            random.Random(self.job.seed * 7919 + epoch).shuffle(perm)
-            out.append(self.examples[perm[i]])
+            out.append(self.examples[self._permutation(epoch)[i]])
         return out
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._perm_epoch != epoch:
+            perm = list(range(len(self.examples)))
+            random.Random(self.job.seed * 7919 + epoch).shuffle(perm)
+            self._perm_epoch, self._perm = epoch, perm
+        return self._perm
 
     def micro_batches(self, items: list, size: int) -> list[list]:
         return [items[i : i + size] for i in range(0, len(items), size)]

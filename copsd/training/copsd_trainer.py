@@ -28,6 +28,7 @@ class CopsdTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
+        self._finished = 0  # rollouts that hit a stop token in the current step (truncation rate)
         self.ema: dict[str, torch.Tensor] | None = None
         if self.cfg.teacher == "ema":
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}

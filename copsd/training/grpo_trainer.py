@@ -80,6 +80,7 @@ class GrpoTrainer(Trainer):
             gen_time += time.perf_counter() - t0
             prompt_ids, comps, adv = [], [], []
             for ex, p, g in zip(mb, prompts, groups):
+                p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
                 r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
                 stats["reward"] += r.tolist()
                 stats["zero_std_groups"].append(float(r.std() == 0))
@@ -88,7 +89,7 @@ class GrpoTrainer(Trainer):
                     stats["length"].append(len(x.token_ids))
                     stats["finished"].append(float(x.finished))
                     if x.token_ids:
-                        prompt_ids.append(self.tok(p, add_special_tokens=False)["input_ids"])
+                        prompt_ids.append(p_ids)
                         comps.append(x.token_ids)
                         adv.append(ai)
             if not comps:
