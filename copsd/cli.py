@@ -43,6 +43,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(report_app, name="report")
 testbed_app = typer.Typer(help="The CPU testbed: a synthetic world and a tiny model pretrained on it.", no_args_is_help=True)
 app.add_typer(testbed_app, name="testbed")
+bench_app = typer.Typer(
+    help="Speed benchmarks on random-weight Qwen3 shapes (no download); each measures transformers' "
+         "generate / the naive loss in the same run as the baseline. Results: docs/benchmarks.md.",
+    no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -359,6 +364,106 @@ def testbed_info():
     for lang in ("eng", "synlo", "synvlo"):
         q, prob = problems(lang, "test", 1)[0]
         console.print(f"  {lang}: {q}  ->  {prob.answer}", highlight=False)
+
+
+def _bench_device(device: Optional[str]) -> str:
+    import torch
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise CopsdError("--device cuda: no CUDA device is visible; use --device cpu (with --shape tiny)")
+    return dev
+
+
+def _bench_write(result: dict, out: Optional[Path]) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        err_console.print(f"wrote {out}")
+
+
+def _ints(csv: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in csv.split(",") if x.strip()]
+    except ValueError:
+        raise CopsdError(f"{option} takes comma-separated integers, got {csv!r}") from None
+
+
+@bench_app.command("rollout")
+def bench_rollout_cmd(
+    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    batch: str = typer.Option("32,128", "--batch", help="comma-separated batch sizes"),
+    new_tokens: int = typer.Option(1024, "--new-tokens", help="tokens decoded per row by the fast engine"),
+    hf_new_tokens: int = typer.Option(128, "--hf-new-tokens", help="tokens per row for the (slow) hf baseline"),
+    prompt_len: int = typer.Option(256, "--prompt-len", help="longest prompt; lengths spread over [len/2, len]"),
+    engines: str = typer.Option("fast,hf", "--engines", help="comma-separated: fast, hf"),
+    lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (as in training)"),
+    top_k: int = typer.Option(20, "--top-k"), top_p: float = typer.Option(0.95, "--top-p"),
+    temperature: float = typer.Option(1.1, "--temperature"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
+    profile: bool = typer.Option(False, "--profile", help="also break one decode step down by kernel kind"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON here"),
+):
+    """Decode throughput: tokens/s, ms per step, bandwidth share, peak memory; fast vs hf."""
+    from copsd.bench.rollout import bench_rollout, profile_decode
+
+    dev = _bench_device(device)
+    engine_list = [e.strip() for e in engines.split(",") if e.strip()]
+    if bad := [e for e in engine_list if e not in ("fast", "hf")]:
+        raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from fast, hf")
+    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
+    result = bench_rollout(shape, device=dev, dtype=dtype, batches=_ints(batch, "--batch"), new_tokens=new_tokens,
+                           hf_new_tokens=hf_new_tokens, prompt_len=prompt_len, lora=lora, engines=engine_list,
+                           temperature=temperature, top_p=top_p, top_k=top_k, log=show)
+    if profile:
+        result["profile"] = profile_decode(shape, device=dev, dtype=dtype, batch=max(_ints(batch, "--batch")),
+                                           prompt_len=prompt_len, lora=lora, temperature=temperature, top_p=top_p,
+                                           top_k=top_k)
+        show(result["profile"])
+    _bench_write(result, out)
+    console.print(_bench_table(result["rows"], ["shape", "engine", "batch", "new_tokens", "tokens_per_s",
+                                                 "ms_per_step", "bandwidth_share", "peak_memory_gib",
+                                                 "speedup_vs_hf"]))
+
+
+@bench_app.command("step")
+def bench_step_cmd(
+    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    rollouts: int = typer.Option(4, "--rollouts", help="rollouts per micro-batch"),
+    completion: int = typer.Option(1024, "--completion", help="tokens per rollout"),
+    teacher_prompt: int = typer.Option(768, "--teacher-prompt", help="teacher prompt tokens"),
+    student_prompt: int = typer.Option(256, "--student-prompt", help="longest student prompt"),
+    chunk: int = typer.Option(256, "--chunk", help="loss chunk (train.loss_chunk_size) of the lean path"),
+    reps: int = typer.Option(3, "--reps", help="timed repetitions after one warm-up (best is reported)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON here"),
+):
+    """One COPSD step: rollouts (fast vs hf) + loss/backward/optimizer (lean vs naive): time, peak memory."""
+    from copsd.bench.step import bench_step
+
+    dev = _bench_device(device)
+    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
+    result = bench_step(shape, device=dev, dtype=dtype, rollouts=rollouts, completion=completion,
+                        student_prompt=student_prompt, teacher_prompt=teacher_prompt, chunk=chunk, reps=reps,
+                        log=show)
+    _bench_write(result, out)
+    console.print(_bench_table(result["rows"], ["path", "loss_step_s", "peak_memory_gib",
+                                                 "step_s_with_fast_rollouts", "step_s_with_hf_rollouts"]))
+
+
+def _bench_table(rows: list[dict], cols: list[str]):
+    from rich.table import Table
+
+    table = Table(*cols)
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, r.get("error", "") if c == cols[-1] else "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        table.add_row(*cells)
+    return table
 
 
 def main() -> None:

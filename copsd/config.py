@@ -22,7 +22,11 @@ TRAINED_METHODS = ("copsd", "grpo", "sft")
 
 # Settings that say where things are or how fast they run, not what is computed: they are
 # kept in the config (and in MLflow) but left out of the job id.
-UNHASHED_PATHS = (("eval", "data_dir"), ("train", "data_path"), ("train", "loss_chunk_size"))
+# The rollout engine is among them: engines sample the same distribution (greedy: the same
+# tokens), though from different random streams.
+UNHASHED_PATHS = (("eval", "data_dir"), ("eval", "rollout_engine"), ("train", "data_path"),
+                  ("train", "loss_chunk_size"), ("train", "rollout_engine"))
+ENGINE_HELP = "auto (fast on a GPU for Llama/Qwen models, else hf) | fast | hf; not hashed"
 
 
 class _Strict(BaseModel):
@@ -50,6 +54,7 @@ class EvalConfig(_Strict):
         default_factory=list, description="training steps whose adapters are evaluated (trained methods)"
     )
     data_dir: str | None = Field(None, description="local AfriMGSM copy (<lang>/test.tsv); not hashed")
+    rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
 
     @field_validator("split")
     @classmethod
@@ -85,6 +90,7 @@ class TrainCommon(_Strict):
     loss_chunk_size: int = Field(
         256, ge=0, description="positions per LM-head chunk in the loss (0 = direct full-logits path); not hashed"
     )
+    rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
 
 
 class CopsdSettings(TrainCommon):

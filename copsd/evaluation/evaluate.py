@@ -35,7 +35,8 @@ def evaluate(
     params = SamplingParams(
         n=d.n_samples, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, max_new_tokens=d.max_new_tokens
     )
-    rollouts = generate(model, tokenizer, prompts, params, batch_size=cfg.batch_size, seed=seed, on_batch=on_batch)
+    rollouts = generate(model, tokenizer, prompts, params, batch_size=cfg.batch_size, seed=seed, on_batch=on_batch,
+                        engine=cfg.rollout_engine)
     graded: list[list[Sample]] = []
     records: list[dict] = []
     for prob, rolls in zip(problems, rollouts):

@@ -92,23 +92,28 @@ class CopsdTrainer(Trainer):
                                 max_new_tokens=cfg.max_completion_length)
         self.model.eval()
         groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts),
-                          seed=self.rollout_seed(step, micro))
+                          seed=self.rollout_seed(step, micro), engine=cfg.rollout_engine)
         self.model.train()
         self._finished += sum(g[0].finished for g in groups)
         return [g[0].token_ids for g in groups]
 
     def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
         """Mean (clipped) divergence over the rollout tokens of these examples."""
-        cfg = self.cfg
-        pad = self.tok.pad_token_id
         keep = [i for i, c in enumerate(completions) if c]
         examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
         if not completions:
             return torch.zeros((), device=self.device, requires_grad=True), {}
+        return self.token_loss([self.student_ids(e) for e in examples], [self.teacher_ids(e) for e in examples],
+                               completions, self.tok.pad_token_id)
+
+    def token_loss(self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]],
+                   pad_id: int) -> tuple[torch.Tensor, dict]:
+        """The loss on token ids (non-empty completions); `copsd bench step` times this."""
+        cfg = self.cfg
         # teacher first: the EMA teacher swaps weights in place, which must not touch the student's graph
         with torch.no_grad(), self.teacher_weights():
-            ht = completion_hidden(self.decoder, [self.teacher_ids(e) for e in examples], completions, pad, self.device)
-        hs = completion_hidden(self.decoder, [self.student_ids(e) for e in examples], completions, pad, self.device)
+            ht = completion_hidden(self.decoder, teacher, completions, pad_id, self.device)
+        hs = completion_hidden(self.decoder, student, completions, pad_id, self.device)
         kw = dict(kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature)
         chunk = cfg.loss_chunk_size
         if chunk > 0:
@@ -117,8 +122,9 @@ class CopsdTrainer(Trainer):
         else:  # the direct path: full-vocabulary logits for every rollout token at once
             per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, clip_mode=cfg.clip_mode, **kw)
         n = min(256, hs.shape[0])  # diagnostics on up to 256 tokens: unclipped divergence, clipped share
-        unclipped, share = divergence_diagnostics(self.lm_head(hs[:n].detach()), self.lm_head(ht[:n]), **kw, clip=cfg.clip,
-                                                   clip_mode=cfg.clip_mode)
+        with torch.no_grad():
+            unclipped, share = divergence_diagnostics(self.lm_head(hs[:n]), self.lm_head(ht[:n]), **kw,
+                                                       clip=cfg.clip, clip_mode=cfg.clip_mode)
         diag = {"divergence_unclipped": unclipped, "clipped_share": share}
         return per_token.mean(), diag
 

@@ -75,7 +75,7 @@ class GrpoTrainer(Trainer):
             t0 = time.perf_counter()
             self.model.eval()
             groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts) * G,
-                              seed=self.rollout_seed(step, m))
+                              seed=self.rollout_seed(step, m), engine=cfg.rollout_engine)
             self.model.train()
             gen_time += time.perf_counter() - t0
             prompt_ids, comps, adv = [], [], []

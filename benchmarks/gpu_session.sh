@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything the GPU machine is asked to do in one lease (docs/benchmarks.md records the output).
+# Usage there: OUT=<dir> bash benchmarks/gpu_session.sh   (wheels for pydantic carried in .whl/)
+set -u
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u;
+  python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"; } \
+  2>&1 | tee -a "$OUT/log.txt"
+BUDGET=${BUDGET:-540}  # seconds for the whole script; later (less important) steps get what is left
+b() {
+  local name=$1 limit=$2; shift 2
+  local left=$((BUDGET - SECONDS)); (( left < limit )) && limit=$left
+  (( limit < 15 )) && { echo "== $name skipped (out of time)"; return; }
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" python3 cli.py bench "$@" --out "$OUT/$name.json" > /tmp/$name.log 2>&1
+  echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
+}
+timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+b rollout_1.7b 200 rollout --shape qwen3-1.7b --batch 32,128 --new-tokens 1024 --hf-new-tokens 64 --profile
+b step_1.7b 120 step --shape qwen3-1.7b
+b rollout_8b 150 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --hf-new-tokens 32
+b rollout_4b 150 rollout --shape qwen3-4b --batch 128 --new-tokens 1024 --hf-new-tokens 32
+b step_4b 100 step --shape qwen3-4b
+b step_8b 100 step --shape qwen3-8b
+b rollout_1.7b_nolora 90 rollout --shape qwen3-1.7b --batch 128 --new-tokens 1024 --engines fast --no-lora
+echo done

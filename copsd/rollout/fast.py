@@ -1,0 +1,308 @@
+"""The `fast` rollout engine: a static KV cache, `prefill`, and a `decode_one_token` step that
+runs as one CUDA-graph replay per token (gpt-fast's design, without its own weights).
+
+The decoder reuses the model's own modules -- embeddings, norms, rotary table, MLPs and the
+q/k/v/o projections, PEFT LoRA layers included -- so adapters are always the live training
+weights (the optimizer updates them in place; a captured graph reads the same storage) and
+`disable_adapter()` is honoured. Only attention, the cache and the token loop are ours:
+
+* the cache is preallocated ([B, kv_heads, capacity, head_dim] per layer); prompts are
+  left-padded, rotary positions count from each row's first real token (as transformers does);
+* grouped-query attention folds the query-head group into the query-length axis, so the
+  cache is read once per step and never repeated per head;
+* decode attends to the cache up to a 256-token bucket boundary, not its full capacity, and
+  each bucket has its own captured graph (a few per batch shape, reused across batches and
+  training steps);
+* sampling applies top-k before top-p, so only k logits are sorted; a draw is
+  argmax(p / Exp(1)), which is a categorical sample and needs no host sync;
+* each row stops at its own stop token (later positions are padding); the loop checks every
+  `CHECK_EVERY` steps whether all rows are done.
+
+On CPU (tests) the same code runs eagerly. `hf` stays the reference this engine is tested
+against (tests/test_rollout_fast.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from copsd.rollout.base import SamplingParams
+
+SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+BUCKET = 256  # decode attends to the cache in multiples of this many positions
+CHECK_EVERY = 16  # decode steps between host checks for "every row has stopped"
+PROMPT_ALIGN = 8  # prompts are left-padded to a multiple of this (aligned attention masks)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def _base_causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def unsupported_reason(model) -> str | None:
+    """None when the fast engine can run `model`, else why not (one line)."""
+    base = _base_causal_lm(model)
+    cfg = getattr(base, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        return f"model type {mtype!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    if getattr(cfg, "use_sliding_window", False) and getattr(cfg, "sliding_window", None):
+        return "sliding-window attention is not supported"
+    inner = getattr(base, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "model has no .model.layers / .model.rotary_emb (not a Llama-family decoder)"
+    for m in model.modules():
+        if getattr(m, "use_dora", None) and any(m.use_dora.values()):
+            return "DoRA adapters are not supported"
+    return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Next token per row from fp32 logits [B, V]: greedy when temperature <= 0, else
+    temperature -> top-k -> top-p (transformers' order and semantics) -> a categorical draw."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
+    else:  # top-p over the whole vocabulary needs the full sort
+        vals, idx = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(vals, dim=-1)
+    if top_p < 1.0:
+        # keep the smallest prefix whose mass reaches top_p (the most likely token always stays)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
+    choice = torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True)
+    return idx.gather(-1, choice).squeeze(-1)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class _State:
+    """Static buffers of one batch shape; captured graphs read and advance them in place."""
+
+    def __init__(self, engine: "FastEngine", batch: int, capacity: int, max_new: int):
+        dev, dt = engine.device, engine.dtype
+        shape = (batch, engine.n_kv, capacity, engine.head_dim)
+        self.batch, self.capacity, self.max_new = batch, capacity, max_new
+        self.k = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
+        self.v = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
+        self.cur = torch.zeros((batch, 1), dtype=torch.long, device=dev)  # last sampled token
+        self.cache_idx = torch.zeros((1,), dtype=torch.long, device=dev)  # where `cur` is written
+        self.step_idx = torch.zeros((1,), dtype=torch.long, device=dev)  # column of `out` written next
+        self.pad_len = torch.zeros((batch,), dtype=torch.long, device=dev)
+        self.finished = torch.zeros((batch,), dtype=torch.bool, device=dev)
+        self.out = torch.zeros((batch, max_new), dtype=torch.long, device=dev)
+        self.arange = torch.arange(capacity, device=dev)
+        self.graphs: dict[tuple, tuple] = {}  # key -> (graph, the stop-id tensor it reads)
+
+
+class FastEngine:
+    """Static-cache decoder over a (PEFT-wrapped) Llama/Qwen causal LM; see the module docstring."""
+
+    def __init__(self, model):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"fast engine: {reason}")
+        self.model = model
+        base = _base_causal_lm(model)
+        self.inner = base.model
+        self.lm_head = base.get_output_embeddings()
+        self.layers = list(self.inner.layers)
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.n_kv = base.config.num_key_value_heads
+        self.n_heads = base.config.num_attention_heads
+        w = self.inner.embed_tokens.weight
+        self.device, self.dtype = w.device, w.dtype
+        self.state: _State | None = None
+        self.pool = None
+        self.last_timing: dict[str, float] = {}
+
+    # ---- the decoder ----------------------------------------------------------------------
+    def _attention(self, i: int, a, h, cos, sin, cache_idx, mask, kv_len: int) -> torch.Tensor:
+        B, T, _ = h.shape
+        shape = (B, T, -1, self.head_dim)
+        q, k = a.q_proj(h).view(shape), a.k_proj(h).view(shape)
+        if hasattr(a, "q_norm"):
+            q, k = a.q_norm(q), a.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = a.v_proj(h).view(shape).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        kc, vc = self.state.k[i], self.state.v[i]
+        kc.index_copy_(2, cache_idx, k.to(kc.dtype))
+        vc.index_copy_(2, cache_idx, v.to(vc.dtype))
+        g = self.n_heads // self.n_kv
+        qf = q.reshape(B, self.n_kv, g * T, self.head_dim)  # query heads of one kv head share its cache
+        if T > 1 and g > 1:
+            mask = mask.repeat(1, 1, g, 1)
+        o = F.scaled_dot_product_attention(qf, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask,
+                                           scale=a.scaling)
+        o = o.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
+        return a.o_proj(o)
+
+    def _forward(self, ids, positions, cache_idx, mask, kv_len: int) -> torch.Tensor:
+        """Final-norm hidden state of the last position, [B, H]; writes K/V at `cache_idx`."""
+        x = self.inner.embed_tokens(ids)
+        cos, sin = self.inner.rotary_emb(x, positions)
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            x = x + self._attention(i, layer.self_attn, h, cos, sin, cache_idx, mask, kv_len)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.inner.norm(x[:, -1])
+
+    def _additive(self, keep: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(~keep, float("-inf"))
+
+    def prefill(self, ids: torch.Tensor, params: SamplingParams, stops: torch.Tensor, pad_id: int) -> None:
+        """Run the left-padded prompts [B, P] through the model, fill the cache, sample token 0."""
+        s = self.state
+        B, P = ids.shape
+        pos = torch.arange(P, device=self.device)
+        positions = (pos[None, :] - s.pad_len[:, None]).clamp(min=0)
+        causal = pos[None, :] <= pos[:, None]  # [q, k]
+        real = pos[None, :] >= s.pad_len[:, None]  # [B, k]
+        keep = causal[None] & real[:, None, :]
+        keep |= torch.eye(P, dtype=torch.bool, device=self.device)[None]  # pad rows see themselves (no NaN)
+        h = self._forward(ids, positions, pos, self._additive(keep[:, None]), P)
+        self._emit(self.lm_head(h).float(), params, stops, pad_id)
+        s.cache_idx.fill_(P)
+
+    def _emit(self, logits, params: SamplingParams, stops, pad_id: int) -> None:
+        s = self.state
+        tok = sample_next(logits, params.temperature, params.top_k, params.top_p)
+        tok = torch.where(s.finished, torch.full_like(tok, pad_id), tok)
+        s.out.index_copy_(1, s.step_idx, tok[:, None])
+        s.finished |= (tok[:, None] == stops[None, :]).any(-1)
+        s.cur.copy_(tok[:, None])
+        s.step_idx += 1
+
+    def decode_one_token(self, kv_len: int, params: SamplingParams, stops, pad_id: int) -> None:
+        """Feed `cur` at `cache_idx`, sample the next token into `out`; all state advances in place."""
+        s = self.state
+        positions = (s.cache_idx - s.pad_len)[:, None]
+        ar = s.arange[:kv_len]
+        keep = (ar[None, :] >= s.pad_len[:, None]) & (ar[None, :] <= s.cache_idx)
+        h = self._forward(s.cur, positions, s.cache_idx, self._additive(keep[:, None, None]), kv_len)
+        self._emit(self.lm_head(h).float(), params, stops, pad_id)
+        s.cache_idx += 1
+
+    # ---- CUDA graphs ----------------------------------------------------------------------
+    def _adapter_key(self) -> tuple:
+        """What a captured graph baked in from PEFT's Python-side switches."""
+        key = []
+        for m in self.model.modules():
+            if hasattr(m, "lora_A") and hasattr(m, "disable_adapters"):
+                key.append((bool(m.disable_adapters), bool(getattr(m, "merged", False)),
+                            tuple(getattr(m, "active_adapters", ()))))
+        return tuple(key)
+
+    def _capture(self, kv_len, params, stops, pad_id) -> torch.cuda.CUDAGraph:
+        s = self.state
+        saved = [t.clone() for t in (s.cur, s.cache_idx, s.step_idx, s.finished, s.out)]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up (lazy cuBLAS/SDPA init) outside the capture
+            s.cache_idx.fill_(kv_len - 1)
+            self.decode_one_token(kv_len, params, stops, pad_id)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for t, v in zip((s.cur, s.cache_idx, s.step_idx, s.finished, s.out), saved):
+            t.copy_(v)
+        g = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(g, pool=self.pool):
+            self.decode_one_token(kv_len, params, stops, pad_id)
+        return g
+
+    # ---- one batch --------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
+                     seed: int, use_graph: bool | None = None) -> list[list[int]]:
+        """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`)."""
+        n = len(prompts)
+        if use_graph is None:
+            use_graph = self.device.type == "cuda"
+        width = _round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
+        max_new = params.max_new_tokens
+        capacity = _round_up(width + max_new, BUCKET)
+        s = self.state
+        if s is None or s.batch < n or s.capacity < capacity or s.max_new != max_new:
+            self.release()
+            s = self.state = _State(self, max(n, s.batch if s else 0), capacity, max_new)
+        B = s.batch  # extra rows (a smaller last batch) repeat prompt 0 and are dropped
+        rows = prompts + [prompts[0]] * (B - n)
+        ids = torch.full((B, width), pad_id, dtype=torch.long)
+        for r, p in enumerate(rows):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
+        s.pad_len.copy_(torch.tensor([width - len(p) for p in rows]))
+        s.finished.zero_()
+        s.step_idx.zero_()
+        s.out.fill_(pad_id)
+        bucket_of = lambda idx: min(s.capacity, _round_up(idx + 1, BUCKET))  # noqa: E731
+        buckets = sorted({bucket_of(width + t - 1) for t in range(1, max_new)})
+        graphs = {}
+        t0 = _now(self.device)
+        if use_graph:  # captured before seeding, so warm-ups never shift the sampling RNG stream
+            key = (params.temperature, params.top_k, params.top_p, pad_id, tuple(stops), self._adapter_key())
+            for kv_len in buckets:
+                if (kv_len, *key) not in s.graphs:  # keeps the stop-id tensor the graph reads alive
+                    s.graphs[(kv_len, *key)] = (self._capture(kv_len, params, stops_t, pad_id), stops_t)
+                graphs[kv_len] = s.graphs[(kv_len, *key)][0]
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        torch.manual_seed(seed)
+        t1 = _now(self.device)
+        self.prefill(ids.to(self.device), params, stops_t, pad_id)
+        t2 = _now(self.device)
+        steps = 0
+        for t in range(1, max_new):
+            steps += 1
+            kv_len = bucket_of(width + t - 1)
+            if use_graph:
+                graphs[kv_len].replay()
+            else:
+                self.decode_one_token(kv_len, params, stops_t, pad_id)
+            if t % CHECK_EVERY == 0 and bool(s.finished[:n].all()):
+                break
+        t3 = _now(self.device)
+        self.last_timing = {"capture_s": t1 - t0, "prefill_s": t2 - t1, "decode_s": t3 - t2, "decode_steps": steps}
+        return s.out[:n].tolist()
+
+    def release(self) -> None:
+        """Free the cache and captured graphs (the next batch allocates them again)."""
+        self.state = None
+        self.pool = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def engine_for(model) -> FastEngine:
+    """The model's fast engine, created on first use and kept on the model (graphs persist)."""
+    eng = model.__dict__.get("_copsd_fast_engine")
+    if eng is None:
+        eng = FastEngine(model)
+        model.__dict__["_copsd_fast_engine"] = eng
+    return eng
+
+
+def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
+                 seed: int) -> list[list[int]]:
+    return engine_for(model).generate_ids(prompts, params, stops, pad_id, seed)

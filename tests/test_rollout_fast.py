@@ -1,0 +1,150 @@
+"""The `fast` rollout engine against the `hf` reference, on a tiny real Qwen3 on CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from copsd.rollout import SamplingParams, fast, generate, hf, resolve_engine
+
+PROMPTS = ["Question: what is 2+3? Answer:", "hello", "The quick brown fox jumps over the lazy dog " * 3, "a b c",
+           "Swali: 7 x 6 ni ngapi?"]
+
+
+@pytest.fixture(scope="module")
+def lora_model(tiny_model):
+    """The tiny model with LoRA adapters whose B is non-zero, so the adapters change the output."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(tiny_model.model),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                         "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    model.eval()
+    return model
+
+
+def _ids(tok, prompts):
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def test_greedy_equals_hf_token_for_token(tiny_model, monkeypatch):
+    monkeypatch.setattr(fast, "BUCKET", 16)  # cross several cache buckets in 60 tokens
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=60)
+    model, tok = tiny_model.model, tiny_model.tokenizer
+    for batch_size in (3, 10):  # a smaller last batch (padded rows) and one batch
+        a = generate(model, tok, PROMPTS, params, batch_size=batch_size, engine="hf")
+        b = generate(model, tok, PROMPTS, params, batch_size=batch_size, engine="fast")
+        assert [[r.token_ids for r in g] for g in a] == [[r.token_ids for r in g] for g in b]
+        assert [[r.text for r in g] for g in a] == [[r.text for r in g] for g in b]
+
+
+def test_greedy_with_lora_and_disabled_adapters(lora_model, tiny_model):
+    tok = tiny_model.tokenizer
+    params = SamplingParams(temperature=0, max_new_tokens=30)
+    ids = _ids(tok, PROMPTS)
+    with_lora = fast.generate_ids(lora_model, ids, params, [], tok.pad_token_id, seed=0)
+    assert with_lora == hf.generate_ids(lora_model, ids, params, [], tok.pad_token_id, seed=0)
+    with lora_model.disable_adapter():
+        base = fast.generate_ids(lora_model, ids, params, [], tok.pad_token_id, seed=0)
+        assert base == hf.generate_ids(lora_model, ids, params, [], tok.pad_token_id, seed=0)
+    assert base == fast.generate_ids(tiny_model.model, ids, params, [], tok.pad_token_id, seed=0)
+    assert base != with_lora  # the adapters were applied
+    # in-place updates of the adapter weights (what the optimizer does) are seen by the engine
+    with torch.no_grad():
+        saved = {n: p.clone() for n, p in lora_model.named_parameters() if "lora_B" in n}
+        for n, p in lora_model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+    try:
+        assert fast.generate_ids(lora_model, ids, params, [], tok.pad_token_id, seed=0) == base
+    finally:
+        with torch.no_grad():
+            for n, p in lora_model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+
+
+def test_rows_stop_at_their_own_stop_token(tiny_model):
+    tok, model = tiny_model.tokenizer, tiny_model.model
+    params = SamplingParams(temperature=0, max_new_tokens=40)
+    ids = _ids(tok, PROMPTS)
+    free = hf.generate_ids(model, ids, params, [], tok.pad_token_id, seed=0)
+    stop = free[0][5]  # a token row 0 emits at step 5 (and other rows maybe elsewhere or never)
+    pad = tok.pad_token_id
+    a = hf.generate_ids(model, ids, params, [stop], pad, seed=0)
+    b = fast.generate_ids(model, ids, params, [stop], pad, seed=0)
+    for ra, rb, rf in zip(a, b, free):
+        cut = rf.index(stop) if stop in rf else None
+        if cut is None:
+            assert rb == rf
+        else:  # identical up to the stop token, padding afterwards
+            assert rb[: cut + 1] == rf[: cut + 1] and set(rb[cut + 1:]) <= {pad}
+        assert rb[: len(ra)] == ra and set(rb[len(ra):]) <= {pad}  # hf stops once every row has
+    assert any(set(rb[rb.index(stop) + 1:]) == {pad} for rb in b if stop in rb[:-1])  # some row stopped early
+
+
+def _reference_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """transformers' own warpers (temperature -> top-k -> top-p), as a distribution."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    x = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k:
+        x = TopKLogitsWarper(top_k)(None, x)
+    x = TopPLogitsWarper(top_p)(None, x)
+    return torch.softmax(x, -1)
+
+
+@pytest.mark.parametrize("top_k", [20, 0])
+def test_sampling_follows_the_reference_distribution(top_k):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 400, generator=g) * 2.0
+    expected = _reference_probs(logits, 1.1, top_k, 0.95)[0]
+    torch.manual_seed(1)
+    n = 40_000
+    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, 0.95)
+    counts = torch.bincount(draws, minlength=400).double()
+    support = expected > 0
+    assert counts[~support].sum() == 0  # never a token the reference filters out
+    exp = expected[support].double() * n
+    chi2 = float(((counts[support] - exp) ** 2 / exp).sum())
+    dof = int(support.sum()) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)  # ~5 sigma above the chi-square mean
+
+
+def test_sampled_rollouts_match_hf_in_distribution(tiny_model):
+    """First-token histograms of 1,500 sampled rollouts from each engine agree (two-sample chi-square)."""
+    model, tok = tiny_model.model, tiny_model.tokenizer
+    params = SamplingParams(n=1500, temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=2)
+    a = generate(model, tok, ["hello"], params, batch_size=500, seed=3, engine="hf")[0]
+    b = generate(model, tok, ["hello"], params, batch_size=500, seed=3, engine="fast")[0]
+    ca = torch.bincount(torch.tensor([r.token_ids[0] for r in a]), minlength=len(tok)).double()
+    cb = torch.bincount(torch.tensor([r.token_ids[0] for r in b]), minlength=len(tok)).double()
+    seen = (ca + cb) > 0
+    ca, cb = ca[seen], cb[seen]
+    assert 2 < len(ca) <= 20  # top-k 20 bounds the support
+    chi2 = float(((ca - cb) ** 2 / (ca + cb)).sum())
+    dof = len(ca) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)
+    again = generate(model, tok, ["hello"], params, batch_size=500, seed=3, engine="fast")[0]
+    assert [r.token_ids for r in again] == [r.token_ids for r in b]  # seeded: reproducible
+
+
+def test_auto_engine_falls_back_on_cpu_with_a_note(tiny_model, capsys):
+    model = copy.copy(tiny_model.model)  # a fresh __dict__ for the "noted once" flag
+    model.__dict__ = dict(tiny_model.model.__dict__)
+    model.__dict__.pop("_copsd_fallback_noted", None)
+    assert resolve_engine("auto", model) == "hf"
+    assert resolve_engine("auto", model) == "hf"
+    err = capsys.readouterr().err
+    assert err.count("note: rollout engine 'hf'") == 1 and "GPU" in err
+    assert resolve_engine("fast", model) == "fast"
+    with pytest.raises(ValueError, match="unknown rollout engine 'vlm'"):
+        resolve_engine("vlm", model)
