@@ -20,11 +20,8 @@ b() {
   echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
 }
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
-b rollout_1.7b 200 rollout --shape qwen3-1.7b --batch 32,128 --new-tokens 1024 --hf-new-tokens 64 --profile
-b step_1.7b 120 step --shape qwen3-1.7b
-b rollout_8b 150 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --hf-new-tokens 32
-b rollout_4b 150 rollout --shape qwen3-4b --batch 128 --new-tokens 1024 --hf-new-tokens 32
-b step_4b 100 step --shape qwen3-4b
-b step_8b 100 step --shape qwen3-8b
-b rollout_1.7b_nolora 90 rollout --shape qwen3-1.7b --batch 128 --new-tokens 1024 --engines fast --no-lora
+b rollout_1.7b 110 rollout --shape qwen3-1.7b --batch 32,128 --new-tokens 1024 --hf-new-tokens 32 --profile
+b step_1.7b 60 step --shape qwen3-1.7b --chunk 256,1024 --reps 2
+b rollout_8b 70 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --hf-new-tokens 16
+b rollout_4b 60 rollout --shape qwen3-4b --batch 128 --new-tokens 1024 --hf-new-tokens 16
 echo done

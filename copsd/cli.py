@@ -434,7 +434,7 @@ def bench_step_cmd(
     completion: int = typer.Option(1024, "--completion", help="tokens per rollout"),
     teacher_prompt: int = typer.Option(768, "--teacher-prompt", help="teacher prompt tokens"),
     student_prompt: int = typer.Option(256, "--student-prompt", help="longest student prompt"),
-    chunk: int = typer.Option(256, "--chunk", help="loss chunk (train.loss_chunk_size) of the lean path"),
+    chunk: str = typer.Option("256", "--chunk", help="loss chunk(s) of the lean path (train.loss_chunk_size), comma-separated"),
     reps: int = typer.Option(3, "--reps", help="timed repetitions after one warm-up (best is reported)"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
@@ -446,7 +446,7 @@ def bench_step_cmd(
     dev = _bench_device(device)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_step(shape, device=dev, dtype=dtype, rollouts=rollouts, completion=completion,
-                        student_prompt=student_prompt, teacher_prompt=teacher_prompt, chunk=chunk, reps=reps,
+                        student_prompt=student_prompt, teacher_prompt=teacher_prompt, chunks=tuple(_ints(chunk, "--chunk")), reps=reps,
                         log=show)
     _bench_write(result, out)
     console.print(_bench_table(result["rows"], ["path", "loss_step_s", "peak_memory_gib",

@@ -52,7 +52,7 @@ def _naive_loss(trainer, student, teacher, completions, pad_id) -> torch.Tensor:
 
 
 def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: int = 4, completion: int = 1024,
-               student_prompt: int = 256, teacher_prompt: int = 768, chunk: int = 256, reps: int = 3,
+               student_prompt: int = 256, teacher_prompt: int = 768, chunks: tuple[int, ...] = (256,), reps: int = 3,
                hf_tokens: int = 64, log=print) -> dict:
     dev = torch.device(device)
     model = with_lora(random_model(shape, dev, getattr(torch, dtype)))
@@ -66,7 +66,7 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
     params = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=completion)
     out = {"device": device_name(dev), "torch": torch.__version__, "shape": shape, "dtype": dtype,
            "rollouts": rollouts, "completion": completion, "student_prompt_max": student_prompt,
-           "teacher_prompt": teacher_prompt, "chunk": chunk, "rows": []}
+           "teacher_prompt": teacher_prompt, "rows": []}
 
     # rollouts: fast at the full budget; hf on `hf_tokens` per-step cost (it is the slow part)
     eng = fast.engine_for(model)
@@ -84,7 +84,7 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
                       "hf_ms_per_step": hf_step_ms, "hf_s_extrapolated": hf_step_ms * completion / 1e3}
     log(out["rollout"])
 
-    for path in ("lean", "naive"):
+    for path, chunk in [("lean", c) for c in chunks] + [("naive", 0)]:
         trainer = _trainer(model, chunk)
         model.train()
         times = []
@@ -102,10 +102,11 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
                 trainer.optimizer.step()
                 sync(dev)
                 times.append(time.perf_counter() - t0)
-            row = {"path": path, "loss_step_s": min(times[1:]), "peak_memory_gib": peak_gib(dev),
+            row = {"path": path if path == "naive" else f"lean (chunk {chunk})", "loss_step_s": min(times[1:]),
+                   "peak_memory_gib": peak_gib(dev),
                    "loss": float(loss.detach())}
         except torch.cuda.OutOfMemoryError:
-            row = {"path": path, "error": "out of memory"}
+            row = {"path": path, "chunk": chunk, "error": "out of memory"}
         model.eval()
         del trainer
         row["step_s_with_fast_rollouts"] = row.get("loss_step_s", float("nan")) + fast_s

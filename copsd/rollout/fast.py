@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from copsd.rollout.base import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
-BUCKET = 256  # decode attends to the cache in multiples of this many positions
+BUCKET = 128  # decode attends to the cache in multiples of this many positions
 CHECK_EVERY = 16  # decode steps between host checks for "every row has stopped"
 PROMPT_ALIGN = 8  # prompts are left-padded to a multiple of this (aligned attention masks)
 
@@ -57,9 +57,13 @@ def unsupported_reason(model) -> str | None:
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "model has no .model.layers / .model.rotary_emb (not a Llama-family decoder)"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} is not silu"
     for m in model.modules():
         if getattr(m, "use_dora", None) and any(m.use_dora.values()):
             return "DoRA adapters are not supported"
+        if hasattr(m, "lora_A") and len(getattr(m, "active_adapters", ())) > 1:
+            return "more than one active LoRA adapter"
     return None
 
 
@@ -90,6 +94,50 @@ def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+class _Projections:
+    """Linear layers that read the same input (q/k/v; gate/up; o; down). Base weights are read in
+    place; an active LoRA runs from shadow copies in the model dtype (refreshed by `sync` before
+    each batch) with the A matrices stacked, so a group costs one extra GEMM plus one fused
+    add-GEMM per layer instead of peft's fp32 casts, GEMMs and adds."""
+
+    def __init__(self, modules: list, dtype: torch.dtype):
+        self.base = [getattr(m, "base_layer", m) for m in modules]
+        self.src = []  # (index, A, B, scale) of the modules that carry LoRA
+        for i, m in enumerate(modules):
+            if hasattr(m, "lora_A") and m.active_adapters and m.active_adapters[0] in m.lora_A:
+                name = m.active_adapters[0]
+                self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
+        if self.src:
+            dev = self.src[0][1].device
+            self.A = torch.empty((sum(a.shape[0] for _, a, _, _ in self.src), self.src[0][1].shape[1]),
+                                 dtype=dtype, device=dev)
+            self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
+
+    def sync(self) -> None:
+        off = 0
+        for (_, a, b, _), b16 in zip(self.src, self.B):
+            self.A[off: off + a.shape[0]].copy_(a)
+            b16.copy_(b)
+            off += a.shape[0]
+
+    def __call__(self, x: torch.Tensor, lora: bool) -> list[torch.Tensor]:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        ys = [F.linear(x, m.weight, m.bias) for m in self.base]
+        if lora and self.src:
+            t = F.linear(x, self.A)
+            off = 0
+            for (i, a, _, scale), b16 in zip(self.src, self.B):
+                r = a.shape[0]
+                ys[i] = torch.addmm(ys[i], t[:, off: off + r], b16.t(), alpha=scale)
+                off += r
+        return [y.view(*lead, -1) for y in ys]
+
+
+def _rms(norm, x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
 
 
 class _State:
@@ -129,22 +177,55 @@ class FastEngine:
         self.n_heads = base.config.num_attention_heads
         w = self.inner.embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
+        self._build_projections()
+        self.lora = False  # whether this batch applies the adapters (set per batch)
         self.state: _State | None = None
         self.pool = None
         self.last_timing: dict[str, float] = {}
+
+    def _modules(self) -> list:
+        return [m for layer in self.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
+                layer.mlp.down_proj)]
+
+    def _build_projections(self) -> None:
+        self._fingerprint = tuple(map(id, self._modules()))
+        self.proj = []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.proj.append({"qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype),
+                              "o": _Projections([a.o_proj], self.dtype),
+                              "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype),
+                              "down": _Projections([m.down_proj], self.dtype)})
+
+    def _lora_active(self) -> bool:
+        """Adapters apply unless there are none, they are disabled, or merged into the base weights."""
+        loras = [m for m in self._modules() if hasattr(m, "lora_A")]
+        return bool(loras) and not any(m.disable_adapters or getattr(m, "merged", False) for m in loras)
+
+    def _prepare(self) -> None:
+        """Per batch: rebuild if PEFT replaced modules, decide on LoRA, refresh its shadow copies."""
+        if tuple(map(id, self._modules())) != self._fingerprint:
+            self._build_projections()
+            self.release()
+        self.lora = self._lora_active()
+        if self.lora:
+            with torch.no_grad():
+                for group in self.proj:
+                    for p in group.values():
+                        p.sync()
 
     # ---- the decoder ----------------------------------------------------------------------
     def _attention(self, i: int, a, h, cos, sin, cache_idx, mask, kv_len: int) -> torch.Tensor:
         B, T, _ = h.shape
         shape = (B, T, -1, self.head_dim)
-        q, k = a.q_proj(h).view(shape), a.k_proj(h).view(shape)
+        q, k, v = (y.view(shape) for y in self.proj[i]["qkv"](h, self.lora))
         if hasattr(a, "q_norm"):
-            q, k = a.q_norm(q), a.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = a.v_proj(h).view(shape).transpose(1, 2)
+            q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
+        q = torch.addcmul(q * cos, _rotate_half(q), sin)
+        k = torch.addcmul(k * cos, _rotate_half(k), sin)
         kc, vc = self.state.k[i], self.state.v[i]
         kc.index_copy_(2, cache_idx, k.to(kc.dtype))
         vc.index_copy_(2, cache_idx, v.to(vc.dtype))
@@ -155,17 +236,18 @@ class FastEngine:
         o = F.scaled_dot_product_attention(qf, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask,
                                            scale=a.scaling)
         o = o.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
-        return a.o_proj(o)
+        return self.proj[i]["o"](o, self.lora)[0]
 
     def _forward(self, ids, positions, cache_idx, mask, kv_len: int) -> torch.Tensor:
         """Final-norm hidden state of the last position, [B, H]; writes K/V at `cache_idx`."""
         x = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            x = x + self._attention(i, layer.self_attn, h, cos, sin, cache_idx, mask, kv_len)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.inner.norm(x[:, -1])
+            x = x + self._attention(i, layer.self_attn, _rms(layer.input_layernorm, x), cos, sin, cache_idx, mask,
+                                    kv_len)
+            gate, up = self.proj[i]["gate_up"](_rms(layer.post_attention_layernorm, x), self.lora)
+            x = x + self.proj[i]["down"](F.silu(gate) * up, self.lora)[0]
+        return _rms(self.inner.norm, x[:, -1])
 
     def _additive(self, keep: torch.Tensor) -> torch.Tensor:
         return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(~keep, float("-inf"))
@@ -204,15 +286,6 @@ class FastEngine:
         s.cache_idx += 1
 
     # ---- CUDA graphs ----------------------------------------------------------------------
-    def _adapter_key(self) -> tuple:
-        """What a captured graph baked in from PEFT's Python-side switches."""
-        key = []
-        for m in self.model.modules():
-            if hasattr(m, "lora_A") and hasattr(m, "disable_adapters"):
-                key.append((bool(m.disable_adapters), bool(getattr(m, "merged", False)),
-                            tuple(getattr(m, "active_adapters", ()))))
-        return tuple(key)
-
     def _capture(self, kv_len, params, stops, pad_id) -> torch.cuda.CUDAGraph:
         s = self.state
         saved = [t.clone() for t in (s.cur, s.cache_idx, s.step_idx, s.finished, s.out)]
@@ -237,6 +310,7 @@ class FastEngine:
                      seed: int, use_graph: bool | None = None) -> list[list[int]]:
         """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`)."""
         n = len(prompts)
+        self._prepare()
         if use_graph is None:
             use_graph = self.device.type == "cuda"
         width = _round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
@@ -261,7 +335,7 @@ class FastEngine:
         graphs = {}
         t0 = _now(self.device)
         if use_graph:  # captured before seeding, so warm-ups never shift the sampling RNG stream
-            key = (params.temperature, params.top_k, params.top_p, pad_id, tuple(stops), self._adapter_key())
+            key = (params.temperature, params.top_k, params.top_p, pad_id, tuple(stops), self.lora)
             for kv_len in buckets:
                 if (kv_len, *key) not in s.graphs:  # keeps the stop-id tensor the graph reads alive
                     s.graphs[(kv_len, *key)] = (self._capture(kv_len, params, stops_t, pad_id), stops_t)
