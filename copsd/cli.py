@@ -366,8 +366,13 @@ def testbed_info():
         console.print(f"  {lang}: {q}  ->  {prob.answer}", highlight=False)
 
 
-def _bench_device(device: Optional[str]) -> str:
+def _bench_device(device: Optional[str], shape: str) -> str:
     import torch
+
+    from copsd.bench.shapes import SHAPES
+
+    if shape not in SHAPES:
+        raise CopsdError(f"--shape: unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -408,7 +413,7 @@ def bench_rollout_cmd(
     """Decode throughput: tokens/s, ms per step, bandwidth share, peak memory; fast vs hf."""
     from copsd.bench.rollout import bench_rollout, profile_decode
 
-    dev = _bench_device(device)
+    dev = _bench_device(device, shape)
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
     if bad := [e for e in engine_list if e not in ("fast", "hf")]:
         raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from fast, hf")
@@ -443,7 +448,7 @@ def bench_step_cmd(
     """One COPSD step: rollouts (fast vs hf) + loss/backward/optimizer (lean vs naive): time, peak memory."""
     from copsd.bench.step import bench_step
 
-    dev = _bench_device(device)
+    dev = _bench_device(device, shape)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_step(shape, device=dev, dtype=dtype, rollouts=rollouts, completion=completion,
                         student_prompt=student_prompt, teacher_prompt=teacher_prompt, chunks=tuple(_ints(chunk, "--chunk")), reps=reps,

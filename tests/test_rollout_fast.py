@@ -148,3 +148,18 @@ def test_auto_engine_falls_back_on_cpu_with_a_note(tiny_model, capsys):
     assert resolve_engine("fast", model) == "fast"
     with pytest.raises(ValueError, match="unknown rollout engine 'vlm'"):
         resolve_engine("vlm", model)
+
+
+def test_engine_is_freed_with_its_model(tiny_model):
+    import gc
+    import weakref
+
+    model = copy.deepcopy(tiny_model.model)
+    fast.generate_ids(model, [[5, 6, 7]], SamplingParams(temperature=0, max_new_tokens=3), [], 0, seed=0)
+    ref = weakref.ref(fast.engine_for(model))
+    gc.disable()  # freed by reference counting alone, not by a later cycle collection
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()

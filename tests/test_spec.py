@@ -80,6 +80,16 @@ def test_unhashed_location_fields():
     assert a.job_id == b.job_id != c.job_id
 
 
+def test_rollout_engine_is_not_part_of_the_job_id():
+    """Engines sample the same distribution; switching to `fast` keeps a DB's results valid."""
+    a = JobConfig(method="copsd", model="m/m", language="swa", eval={"rollout_engine": "hf"},
+                  train={"method": "copsd", "rollout_engine": "hf"})
+    b = JobConfig(method="copsd", model="m/m", language="swa")
+    assert a.job_id == b.job_id and b.eval.rollout_engine == b.train.rollout_engine == "auto"
+    with pytest.raises(ValueError, match="rollout_engine"):
+        JobConfig(method="base", model="m/m", language="swa", eval={"rollout_engine": "vllm"})
+
+
 def test_job_config_yaml_round_trip():
     _, jobs = load_jobs(MAIN)
     for j in (jobs[0], next(x for x in jobs if x.method == "grpo")):

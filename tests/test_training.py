@@ -270,3 +270,21 @@ def test_nan_loss_is_a_clear_error(tmp_path):
     trainer.compute_step = lambda examples, step: {"loss": float("nan")}
     with pytest.raises(CopsdError, match="non-finite loss .* lower train.lr"):
         trainer.train()
+
+
+def test_training_with_the_fast_engine_follows_each_optimizer_step(tmp_path):
+    from copsd.rollout import SamplingParams, fast, hf
+
+    trainer, lm = _setup(_job(rollout_engine="fast", max_steps=2), tmp_path)
+    logged = []
+    trainer.log = lambda m, s: logged.append(m)
+    trainer.train()
+    assert "_copsd_fast_engine" in trainer.model.__dict__  # rollouts came from the fast engine
+    assert all(torch.isfinite(torch.tensor(m["train/loss"])) for m in logged)
+    tok = lm.tokenizer
+    ids = [tok(training_student_prompt(tok, e.problem, "swa"), add_special_tokens=False)["input_ids"] for e in EX[:3]]
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    trainer.model.eval()  # the adapters moved; the engine's shadow copies must have followed
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in trainer.model.named_parameters())
+    assert fast.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0) == \
+        hf.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0)

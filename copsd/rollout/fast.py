@@ -1,25 +1,29 @@
 """The `fast` rollout engine: a static KV cache, `prefill`, and a `decode_one_token` step that
-runs as one CUDA-graph replay per token (gpt-fast's design, without its own weights).
+runs as one CUDA-graph replay per token (gpt-fast's design over the model's own weights).
 
-The decoder reuses the model's own modules -- embeddings, norms, rotary table, MLPs and the
-q/k/v/o projections, PEFT LoRA layers included -- so adapters are always the live training
-weights (the optimizer updates them in place; a captured graph reads the same storage) and
-`disable_adapter()` is honoured. Only attention, the cache and the token loop are ours:
+Nothing is copied from the model except the LoRA adapters: embeddings, norm weights, the
+rotary table and every base projection weight are read in place. Ours are the attention, the
+cache, the token loop and the way linear layers are applied:
 
 * the cache is preallocated ([B, kv_heads, capacity, head_dim] per layer); prompts are
   left-padded, rotary positions count from each row's first real token (as transformers does);
 * grouped-query attention folds the query-head group into the query-length axis, so the
   cache is read once per step and never repeated per head;
-* decode attends to the cache up to a 256-token bucket boundary, not its full capacity, and
-  each bucket has its own captured graph (a few per batch shape, reused across batches and
-  training steps);
-* sampling applies top-k before top-p, so only k logits are sorted; a draw is
-  argmax(p / Exp(1)), which is a categorical sample and needs no host sync;
+* decode attends to the cache up to a `BUCKET` boundary, not its full capacity; each bucket
+  has its own captured graph (a handful per batch shape, reused across batches and steps);
+* LoRA runs from shadow copies of A and B in the model dtype, refreshed before every batch
+  (so the optimizer's in-place updates are always seen), with the A matrices of q/k/v and of
+  gate/up stacked: one extra GEMM plus one fused add-GEMM per projection. PEFT itself computes
+  adapters in fp32 with casts around them, which made LoRA half of a decode step (profile in
+  docs/benchmarks.md). Disabled or merged adapters (`disable_adapter()`) are honoured;
+* sampling applies top-k before top-p, so only k logits are sorted (top_k=0 sorts the whole
+  vocabulary, exactly); a draw is argmax(p / Exp(1)), a categorical sample without a host sync;
 * each row stops at its own stop token (later positions are padding); the loop checks every
   `CHECK_EVERY` steps whether all rows are done.
 
 On CPU (tests) the same code runs eagerly. `hf` stays the reference this engine is tested
-against (tests/test_rollout_fast.py).
+against: token-for-token under greedy decoding, in distribution under sampling
+(tests/test_rollout_fast.py; on a GPU tests/test_rollout_gpu.py).
 """
 
 from __future__ import annotations
@@ -166,7 +170,6 @@ class FastEngine:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"fast engine: {reason}")
-        self.model = model
         base = _base_causal_lm(model)
         self.inner = base.model
         self.lm_head = base.get_output_embeddings()
@@ -369,7 +372,8 @@ class FastEngine:
 
 
 def engine_for(model) -> FastEngine:
-    """The model's fast engine, created on first use and kept on the model (graphs persist)."""
+    """The model's fast engine, created on first use and kept on the model (graphs persist).
+    The engine holds the model's modules but not the model, so dropping the model frees both."""
     eng = model.__dict__.get("_copsd_fast_engine")
     if eng is None:
         eng = FastEngine(model)

@@ -1,0 +1,49 @@
+"""`copsd bench rollout|step` on the tiny CPU shape: they run, measure both paths, write JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_bench_rollout_measures_fast_and_hf(workdir):
+    r = run_cli("bench", "rollout", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch", "2,3",
+                "--new-tokens", "12", "--hf-new-tokens", "6", "--prompt-len", "16", "--profile", "--out", "r.json",
+                cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((workdir / "r.json").read_text())
+    rows = out["rows"]
+    assert [(x["engine"], x["batch"]) for x in rows] == [("fast", 2), ("hf", 2), ("fast", 3), ("hf", 3)]
+    for x in rows:
+        assert x["tokens_per_s"] > 0 and x["ms_per_step"] > 0 and x["bytes_per_step_gb"] > 0
+    assert all(x["speedup_vs_hf"] > 0 for x in rows if x["engine"] == "fast")
+    assert out["profile"]["eager_ms_per_step"] > 0
+    assert "tokens_per_s" in r.stdout or "token" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_step_compares_lean_and_naive(workdir):
+    r = run_cli("bench", "step", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--rollouts", "2",
+                "--completion", "10", "--teacher-prompt", "24", "--student-prompt", "12", "--chunk", "4,64",
+                "--reps", "1", "--out", "s.json", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((workdir / "s.json").read_text())
+    assert [x["path"] for x in out["rows"]] == ["lean (chunk 4)", "lean (chunk 64)", "naive"]
+    losses = [x["loss"] for x in out["rows"]]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert out["rollout"]["fast_s"] > 0 and out["rollout"]["hf_ms_per_step"] > 0
+
+
+def test_bench_bad_input_is_one_line(workdir):
+    r = run_cli("bench", "rollout", "--shape", "tiny", "--device", "cpu", "--engines", "fast,vllm", cwd=workdir)
+    assert r.returncode == 2 and "unknown engine(s) vllm" in r.stderr and "Traceback" not in r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli("bench", "step", "--device", "cuda", cwd=workdir)
+        assert r.returncode == 2 and "no CUDA device" in r.stderr
+    r = run_cli("bench", "rollout", "--shape", "qwen3-70b", "--device", "cpu", cwd=workdir)
+    assert r.returncode == 2 and "unknown shape 'qwen3-70b'" in r.stderr and "Traceback" not in r.stderr
