@@ -163,3 +163,13 @@ def test_engine_is_freed_with_its_model(tiny_model):
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_engine_follows_a_model_moved_to_another_dtype(tiny_model):
+    model = copy.deepcopy(tiny_model.model)
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    ids = _ids(tiny_model.tokenizer, PROMPTS[:2])
+    fast.generate_ids(model, ids, params, [], 0, seed=0)
+    model.to(torch.float64)
+    assert fast.generate_ids(model, ids, params, [], 0, seed=0) == hf.generate_ids(model, ids, params, [], 0, seed=0)
+    assert fast.engine_for(model).state.k[0].dtype == torch.float64

@@ -178,8 +178,6 @@ class FastEngine:
         self.head_dim = attn.head_dim
         self.n_kv = base.config.num_key_value_heads
         self.n_heads = base.config.num_attention_heads
-        w = self.inner.embed_tokens.weight
-        self.device, self.dtype = w.device, w.dtype
         self._build_projections()
         self.lora = False  # whether this batch applies the adapters (set per batch)
         self.state: _State | None = None
@@ -191,8 +189,21 @@ class FastEngine:
                 layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
                 layer.mlp.down_proj)]
 
+    def _fingerprint(self) -> tuple:
+        """Identity of what the engine holds on to: modules, adapter tensors, weight device/dtype."""
+        ids = []
+        for m in self._modules():
+            ids.append(id(m))
+            for name in getattr(m, "active_adapters", ())[:1]:
+                if name in getattr(m, "lora_A", {}):
+                    ids += [id(m.lora_A[name].weight), id(m.lora_B[name].weight)]
+        w = self.inner.embed_tokens.weight
+        return (*ids, w.device, w.dtype)
+
     def _build_projections(self) -> None:
-        self._fingerprint = tuple(map(id, self._modules()))
+        w = self.inner.embed_tokens.weight
+        self.device, self.dtype = w.device, w.dtype
+        self._built_for = self._fingerprint()
         self.proj = []
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
@@ -208,9 +219,9 @@ class FastEngine:
 
     def _prepare(self) -> None:
         """Per batch: rebuild if PEFT replaced modules, decide on LoRA, refresh its shadow copies."""
-        if tuple(map(id, self._modules())) != self._fingerprint:
-            self._build_projections()
+        if self._fingerprint() != self._built_for:  # PEFT re-wrapped, adapters replaced, model moved
             self.release()
+            self._build_projections()
         self.lora = self._lora_active()
         if self.lora:
             with torch.no_grad():
