@@ -20,7 +20,7 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops:
         top_p=None if greedy else params.top_p,
         top_k=None if greedy else params.top_k,
         max_new_tokens=params.max_new_tokens,
-        min_new_tokens=0 if stops else params.max_new_tokens,
+        min_new_tokens=None if stops else params.max_new_tokens,  # no stops: decode the whole budget
         eos_token_id=stops or None,
         pad_token_id=pad_id,
     )
