@@ -223,6 +223,7 @@ def eval_cmd(
     dtype: str = typer.Option("auto", "--dtype"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="local AfriMGSM copy (<lang>/test.tsv)"),
     device: Optional[str] = typer.Option(None, "--device"),
+    engine: str = typer.Option("auto", "--engine", help="rollout engine: auto (fast on a GPU, else hf) | fast | hf"),
     db: Optional[str] = DB_OPT,
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
 ):
@@ -236,7 +237,7 @@ def eval_cmd(
 
     raw = {"method": "base", "model": model, "language": language, "seed": seed, "dtype": dtype,
            "eval": {"benchmark": benchmark, "split": split, "limit": limit, "thinking": thinking,
-                    "batch_size": batch_size, "data_dir": data_dir,
+                    "batch_size": batch_size, "data_dir": data_dir, "rollout_engine": engine,
                     "decoding": {"n_samples": samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                                  "max_new_tokens": max_new_tokens}}}
     try:

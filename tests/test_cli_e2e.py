@@ -118,6 +118,7 @@ def db_with_results(tmp_path_factory):
     (["eval", "-m", "Qwen/Qwen3-1.7B", "-l", "swa", "-b", "mgsm", "--limit", "1"], "Hub is unreachable"),
     (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--data-dir", "./no-dir", "--limit", "1"], "AfriMGSM directory"),
     (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be fetched from the Hub"),
+    (["eval", "-m", "builtin:tiny-qwen3", "-l", "swa", "-b", "mgsm", "--engine", "vllm"], "eval.rollout_engine"),
     (["sweep", "run", "no-such-spec.yaml"], "spec file not found"),
     (["report", "table", "--sweep", "nope"], "no sweep named 'nope'"),
     (["report", "table", "--metric", "bogus"], "unknown metric 'bogus'"),
@@ -139,7 +140,7 @@ def test_bad_inputs_one_line_error_and_db_intact(workdir, db_with_results, args,
 
 def test_eval_command_and_data_list(workdir):
     r = run_cli("eval", "-m", "builtin:tiny-qwen3", "-l", "sw", "-b", "mgsm", "--limit", "2", "-k", "2",
-                "--max-new-tokens", "8", "--no-mlflow", cwd=workdir)
+                "--max-new-tokens", "8", "--no-mlflow", "--engine", "fast", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "format_rate" in r.stdout
     assert _db_rows(workdir / "experiments.db", "select s.sweep_name, j.method from sweep_jobs s join jobs j on j.id=s.job_id") == [("eval", "base")]
@@ -174,10 +175,13 @@ def test_ctrl_c_leaves_database_consistent_and_resumes(workdir):
         except sqlite3.OperationalError:  # the file exists before its tables do
             pass
         time.sleep(0.2)
-    time.sleep(1.0)
+    else:
+        proc.kill()
+        pytest.fail("the job was never seen RUNNING")
+    time.sleep(3.0)  # into generation (the job takes ~40 s), past model loading
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, (err, out)
     assert "resume" in err
     assert _db_rows(db, "select status, attempts, last_error from jobs") == [("PENDING", 0, "interrupted")]
     assert _db_rows(db, "pragma integrity_check") == [("ok",)]
