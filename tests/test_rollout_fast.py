@@ -102,14 +102,14 @@ def _reference_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p
     return torch.softmax(x, -1)
 
 
-@pytest.mark.parametrize("top_k", [20, 0])
-def test_sampling_follows_the_reference_distribution(top_k):
+@pytest.mark.parametrize("top_k, top_p", [(20, 0.95), (0, 0.95), (0, 1.0)])
+def test_sampling_follows_the_reference_distribution(top_k, top_p):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 400, generator=g) * 2.0
-    expected = _reference_probs(logits, 1.1, top_k, 0.95)[0]
+    expected = _reference_probs(logits, 1.1, top_k, top_p)[0]
     torch.manual_seed(1)
     n = 40_000
-    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, 0.95)
+    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, top_p)
     counts = torch.bincount(draws, minlength=400).double()
     support = expected > 0
     assert counts[~support].sum() == 0  # never a token the reference filters out
@@ -157,6 +157,7 @@ def test_engine_is_freed_with_its_model(tiny_model):
     model = copy.deepcopy(tiny_model.model)
     fast.generate_ids(model, [[5, 6, 7]], SamplingParams(temperature=0, max_new_tokens=3), [], 0, seed=0)
     ref = weakref.ref(fast.engine_for(model))
+    assert copy.deepcopy(model).__dict__.get("_copsd_fast_engine") is None  # copies make their own
     gc.disable()  # freed by reference counting alone, not by a later cycle collection
     try:
         del model
@@ -173,3 +174,50 @@ def test_engine_follows_a_model_moved_to_another_dtype(tiny_model):
     model.to(torch.float64)
     assert fast.generate_ids(model, ids, params, [], 0, seed=0) == hf.generate_ids(model, ids, params, [], 0, seed=0)
     assert fast.engine_for(model).state.k[0].dtype == torch.float64
+
+
+def test_lora_on_some_projections_only(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    model = get_peft_model(copy.deepcopy(tiny_model.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    model.eval()
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    assert fast.generate_ids(model, ids, params, [], 0, seed=0) == hf.generate_ids(model, ids, params, [], 0, seed=0)
+
+
+def test_samples_depend_on_seed_and_rows_not_on_history(tiny_model):
+    model = copy.deepcopy(tiny_model.model)
+    params = SamplingParams(temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=12)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    first = fast.generate_ids(model, ids[:3], params, [], 0, seed=4, rows=4)
+    fast.generate_ids(model, ids * 3, params, [], 0, seed=9)  # a bigger batch in between
+    assert fast.generate_ids(model, ids[:3], params, [], 0, seed=4, rows=4) == first
+    assert fast.engine_for(model).state.batch == 4
+
+
+def test_hf_reference_ignores_the_checkpoints_own_generation_defaults(tiny_model):
+    model = copy.deepcopy(tiny_model.model)
+    model.generation_config.repetition_penalty = 3.0  # as a checkpoint's generation_config.json may say
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    assert hf.generate_ids(model, ids, params, [], 0, seed=0) == fast.generate_ids(model, ids, params, [], 0, seed=0)
+    assert model.generation_config.repetition_penalty == 3.0  # restored
+
+
+def test_unsupported_models_are_named():
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    assert "gpt2" in fast.unsupported_reason(gpt2)
+    cfg = Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                      rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    assert "dynamic" in fast.unsupported_reason(Qwen3ForCausalLM(cfg))
+    with pytest.raises(ValueError, match="cannot run this model"):
+        resolve_engine("fast", gpt2)

@@ -32,7 +32,7 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
     if kw["vocab_size"] < 151936:  # the tiny shape: special tokens at the end of its vocabulary
         kw.update(eos_token_id=kw["vocab_size"] - 2, pad_token_id=kw["vocab_size"] - 1)
     config = Qwen3Config(**kw)
-    gc.collect()  # an earlier model (model <-> engine is a reference cycle) frees its GPU memory
+    gc.collect()  # free an earlier benchmark's model before allocating the next one
     if device.type == "cuda":
         torch.cuda.empty_cache()
     torch.manual_seed(0)
@@ -54,8 +54,18 @@ def with_lora(model, r: int = 64, alpha: int = 128):
     return model.eval()
 
 
-def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def decode_weight_bytes(model, dtype: torch.dtype) -> int:
+    """Weight bytes one decode step reads: every weight once, LoRA at the model dtype (the fast
+    engine's shadow copies), the input embedding only where it is also the LM head (tied)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    emb, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
+    total = 0
+    for name, p in model.named_parameters():  # a tied embedding is listed once
+        if p is emb and emb.data_ptr() != head.data_ptr():
+            continue  # untied: decode looks up B rows, not the whole table
+        total += p.numel() * (itemsize if "lora_" in name else p.element_size())
+    return total
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:

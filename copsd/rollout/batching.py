@@ -62,9 +62,10 @@ def generate(
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     out: list[list[Rollout | None]] = [[None] * params.n for _ in prompts]
+    rows = min(batch_size, len(seqs))  # every batch decodes at this shape (a short last one is padded)
     for b, start in enumerate(range(0, len(seqs), batch_size)):
         batch = seqs[start : start + batch_size]
-        new = run(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b))
+        new = run(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b), rows=rows)
         for (i, j), toks in zip(batch, new):
             cut = next((k for k, t in enumerate(toks) if t in stops), None)
             finished = cut is not None

@@ -29,6 +29,7 @@ against: token-for-token under greedy decoding, in distribution under sampling
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,9 @@ def unsupported_reason(model) -> str | None:
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "model has no .model.layers / .model.rotary_emb (not a Llama-family decoder)"
+    for rope in (getattr(cfg, "rope_scaling", None), getattr(cfg, "rope_parameters", None)):
+        if isinstance(rope, dict) and "dynamic" in str(rope.get("rope_type", rope.get("type", ""))):
+            return "dynamic rotary scaling is not supported (it syncs with the host every step)"
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"activation {cfg.hidden_act!r} is not silu"
     for m in model.modules():
@@ -82,6 +86,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature
+    if top_k <= 0 and top_p >= 1.0:  # nothing is cut: draw from the full softmax, no sort
+        probs = torch.softmax(logits, dim=-1)
+        return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
     if 0 < top_k < logits.shape[-1]:
         vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
     else:  # top-p over the whole vocabulary needs the full sort
@@ -109,6 +116,7 @@ class _Projections:
     def __init__(self, modules: list, dtype: torch.dtype):
         self.base = [getattr(m, "base_layer", m) for m in modules]
         self.src = []  # (index, A, B, scale) of the modules that carry LoRA
+        self.A, self.B = None, []
         for i, m in enumerate(modules):
             if hasattr(m, "lora_A") and m.active_adapters and m.active_adapters[0] in m.lora_A:
                 name = m.active_adapters[0]
@@ -120,6 +128,8 @@ class _Projections:
             self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
 
     def sync(self) -> None:
+        if not self.src:
+            return
         off = 0
         for (_, a, b, _), b16 in zip(self.src, self.B):
             self.A[off: off + a.shape[0]].copy_(a)
@@ -171,8 +181,8 @@ class FastEngine:
         if reason:
             raise ValueError(f"fast engine: {reason}")
         base = _base_causal_lm(model)
+        self._base = weakref.ref(base)  # not a strong reference: the model owns the engine
         self.inner = base.model
-        self.lm_head = base.get_output_embeddings()
         self.layers = list(self.inner.layers)
         attn = self.layers[0].self_attn
         self.head_dim = attn.head_dim
@@ -184,23 +194,33 @@ class FastEngine:
         self.pool = None
         self.last_timing: dict[str, float] = {}
 
+    def __reduce__(self):
+        """A copied or pickled model gets no engine (it makes its own on first use)."""
+        return (type(None), ())
+
     def _modules(self) -> list:
         return [m for layer in self.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
                 layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
                 layer.mlp.down_proj)]
 
     def _fingerprint(self) -> tuple:
-        """Identity of what the engine holds on to: modules, adapter tensors, weight device/dtype."""
+        """What captured graphs depend on: modules, adapter tensors and scales, and the storage of
+        every weight they read (a model moved away and back keeps ids but not storage)."""
         ids = []
         for m in self._modules():
-            ids.append(id(m))
+            ids += [id(m), getattr(m, "base_layer", m).weight.data_ptr()]
             for name in getattr(m, "active_adapters", ())[:1]:
                 if name in getattr(m, "lora_A", {}):
-                    ids += [id(m.lora_A[name].weight), id(m.lora_B[name].weight)]
+                    ids += [id(m.lora_A[name].weight), id(m.lora_B[name].weight), float(m.scaling[name])]
+        head = self._head()
         w = self.inner.embed_tokens.weight
-        return (*ids, w.device, w.dtype)
+        return (*ids, id(head), head.weight.data_ptr(), w.data_ptr(), w.device, w.dtype)
+
+    def _head(self):
+        return self._base().get_output_embeddings()
 
     def _build_projections(self) -> None:
+        self.lm_head = self._head()
         w = self.inner.embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
         self._built_for = self._fingerprint()
@@ -321,9 +341,12 @@ class FastEngine:
     # ---- one batch --------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(self, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                     seed: int, use_graph: bool | None = None) -> list[list[int]]:
-        """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`)."""
+                     seed: int, use_graph: bool | None = None, rows: int | None = None) -> list[list[int]]:
+        """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`).
+        `rows` (>= len(prompts)) is the batch shape decoded: a short last batch is padded up to it,
+        so its graphs are reused and its samples depend only on (seed, rows), never on history."""
         n = len(prompts)
+        rows = max(rows or n, n)
         self._prepare()
         if use_graph is None:
             use_graph = self.device.type == "cuda"
@@ -331,16 +354,17 @@ class FastEngine:
         max_new = params.max_new_tokens
         capacity = _round_up(width + max_new, BUCKET)
         s = self.state
-        if s is None or s.batch < n or s.capacity < capacity or s.max_new != max_new:
-            self.release()
-            s = self.state = _State(self, max(n, s.batch if s else 0), capacity, max_new)
-        B = s.batch  # extra rows (a smaller last batch) repeat prompt 0 and are dropped
-        rows = prompts + [prompts[0]] * (B - n)
+        if s is None or s.batch != rows or s.capacity < capacity or s.max_new != max_new:
+            s = None
+            self.release()  # before allocating: the old cache must not coexist with the new one
+            s = self.state = _State(self, rows, capacity, max_new)
+        B = s.batch
+        padded = prompts + [prompts[0]] * (B - n)  # padding rows repeat prompt 0 and are dropped
         ids = torch.full((B, width), pad_id, dtype=torch.long)
-        for r, p in enumerate(rows):
+        for r, p in enumerate(padded):
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
         stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
-        s.pad_len.copy_(torch.tensor([width - len(p) for p in rows]))
+        s.pad_len.copy_(torch.tensor([width - len(p) for p in padded]))
         s.finished.zero_()
         s.step_idx.zero_()
         s.out.fill_(pad_id)
@@ -393,5 +417,5 @@ def engine_for(model) -> FastEngine:
 
 
 def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                 seed: int) -> list[list[int]]:
-    return engine_for(model).generate_ids(prompts, params, stops, pad_id, seed)
+                 seed: int, rows: int | None = None) -> list[list[int]]:
+    return engine_for(model).generate_ids(prompts, params, stops, pad_id, seed, rows=rows)

@@ -9,8 +9,9 @@ from copsd.rollout.base import SamplingParams
 
 @torch.no_grad()
 def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                 seed: int) -> list[list[int]]:
-    """Raw new tokens per prompt (up to `max_new_tokens`; after a row's stop token, `pad_id`)."""
+                 seed: int, rows: int | None = None) -> list[list[int]]:
+    """Raw new tokens per prompt (up to `max_new_tokens`; after a row's stop token, `pad_id`).
+    `rows` is accepted for the engine interface; `generate` decodes the batch as given."""
     from transformers import GenerationConfig
 
     greedy = params.temperature <= 0
@@ -31,6 +32,14 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops:
         ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[r, width - len(p):] = 1
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+    # transformers fills every unset field from the model's own generation config (a checkpoint's
+    # repetition_penalty, min_p, ...); a bare one keeps sampling exactly what `params` says.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = GenerationConfig(eos_token_id=stops or None, pad_token_id=pad_id)
+    try:
+        torch.manual_seed(seed)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+    finally:
+        base.generation_config = saved
     return gen[:, width:].tolist()
