@@ -411,7 +411,11 @@ def bench_rollout_cmd(
     profile: bool = typer.Option(False, "--profile", help="also break one decode step down by kernel kind"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON here"),
 ):
-    """Decode throughput: tokens/s, ms per step, bandwidth share, peak memory; fast vs hf."""
+    """Decode throughput: tokens/s, ms per step, bandwidth share, peak memory; fast vs hf.
+
+    GPU: copsd bench rollout --shape qwen3-1.7b --batch 32,128 --profile --out rollout.json
+    CPU: copsd bench rollout --shape tiny --device cpu --dtype float32 --batch 4 --new-tokens 64
+    """
     from copsd.bench.rollout import bench_rollout, profile_decode
 
     dev = _bench_device(device, shape)
@@ -446,7 +450,10 @@ def bench_step_cmd(
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON here"),
 ):
-    """One COPSD step: rollouts (fast vs hf) + loss/backward/optimizer (lean vs naive): time, peak memory."""
+    """One COPSD step: rollouts (fast vs hf) + loss/backward/optimizer (lean vs naive): time, peak memory.
+
+    GPU: copsd bench step --shape qwen3-1.7b --chunk 256,1024 --out step.json
+    """
     from copsd.bench.step import bench_step
 
     dev = _bench_device(device, shape)
