@@ -86,6 +86,10 @@ def run_job(
         trainer = TRAINERS[job.method](job, model, lm.tokenizer, examples, run_dir, log=log)
         trainer.train()
         model.eval()
+    if tracker is not None and run_id is not None:  # which engine `auto` became on this machine
+        from copsd.rollout import resolve_engine
+
+        tracker.client.set_tag(run_id, "copsd.rollout_engine", resolve_engine(job.eval.rollout_engine, model))
     done: dict[int, dict[str, float]] = {}
     for step in steps:
         if trained:

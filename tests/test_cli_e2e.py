@@ -52,6 +52,7 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
         assert ch.info.status == "FINISHED"
         assert ch.data.params["method"] == "base" and ch.data.params["eval.decoding.n_samples"] == "2"
         assert f"eval/{ch.data.tags['language']}/accuracy" in ch.data.metrics
+        assert ch.data.tags["copsd.rollout_engine"] == "hf"  # auto on CPU
         arts = {a.path for a in client.list_artifacts(ch.info.run_id)} | {
             a.path for a in client.list_artifacts(ch.info.run_id, "generations")}
         assert "config.yaml" in arts and any(a.startswith("generations/step00000_mgsm_") for a in arts)
