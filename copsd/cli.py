@@ -466,15 +466,21 @@ def bench_step_cmd(
                                                  "step_s_with_fast_rollouts", "step_s_with_hf_rollouts"]))
 
 
+_BENCH_HEADERS = {"new_tokens": "new tok", "tokens_per_s": "tok/s", "ms_per_step": "ms/step",
+                  "bandwidth_share": "bw share", "peak_memory_gib": "peak GiB", "speedup_vs_hf": "x hf",
+                  "loss_step_s": "loss step s", "step_s_with_fast_rollouts": "step s (fast)",
+                  "step_s_with_hf_rollouts": "step s (hf)"}
+
+
 def _bench_table(rows: list[dict], cols: list[str]):
     from rich.table import Table
 
-    table = Table(*cols)
+    table = Table(*[_BENCH_HEADERS.get(c, c) for c in cols])
     for r in rows:
         cells = []
         for c in cols:
             v = r.get(c, r.get("error", "") if c == cols[-1] else "")
-            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+            cells.append(f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v))
         table.add_row(*cells)
     return table
 
