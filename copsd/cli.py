@@ -367,13 +367,19 @@ def testbed_info():
         console.print(f"  {lang}: {q}  ->  {prob.answer}", highlight=False)
 
 
-def _bench_device(device: Optional[str], shape: str) -> str:
+BENCH_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _bench_device(device: Optional[str], shape: str, dtype: str) -> str:
+    """Checks the options every benchmark shares; returns the device to run on."""
     import torch
 
     from copsd.bench.shapes import SHAPES
 
     if shape not in SHAPES:
         raise CopsdError(f"--shape: unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if dtype not in BENCH_DTYPES:
+        raise CopsdError(f"--dtype: unknown dtype {dtype!r}; choose one of {', '.join(BENCH_DTYPES)}")
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -390,18 +396,21 @@ def _bench_write(result: dict, out: Optional[Path]) -> None:
 
 def _ints(csv: str, option: str) -> list[int]:
     try:
-        return [int(x) for x in csv.split(",") if x.strip()]
+        values = [int(x) for x in csv.split(",") if x.strip()]
     except ValueError:
-        raise CopsdError(f"{option} takes comma-separated integers, got {csv!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise CopsdError(f"{option} takes comma-separated positive integers, got {csv!r}")
+    return values
 
 
 @bench_app.command("rollout")
 def bench_rollout_cmd(
     shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
     batch: str = typer.Option("32,128", "--batch", help="comma-separated batch sizes"),
-    new_tokens: int = typer.Option(1024, "--new-tokens", help="tokens decoded per row by the fast engine"),
-    hf_new_tokens: int = typer.Option(128, "--hf-new-tokens", help="tokens per row for the (slow) hf baseline"),
-    prompt_len: int = typer.Option(256, "--prompt-len", help="longest prompt; lengths spread over [len/2, len]"),
+    new_tokens: int = typer.Option(1024, "--new-tokens", min=1, help="tokens decoded per row by the fast engine"),
+    hf_new_tokens: int = typer.Option(128, "--hf-new-tokens", min=1, help="tokens per row for the (slow) hf baseline"),
+    prompt_len: int = typer.Option(256, "--prompt-len", min=1, help="longest prompt; lengths spread over [len/2, len]"),
     engines: str = typer.Option("fast,hf", "--engines", help="comma-separated: fast, hf"),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (as in training)"),
     top_k: int = typer.Option(20, "--top-k"), top_p: float = typer.Option(0.95, "--top-p"),
@@ -418,7 +427,7 @@ def bench_rollout_cmd(
     """
     from copsd.bench.rollout import bench_rollout, profile_decode
 
-    dev = _bench_device(device, shape)
+    dev = _bench_device(device, shape, dtype)
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
     if bad := [e for e in engine_list if e not in ("fast", "hf")]:
         raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from fast, hf")
@@ -440,12 +449,12 @@ def bench_rollout_cmd(
 @bench_app.command("step")
 def bench_step_cmd(
     shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
-    rollouts: int = typer.Option(4, "--rollouts", help="rollouts per micro-batch"),
-    completion: int = typer.Option(1024, "--completion", help="tokens per rollout"),
-    teacher_prompt: int = typer.Option(768, "--teacher-prompt", help="teacher prompt tokens"),
-    student_prompt: int = typer.Option(256, "--student-prompt", help="longest student prompt"),
+    rollouts: int = typer.Option(4, "--rollouts", min=1, help="rollouts per micro-batch"),
+    completion: int = typer.Option(1024, "--completion", min=1, help="tokens per rollout"),
+    teacher_prompt: int = typer.Option(768, "--teacher-prompt", min=1, help="teacher prompt tokens"),
+    student_prompt: int = typer.Option(256, "--student-prompt", min=1, help="longest student prompt"),
     chunk: str = typer.Option("256", "--chunk", help="loss chunk(s) of the lean path (train.loss_chunk_size), comma-separated"),
-    reps: int = typer.Option(3, "--reps", help="timed repetitions after one warm-up (best is reported)"),
+    reps: int = typer.Option(3, "--reps", min=1, help="timed repetitions after one warm-up (best is reported)"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON here"),
@@ -456,7 +465,7 @@ def bench_step_cmd(
     """
     from copsd.bench.step import bench_step
 
-    dev = _bench_device(device, shape)
+    dev = _bench_device(device, shape, dtype)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_step(shape, device=dev, dtype=dtype, rollouts=rollouts, completion=completion,
                         student_prompt=student_prompt, teacher_prompt=teacher_prompt, chunks=tuple(_ints(chunk, "--chunk")), reps=reps,
@@ -498,18 +507,30 @@ def main() -> None:
         err_console.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # click's own usage errors and our sweep interruption
-        import click
-
         from copsd.runner import SweepInterrupted
 
         if isinstance(exc, SweepInterrupted):
             err_console.print(str(exc))
             sys.exit(130)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+        for errors in _click_exception_modules():
+            if isinstance(exc, errors.ClickException):
+                exc.show()
+                sys.exit(exc.exit_code)
+            if isinstance(exc, errors.Exit):
+                sys.exit(exc.exit_code)
+            if isinstance(exc, errors.Abort):
+                sys.exit(130)
         raise
+
+
+def _click_exception_modules() -> list:
+    """click's exceptions, and those of the click copy newer typer versions ship (typer._click)."""
+    import importlib
+
+    mods = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return mods

@@ -45,5 +45,9 @@ def test_bench_bad_input_is_one_line(workdir):
     if not torch.cuda.is_available():
         r = run_cli("bench", "step", "--device", "cuda", cwd=workdir)
         assert r.returncode == 2 and "no CUDA device" in r.stderr
-    r = run_cli("bench", "rollout", "--shape", "qwen3-70b", "--device", "cpu", cwd=workdir)
-    assert r.returncode == 2 and "unknown shape 'qwen3-70b'" in r.stderr and "Traceback" not in r.stderr
+    for args, expect in [(["--shape", "qwen3-70b"], "unknown shape 'qwen3-70b'"),
+                         (["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
+                         (["--batch", "0"], "--batch takes comma-separated positive integers"),
+                         (["--new-tokens", "0"], "Invalid value for '--new-tokens'")]:
+        r = run_cli("bench", "rollout", "--device", "cpu", *args, cwd=workdir)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
