@@ -10,21 +10,13 @@ it to the full budget flatters it. The fast engine's ms/step is the decode loop 
 
 from __future__ import annotations
 
-import random
 import time
 
 import torch
 
 from copsd.bench.shapes import (decode_weight_bytes, device_name, kv_bytes_per_token, measured_peak_bandwidth,
-                                peak_gib, random_model, reset_peak, sync, with_lora)
+                                peak_gib, random_model, random_prompts, reset_peak, sync, with_lora)
 from copsd.rollout import SamplingParams, fast, hf
-
-
-def _prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
-    """Random token prompts, lengths spread over [prompt_len/2, prompt_len] (left padding is exercised)."""
-    rng = random.Random(seed)
-    return [[rng.randrange(1000, vocab - 1000) for _ in range(rng.randint(prompt_len // 2, prompt_len))]
-            for _ in range(batch)]
 
 
 def _bandwidth(model, config, dtype, batch, mean_context, step_s, peak_bw) -> dict:
@@ -46,7 +38,7 @@ def bench_rollout(shape: str, *, device: str, dtype: str = "bfloat16", batches: 
     config = model.config
     rows = []
     for batch in batches:
-        prompts = _prompts(batch, prompt_len, config.vocab_size, seed=batch)
+        prompts = random_prompts(batch, prompt_len, config.vocab_size, seed=batch)
         mean_prompt = sum(map(len, prompts)) / batch
         for engine in engines:
             n_new = new_tokens if engine == "fast" else min(hf_new_tokens, new_tokens)
@@ -57,16 +49,15 @@ def bench_rollout(shape: str, *, device: str, dtype: str = "bfloat16", batches: 
                 if engine == "fast":
                     eng = fast.engine_for(model)
                     try:
-                        t0 = time.perf_counter()
                         eng.generate_ids(prompts, params, [], config.pad_token_id, seed=0)  # captures the graphs
-                        row["first_call_s"] = time.perf_counter() - t0
+                        row["capture_s"] = eng.last_timing["capture_s"]
                         eng.generate_ids(prompts, params, [], config.pad_token_id, seed=1)
                     finally:
                         eng.release()
                     tm = eng.last_timing
                     step_s = tm["decode_s"] / tm["decode_steps"]
                     total_s = tm["prefill_s"] + tm["decode_s"]
-                    row.update(prefill_s=tm["prefill_s"], capture_s=row["first_call_s"] - total_s)
+                    row["prefill_s"] = tm["prefill_s"]
                 else:
                     warm = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=4)
                     hf.generate_ids(model, prompts, warm, [], config.pad_token_id, seed=0)
@@ -106,7 +97,7 @@ def profile_decode(shape: str, *, device: str, dtype: str = "bfloat16", batch: i
     model = random_model(shape, dev, getattr(torch, dtype))
     if lora:
         model = with_lora(model)
-    prompts = _prompts(batch, prompt_len, model.config.vocab_size, seed=0)
+    prompts = random_prompts(batch, prompt_len, model.config.vocab_size, seed=0)
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=steps + 1)
     eng = fast.engine_for(model)
     pad = model.config.pad_token_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import time
 
 import torch
@@ -39,6 +40,13 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = Qwen3ForCausalLM._from_config(config, dtype=dtype)
     return model.eval()
+
+
+def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
+    """Random token prompts, lengths spread over [prompt_len/2, prompt_len] (left padding is exercised)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(1000, vocab - 1000) for _ in range(rng.randint(prompt_len // 2, prompt_len))]
+            for _ in range(batch)]
 
 
 def with_lora(model, r: int = 64, alpha: int = 128):

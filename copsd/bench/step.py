@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from copsd.bench.rollout import _prompts
-from copsd.bench.shapes import device_name, peak_gib, random_model, reset_peak, sync, with_lora
+from copsd.bench.shapes import device_name, peak_gib, random_model, random_prompts, reset_peak, sync, with_lora
 from copsd.losses import token_divergence
 from copsd.rollout import SamplingParams, fast, hf
 
@@ -60,8 +59,8 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad = model.config.pad_token_id
     vocab = model.config.vocab_size
+    student = random_prompts(rollouts, student_prompt, vocab, seed=1)
     rng = random.Random(0)
-    student = _prompts(rollouts, student_prompt, vocab, seed=1)
     teacher = [[rng.randrange(1000, vocab - 1000) for _ in range(teacher_prompt)] for _ in range(rollouts)]
     params = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=completion)
     out = {"device": device_name(dev), "torch": torch.__version__, "shape": shape, "dtype": dtype,
