@@ -15,7 +15,8 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from copsd.languages import canonical_code
+from copsd.data.benchmarks import all_splits, benchmarks, check_language
+from copsd.data.languages import canonical_code
 
 METHODS = ("base", "copsd", "grpo", "sft")
 TRAINED_METHODS = ("copsd", "grpo", "sft")
@@ -44,7 +45,7 @@ class Decoding(_Strict):
 
 
 class EvalConfig(_Strict):
-    benchmark: Literal["afrimgsm", "mgsm", "polymath", "gsm8k", "testbed"] = "afrimgsm"
+    benchmark: str = Field("afrimgsm", description="a benchmark of copsd/resources/benchmarks.yaml or a plugin's")
     split: str = Field("test", description="afrimgsm: test|dev; polymath: low|medium|high|top; others: test")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N problems")
     thinking: bool = Field(True, description="open the assistant turn with <think> + the language's sentence")
@@ -56,10 +57,18 @@ class EvalConfig(_Strict):
     data_dir: str | None = Field(None, description="local AfriMGSM copy (<lang>/test.tsv); not hashed")
     rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
 
+    @field_validator("benchmark")
+    @classmethod
+    def _benchmark_known(cls, v: str) -> str:
+        known = benchmarks()
+        if v not in known:
+            raise ValueError(f"unknown benchmark '{v}'; allowed: {', '.join(known)}")
+        return v
+
     @field_validator("split")
     @classmethod
     def _split_known(cls, v: str) -> str:
-        allowed = {"test", "dev", "low", "medium", "high", "top"}
+        allowed = all_splits()
         if v not in allowed:
             raise ValueError(f"unknown split '{v}'; allowed: {', '.join(sorted(allowed))}")
         return v
@@ -172,8 +181,6 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _language_in_benchmark(self) -> "JobConfig":
-        from copsd.benchmarks import check_language  # local import: benchmarks imports config
-
         check_language(self.eval.benchmark, self.language, self.eval.split)
         if self.train is not None:
             t = self.train

@@ -20,7 +20,7 @@ The teacher's prompt differs from the student's exactly by the privileged Englis
 
 from __future__ import annotations
 
-from copsd.languages import get_language
+from copsd.data.languages import get_language
 
 
 def has_thinking_tokens(tokenizer) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +165,7 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
                 if v not in METHODS:
                     raise SpecError(f"{where}: field 'matrix.method[{i}]': unknown method '{v}'; allowed: {', '.join(METHODS)}")
         if key == "language":
-            from copsd.languages import canonical_code
+            from copsd.data.languages import canonical_code
 
             for i, v in enumerate(values):
                 try:
@@ -239,7 +241,7 @@ def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
                 pass
         return False
 
-    from copsd.languages import canonical_code
+    from copsd.data.languages import canonical_code
 
     conds = [(k, {canonical_code(v) for v in vals}) if k == "language" else (k, vals) for k, vals in conds]
     dumps = []
@@ -252,3 +254,49 @@ def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
             raise SpecError(f"--only '{k}': no such field in these jobs (e.g. id, method, model, language, seed, train.lr)")
     return [job for job, d in zip(jobs, dumps)
             if all((got := _get_path(d, k)) is not _MISSING and matches(got, vals) for k, vals in conds)]
+
+
+# ---- what the CLI asks for -------------------------------------------------------------------------
+EMBEDDED_SPECS = ("demo",)
+
+
+def resolve_spec_path(spec: str) -> Path:
+    """A spec file path, or the name of an embedded spec (`demo`)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    if spec in EMBEDDED_SPECS:
+        return Path(str(resources.files("copsd").joinpath("resources", "sweeps", f"{spec}.yaml")))
+    raise SpecError(f"{spec}: spec file not found (give a path like sweeps/main.yaml, or an embedded spec: "
+                    f"{', '.join(EMBEDDED_SPECS)})")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A spec and the jobs a command works on: all of them, and those `--only` kept."""
+
+    path: Path
+    spec: SweepSpec
+    all_jobs: list[JobConfig]
+    jobs: list[JobConfig]
+
+
+def select(spec: str, only: list[str] | None = None) -> Selection:
+    path = resolve_spec_path(spec)
+    s, jobs = load_jobs(path)
+    return Selection(path, s, jobs, filter_jobs(jobs, only or []))
+
+
+def eval_job(*, model: str, language: str, benchmark: str, split: str, limit: int | None, samples: int,
+             temperature: float, top_p: float, top_k: int, max_new_tokens: int, batch_size: int, thinking: bool,
+             seed: int, dtype: str, data_dir: str | None, engine: str) -> JobConfig:
+    """The `base` job of `copsd eval` (one model, one language, no spec); errors name the option."""
+    raw = {"method": "base", "model": model, "language": language, "seed": seed, "dtype": dtype,
+           "eval": {"benchmark": benchmark, "split": split, "limit": limit, "thinking": thinking,
+                    "batch_size": batch_size, "data_dir": data_dir, "rollout_engine": engine,
+                    "decoding": {"n_samples": samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                                 "max_new_tokens": max_new_tokens}}}
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, "copsd eval", JobConfig)) from None

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.benchmarks import load_problems
-from copsd.builtin_models import QWEN3_STYLE_TEMPLATE
+from copsd.data.benchmarks import benchmarks, get_benchmark, load_problems
+from copsd.data.languages import canonical_code, get_language, registry
 from copsd.errors import CopsdError, DataError, ModelLoadError
-from copsd.languages import AFRIMGSM_LANGUAGES, canonical_code, get_language, registry
+from copsd.models.builtin import QWEN3_STYLE_TEMPLATE
 from copsd.models import load_model, load_tokenizer
 from copsd.prompts import has_thinking_tokens, student_prompt
 from copsd.rollout import SamplingParams, generate
@@ -16,11 +16,27 @@ from copsd.rollout import SamplingParams, generate
 
 def test_language_registry_covers_afrimgsm_and_aliases():
     reg = registry()
-    for code in AFRIMGSM_LANGUAGES + ("eng", "fra"):
+    afrimgsm = get_benchmark("afrimgsm").languages
+    assert len(afrimgsm) == 19 and {"swa", "vai", "zul", "eng", "fra"} <= set(afrimgsm)
+    for code in afrimgsm:
         assert code in reg and "\\boxed{}" in reg[code].instruction, code
     assert canonical_code("SW") == "swa" and canonical_code("zh") == "zho"
     with pytest.raises(CopsdError, match="unknown language 'klingon'"):
         canonical_code("klingon")
+
+
+def test_benchmark_table_drives_validation_and_a_plugin_adds_to_it():
+    """The table (resources/benchmarks.yaml) and the testbed plugin's benchmark are one registry."""
+    from copsd.config import JobConfig
+
+    table = benchmarks()
+    assert list(table)[:4] == ["afrimgsm", "mgsm", "polymath", "gsm8k"] and "testbed" in table
+    assert table["polymath"].splits == ("low", "medium", "high", "top")
+    assert JobConfig(method="base", model="m", language="synlo", eval={"benchmark": "testbed"}).eval.benchmark == "testbed"
+    with pytest.raises(ValueError, match="unknown benchmark 'mmlu'; allowed: afrimgsm, mgsm"):
+        JobConfig(method="base", model="m", language="swa", eval={"benchmark": "mmlu"})
+    with pytest.raises(ValueError, match="benchmark 'mgsm' has no language 'hau'"):
+        JobConfig(method="base", model="m", language="hau", eval={"benchmark": "mgsm"})
 
 
 def test_language_override_file(tmp_path, monkeypatch):
@@ -32,16 +48,18 @@ def test_language_override_file(tmp_path, monkeypatch):
     assert get_language("xyz").name == "Test"
 
 
-@pytest.mark.parametrize("bench, lang, split, n, first_answer", [
-    ("mgsm", "swa", "test", 250, "18"), ("mgsm", "eng", "test", 250, "18"),
-    ("gsm8k", "eng", "test", 1319, "18"), ("polymath", "swa", "low", 125, "18"),
-    ("polymath", "tel", "medium", 125, None),
+@pytest.mark.parametrize("bench, lang, split, n, first_answer, first_id", [
+    ("mgsm", "swa", "test", 250, "18", "mgsm-swa-0"), ("mgsm", "eng", "test", 250, "18", "mgsm-eng-0"),
+    ("gsm8k", "eng", "test", 1319, "18", "gsm8k-0"), ("polymath", "swa", "low", 125, "18", None),
+    ("polymath", "tel", "medium", 125, None, None),
 ])
-def test_bundled_benchmarks(bench, lang, split, n, first_answer):
+def test_bundled_benchmarks(bench, lang, split, n, first_answer, first_id):
     probs = load_problems(bench, lang, split)
     assert len(probs) == n and len({p.id for p in probs}) == n
     if first_answer:
         assert probs[0].answer == first_answer
+    if first_id:
+        assert probs[0].id == first_id
     assert load_problems(bench, lang, split, limit=3) == probs[:3]
 
 
@@ -51,6 +69,7 @@ def test_afrimgsm_local_dir_and_errors(tmp_path):
     (d / "test.tsv").write_text("question\tanswer_number\nNi ngapi 2+2?\t4\nNa 1,000 + 1?\t1,001\n", encoding="utf-8")
     probs = load_problems("afrimgsm", "swa", "test", data_dir=str(tmp_path / "afrimgsm"))
     assert [p.answer for p in probs] == ["4", "1,001"]
+    assert [p.id for p in probs] == ["afrimgsm-swa-test-0", "afrimgsm-swa-test-1"]
     with pytest.raises(DataError, match="does not exist"):
         load_problems("afrimgsm", "swa", data_dir=str(tmp_path / "nope"))
     with pytest.raises(DataError, match="dev.tsv not found"):

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text, update
 
 from copsd.config import JobConfig
-from copsd.db import DONE, FAILED, PENDING, RUNNING, ResultsDB
-from copsd.db.schema import METRIC_COLUMNS, Job, utcnow
+from copsd.results import DONE, FAILED, PENDING, RUNNING, ResultsDB
+from copsd.results.schema import METRIC_COLUMNS, JobRow, utcnow
 from copsd.errors import CopsdError
 
 
@@ -75,7 +75,7 @@ def test_stale_running_job_is_reclaimed(db):
     db.register_sweep("s", [j])
     assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
     with db.Session.begin() as s:  # a worker that died 20 minutes ago
-        s.execute(update(Job).where(Job.id == j.job_id).values(heartbeat_at=utcnow() - timedelta(minutes=20)))
+        s.execute(update(JobRow).where(JobRow.id == j.job_id).values(heartbeat_at=utcnow() - timedelta(minutes=20)))
     assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
     assert db.get_job(j.job_id).attempts == 2
 

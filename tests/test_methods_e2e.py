@@ -32,7 +32,7 @@ matrix:
 
 @pytest.mark.slow
 def test_four_methods_two_languages(workdir):
-    from copsd.training.data import load_training_data
+    from copsd.data.training import load_training_data
 
     data = workdir / "data"
     data.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from copsd.config import JobConfig
-from copsd.db import ResultsDB
-from copsd.db.schema import METRIC_COLUMNS
+from copsd.results import ResultsDB
+from copsd.results.schema import METRIC_COLUMNS
 from copsd.errors import CopsdError
 from copsd.reports import build_table, render
 

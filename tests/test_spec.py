@@ -27,6 +27,21 @@ def test_main_grid_has_204_unique_stable_ids():
     assert by_method == {"base": 51, "copsd": 51, "grpo": 51, "sft": 51}
 
 
+@pytest.mark.parametrize("spec, first, last, digest", [
+    ("main", ["c69b59119644", "32cf94d891aa", "cbff1fcefb20"], "147ecf605be5", "896fb36aa4bb82d6"),
+    ("demo", ["f6e2f85e0e4c", "0d54eab756ab", "cc8578bd82b3"], "8a812dc23a08", "15e1edf3f1e81abe"),
+])
+def test_job_ids_are_pinned(spec, first, last, digest):
+    """Job ids are results' keys: a refactor must not move them (pinned at the layout redesign;
+    a deliberate change of what is hashed updates these and says so in the changelog)."""
+    import hashlib
+
+    _, jobs = load_jobs(ROOT / "sweeps" / f"{spec}.yaml")
+    ids = [j.job_id for j in jobs]
+    assert ids[:3] == first and ids[-1] == last
+    assert hashlib.sha256(",".join(ids).encode()).hexdigest()[:16] == digest
+
+
 def test_main_grid_uses_paper_settings():
     _, jobs = load_jobs(MAIN)
     c = next(j for j in jobs if j.method == "copsd")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.benchmarks import load_problems
+from copsd.data.benchmarks import load_problems
 from copsd.config import EvalConfig, JobConfig
-from copsd.languages import get_language
+from copsd.data.languages import get_language
 from copsd.spec import load_jobs
 from copsd.testbed.world import SYNTHETIC, english_split, problems, translate
-from copsd.training.data import load_training_data
+from copsd.data.training import load_training_data
 
 
 def test_world_is_deterministic_and_splits_are_disjoint():
@@ -46,7 +46,7 @@ def test_synthetic_languages_are_registered_like_real_ones():
 
 
 def test_demo_spec_plans_the_methods_on_the_synthetic_languages():
-    from copsd.cli import resolve_spec_path
+    from copsd.spec import resolve_spec_path
 
     _, jobs = load_jobs(resolve_spec_path("demo"))
     methods = {(j.method, j.language) for j in jobs}
@@ -71,7 +71,7 @@ def _accuracy(model, tok, lang: str) -> float:
 def _post_train(tmp_path, trainer_cls=None, steps=50, **copsd):
     from copsd.models import load_model
     from copsd.training import CopsdTrainer
-    from copsd.training.common import wrap_lora
+    from copsd.training.adapters import wrap_lora
 
     train = {"batch_size": 16, "micro_batch_size": 16, "max_steps": steps, "save_steps": steps, "lr": 1e-3,
              "lora": {"r": 16, "alpha": 32}, "clip": None, "max_completion_length": 32, **copsd}
@@ -123,7 +123,7 @@ def test_swapping_student_and_teacher_roles_does_not_help(tmp_path):
 def test_teacher_with_students_prompt_gives_zero_loss_and_gradient_on_the_testbed(tmp_path):
     from copsd.models import load_model
     from copsd.training import CopsdTrainer
-    from copsd.training.common import wrap_lora
+    from copsd.training.adapters import wrap_lora
 
     job = JobConfig(method="copsd", model="builtin:testbed", language="synvlo", dtype="float32",
                     eval={"benchmark": "testbed"},

@@ -9,12 +9,12 @@ import torch
 
 from copsd.config import JobConfig
 from copsd.errors import CopsdError, DataError
-from copsd.languages import get_language
+from copsd.data.languages import get_language
 from copsd.models import load_model
 from copsd.prompts import teacher_prompt, teacher_user_message, training_student_prompt
 from copsd.training import TRAINERS
-from copsd.training.common import load_adapter, saved_steps, wrap_lora
-from copsd.training.data import TrainExample, clean_gsm8k_solution, load_training_data
+from copsd.training.adapters import load_adapter, saved_steps, wrap_lora
+from copsd.data.training import TrainExample, clean_gsm8k_solution, load_training_data
 from copsd.training.grpo_trainer import final_answer_region, reward
 
 EX = [TrainExample(f"x{i}", f"Swali namba {i}: Ana ana machungwa {i + 2}. Anakula 1. Yamebaki mangapi?",
@@ -79,7 +79,7 @@ def test_copsd_step_changes_only_lora_and_fixed_teacher_is_the_base(tmp_path):
 
 
 def test_rollouts_are_sampled_from_the_student_prompt_alone(tmp_path, monkeypatch):
-    import copsd.training.copsd_trainer as ct
+    import copsd.training.trainer as ct  # the shared loop samples every method's rollouts
 
     seen = []
     real = ct.generate
@@ -181,7 +181,7 @@ def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
     good, bad = tok("\\boxed{3}", add_special_tokens=False)["input_ids"], tok("no idea", add_special_tokens=False)["input_ids"]
 
     from copsd.losses import chunked_token_logprobs
-    from copsd.training.common import completion_hidden
+    from copsd.training.forward import completion_hidden
 
     def logp(c):
         with torch.no_grad():
@@ -250,7 +250,7 @@ def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
 
 
 def open_mgsm_en_first() -> str:
-    from copsd.benchmarks import load_problems
+    from copsd.data.benchmarks import load_problems
 
     return load_problems("mgsm", "eng", limit=1)[0].question
 

@@ -1,9 +1,7 @@
-"""Evaluation: answer extraction, grading with math-verify, and the paper's metrics.
+"""Evaluation: one model on one benchmark language -> the paper's metrics (`evaluate.py`,
+`metrics.py`). Answer extraction and grading live in `copsd.grading`, re-exported here."""
 
-Public API: `extract_boxed`, `is_equivalent`, `pass_at_k` (used by the methods' rewards too).
-"""
-
-from copsd.evaluation.grading import extract_boxed, is_equivalent, normalize_answer
 from copsd.evaluation.metrics import compute_metrics, pass_at_k, repetition_rate
+from copsd.grading import extract_boxed, is_equivalent, normalize_answer
 
 __all__ = ["compute_metrics", "extract_boxed", "is_equivalent", "normalize_answer", "pass_at_k", "repetition_rate"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from copsd.benchmarks import Problem
+from copsd.data.benchmarks import Problem
 from copsd.config import EvalConfig
-from copsd.evaluation.grading import extract_boxed, is_equivalent
+from copsd.grading import extract_boxed, is_equivalent
 from copsd.evaluation.metrics import Sample, compute_metrics
 from copsd.prompts import student_prompt
 from copsd.rollout import SamplingParams, generate

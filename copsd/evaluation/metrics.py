@@ -48,7 +48,7 @@ class Sample:
 
 def compute_metrics(samples: list[list[Sample]]) -> dict[str, float]:
     """Metrics over problems (outer list) x samples (inner list, all the same length k)."""
-    from copsd.evaluation.grading import normalize_answer
+    from copsd.grading import normalize_answer
 
     k = len(samples[0])
     if any(len(s) != k for s in samples):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from copsd.config import short_model_name
-from copsd.db.schema import METRIC_COLUMNS
+from copsd.results.schema import METRIC_COLUMNS
 from copsd.errors import CopsdError
 
 METHOD_ORDER = ("base", "sft", "grpo", "copsd")

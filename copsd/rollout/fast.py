@@ -34,7 +34,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from copsd.rollout.base import SamplingParams
+from copsd.rollout.types import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 BUCKET = 128  # decode attends to the cache in multiples of this many positions

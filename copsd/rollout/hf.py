@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from copsd.rollout.base import SamplingParams
+from copsd.rollout.types import SamplingParams
 
 
 @torch.no_grad()

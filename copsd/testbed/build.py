@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from copsd.testbed.world import SYNTHETIC, english_split, translate
+from copsd.models.cache import atomic_build, cache_dir, recipe_hash
+from copsd.testbed.world import WORLD_VERSION, SYNTHETIC, english_split, translate
 
 RECIPE = {
     "kind": "testbed",
@@ -70,7 +71,7 @@ def _template_tokenizer(vocab: dict[str, int] | None = None):
 
 def corpus(tok, recipe: dict = RECIPE) -> list[str]:
     """The pretraining documents (strings), deterministic given the recipe."""
-    from copsd.languages import get_language
+    from copsd.data.languages import get_language
     from copsd.prompts import student_prompt, teacher_prompt, training_student_prompt
 
     rng = random.Random(recipe["seed"])
@@ -110,7 +111,7 @@ def corpus(tok, recipe: dict = RECIPE) -> list[str]:
 
 def _vocabulary(tok, docs: list[str]) -> dict[str, int]:
     """Every whitespace token of the corpus and of every prompt the testbed languages can produce."""
-    from copsd.languages import get_language
+    from copsd.data.languages import get_language
     from copsd.prompts import student_prompt, teacher_prompt, training_student_prompt
 
     words: set[str] = set()
@@ -185,3 +186,25 @@ def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
     model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     tok.save_pretrained(out_dir)
     model.save_pretrained(out_dir)
+
+
+def testbed_path() -> Path:
+    """Where `builtin:testbed` lives: keyed by its recipe and the English prompt strings it was
+    pretrained with (changing either builds a new one)."""
+    from copsd.data.languages import get_language
+
+    eng = get_language("eng")
+    key = {**RECIPE, "world": WORLD_VERSION, "instruction": eng.instruction, "thinking": eng.thinking}
+    return cache_dir() / "models" / f"testbed-{recipe_hash(key)}"
+
+
+def build_testbed_cached(log=None) -> Path:
+    """Pretrain the testbed model once per machine (a few minutes on 2 cores), then reuse it."""
+    import sys
+
+    target = testbed_path()
+    if not (target / "config.json").is_file():
+        say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        say(f"building builtin:testbed (once per machine) into {target}")
+        atomic_build(target, lambda tmp: build_testbed(tmp, log=say))
+    return target

@@ -129,7 +129,7 @@ def translatable_words(texts: list[str]) -> tuple[str, ...]:
 def base_texts(eng: dict) -> list[str]:
     """Every English text of the world a language must cover (templates + prompt strings);
     `eng` is the registry's English entry."""
-    from copsd.languages import TEACHER_DEFAULTS
+    from copsd.data.languages import TEACHER_DEFAULTS
 
     rng = random.Random(0)
     probs = [generate_problem(rng) for _ in range(3000)]
@@ -152,7 +152,7 @@ def translate(text: str, code: str, eng: dict | None = None) -> str:
     if code == "eng":
         return text
     if eng is None:
-        from copsd.languages import registry
+        from copsd.data.languages import registry
 
         r = registry()["eng"]
         eng = {"instruction": r.instruction, "thinking": r.thinking}

@@ -14,21 +14,20 @@ One optimizer step = `batch_size` prompts, in micro-batches of `micro_batch_size
 from __future__ import annotations
 
 import contextlib
-import time
 
 import torch
 
 from copsd.losses import chunked_token_divergence, divergence_diagnostics, token_divergence
 from copsd.prompts import teacher_prompt, training_student_prompt
-from copsd.rollout import SamplingParams, generate
-from copsd.training.common import Trainer, completion_hidden, decoder_and_head
+from copsd.rollout import SamplingParams
+from copsd.training.forward import completion_hidden, decoder_and_head
+from copsd.training.trainer import StepStats, Trainer
 
 
 class CopsdTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
-        self._finished = 0  # rollouts that hit a stop token in the current step (truncation rate)
         self.ema: dict[str, torch.Tensor] | None = None
         if self.cfg.teacher == "ema":
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -84,18 +83,14 @@ class CopsdTrainer(Trainer):
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # ---- one optimizer step -------------------------------------------------------------------
-    def rollouts(self, examples, step: int, micro: int) -> list[list[int]]:
+    def rollouts(self, examples, step: int, micro: int, stats: StepStats | None = None) -> list[list[int]]:
+        """One rollout per example from the student prompt, with the current (student) weights."""
         cfg = self.cfg
         prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
                    for ex in examples]
         params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                 max_new_tokens=cfg.max_completion_length)
-        self.model.eval()
-        groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts),
-                          seed=self.rollout_seed(step, micro), engine=cfg.rollout_engine)
-        self.model.train()
-        self._finished += sum(g[0].finished for g in groups)
-        return [g[0].token_ids for g in groups]
+        return [g[0].token_ids for g in self.sample(prompts, params, step, micro, stats)]
 
     def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
         """Mean (clipped) divergence over the rollout tokens of these examples."""
@@ -108,7 +103,7 @@ class CopsdTrainer(Trainer):
 
     def token_loss(self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]],
                    pad_id: int) -> tuple[torch.Tensor, dict]:
-        """The loss on token ids (non-empty completions); `copsd bench step` times this."""
+        """The loss on token ids (non-empty completions); `copsd speed step` times this."""
         cfg = self.cfg
         # teacher first: the EMA teacher swaps weights in place, which must not touch the student's graph
         with torch.no_grad(), self.teacher_weights():
@@ -128,29 +123,15 @@ class CopsdTrainer(Trainer):
         diag = {"divergence_unclipped": unclipped, "clipped_share": share}
         return per_token.mean(), diag
 
-    def compute_step(self, examples, step: int) -> dict[str, float]:
-        cfg = self.cfg
-        micro = self.micro_batches(examples, cfg.micro_batch_size)
-        self._finished = 0
-        losses, diags, n_tokens, lengths, gen_time = [], [], 0, [], 0.0
-        for m, mb in enumerate(micro):
-            t0 = time.perf_counter()
-            comps = self.rollouts(mb, step, m)
-            gen_time += time.perf_counter() - t0
-            lengths += [len(c) for c in comps]
-            n_tokens += sum(len(c) for c in comps)
-            loss, diag = self.divergence_loss(mb, comps)
-            (loss / len(micro)).backward()
-            losses.append(float(loss.detach()))
-            diags.append(diag)
-        out = {
-            "loss": sum(losses) / len(losses),
-            "rollout_length": sum(lengths) / max(1, len(lengths)),
-            "truncation_rate": 1.0 - self._finished / max(1, len(lengths)),
-            "rollout_tokens_per_s": n_tokens / gen_time if gen_time > 0 else 0.0,
-        }
+    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
+        loss, diag = self.divergence_loss(examples, self.rollouts(examples, step, index, stats))
+        for key, value in diag.items():
+            stats.add(key, value)
+        return loss
+
+    def step_metrics(self, stats: StepStats) -> dict[str, float]:
+        out = self.rollout_metrics(stats)
         for key in ("divergence_unclipped", "clipped_share"):
-            vals = [d[key] for d in diags if key in d]
-            if vals:
-                out[key] = sum(vals) / len(vals)
+            if stats.has(key):
+                out[key] = stats.mean(key)
         return out

@@ -9,15 +9,14 @@ only the direction, as in TRL with num_iterations = 1.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from copsd.evaluation import extract_boxed, is_equivalent
+from copsd.grading import extract_boxed, is_equivalent
 from copsd.losses import chunked_token_logprobs
 from copsd.prompts import training_student_prompt
-from copsd.rollout import SamplingParams, generate
-from copsd.training.common import Trainer, completion_hidden, decoder_and_head
+from copsd.rollout import SamplingParams
+from copsd.training.forward import completion_hidden, decoder_and_head
+from copsd.training.trainer import StepStats, Trainer
 
 
 def final_answer_region(text: str) -> str:
@@ -38,6 +37,9 @@ class GrpoTrainer(Trainer):
 
     def prompts_per_step(self) -> int:
         return max(1, self.cfg.batch_size // self.cfg.num_generations)
+
+    def prompts_per_micro_batch(self) -> int:
+        return max(1, self.cfg.micro_batch_size // self.cfg.num_generations)
 
     def policy_loss(self, prompt_ids: list[list[int]], comps: list[list[int]], adv: list[float]):
         """Token-level clipped surrogate (+ k3 KL to the base), averaged over all completion tokens."""
@@ -60,55 +62,39 @@ class GrpoTrainer(Trainer):
             kl_value = float(kl.mean().detach())
         return per_token.mean(), kl_value
 
-    def compute_step(self, examples, step: int) -> dict[str, float]:
+    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
         cfg = self.cfg
         G = cfg.num_generations
-        per_micro = max(1, cfg.micro_batch_size // G)
-        micro = self.micro_batches(examples, per_micro)
-        stats = {"loss": [], "reward": [], "zero_std_groups": [], "length": [], "finished": [], "kl": []}
-        n_tokens, gen_time = 0, 0.0
-        for m, mb in enumerate(micro):
-            prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
-                       for ex in mb]
-            params = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                    max_new_tokens=cfg.max_completion_length)
-            t0 = time.perf_counter()
-            self.model.eval()
-            groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts) * G,
-                              seed=self.rollout_seed(step, m), engine=cfg.rollout_engine)
-            self.model.train()
-            gen_time += time.perf_counter() - t0
-            prompt_ids, comps, adv = [], [], []
-            for ex, p, g in zip(mb, prompts, groups):
-                p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
-                r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
-                stats["reward"] += r.tolist()
-                stats["zero_std_groups"].append(float(r.std() == 0))
-                a = (r - r.mean()) / (r.std() + 1e-4)
-                for x, ai in zip(g, a.tolist()):
-                    stats["length"].append(len(x.token_ids))
-                    stats["finished"].append(float(x.finished))
-                    if x.token_ids:
-                        prompt_ids.append(p_ids)
-                        comps.append(x.token_ids)
-                        adv.append(ai)
-            if not comps:
-                continue
-            n_tokens += sum(len(c) for c in comps)
-            loss, kl = self.policy_loss(prompt_ids, comps, adv)
-            if kl is not None:
-                stats["kl"].append(kl)
-            (loss / len(micro)).backward()
-            stats["loss"].append(float(loss.detach()))
-        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
+                   for ex in examples]
+        params = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                max_new_tokens=cfg.max_completion_length)
+        groups = self.sample(prompts, params, step, index, stats)
+        prompt_ids, comps, adv = [], [], []
+        for ex, p, g in zip(examples, prompts, groups):
+            p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
+            r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
+            stats.add("reward", *r.tolist())
+            stats.add("zero_std_groups", float(r.std() == 0))
+            a = (r - r.mean()) / (r.std() + 1e-4)
+            for x, ai in zip(g, a.tolist()):
+                if x.token_ids:
+                    prompt_ids.append(p_ids)
+                    comps.append(x.token_ids)
+                    adv.append(ai)
+        if not comps:
+            return None
+        loss, kl = self.policy_loss(prompt_ids, comps, adv)
+        if kl is not None:
+            stats.add("kl", kl)
+        return loss
+
+    def step_metrics(self, stats: StepStats) -> dict[str, float]:
         out = {
-            "loss": mean(stats["loss"]),
-            "reward": mean(stats["reward"]),
-            "zero_variance_group_share": mean(stats["zero_std_groups"]),
-            "rollout_length": mean(stats["length"]),
-            "truncation_rate": 1.0 - mean(stats["finished"]),
-            "rollout_tokens_per_s": n_tokens / gen_time if gen_time > 0 else 0.0,
+            "reward": stats.mean("reward"),
+            "zero_variance_group_share": stats.mean("zero_std_groups"),
+            **self.rollout_metrics(stats),
         }
-        if stats["kl"]:
-            out["kl"] = mean(stats["kl"])
+        if stats.has("kl"):
+            out["kl"] = stats.mean("kl")
         return out

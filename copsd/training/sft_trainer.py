@@ -7,7 +7,8 @@ import torch
 
 from copsd.losses import chunked_token_logprobs
 from copsd.prompts import training_student_prompt
-from copsd.training.common import Trainer, completion_hidden, decoder_and_head
+from copsd.training.forward import completion_hidden, decoder_and_head
+from copsd.training.trainer import StepStats, Trainer
 
 
 class SftTrainer(Trainer):
@@ -23,17 +24,14 @@ class SftTrainer(Trainer):
         c = self.tok(sep + ex.solution_en, add_special_tokens=False)["input_ids"] + [self.eos]
         return p, c[: max(1, self.cfg.max_length - len(p))]
 
-    def compute_step(self, examples, step: int) -> dict[str, float]:
-        micro = self.micro_batches(examples, self.cfg.micro_batch_size)
-        losses, n_tokens = [], 0
-        for mb in micro:
-            pairs = [self.pair(ex) for ex in mb]
-            prompts, comps = [p for p, _ in pairs], [c for _, c in pairs]
-            h = completion_hidden(self.decoder, prompts, comps, self.tok.pad_token_id, self.device)
-            targets = torch.tensor([t for c in comps for t in c], device=self.device)
-            logp = chunked_token_logprobs(h, self.lm_head, targets, chunk_size=self.cfg.loss_chunk_size or 10**9)
-            loss = -logp.mean()
-            (loss / len(micro)).backward()
-            losses.append(float(loss.detach()))
-            n_tokens += len(targets)
-        return {"loss": sum(losses) / len(losses), "tokens": float(n_tokens)}
+    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
+        pairs = [self.pair(ex) for ex in examples]
+        prompts, comps = [p for p, _ in pairs], [c for _, c in pairs]
+        h = completion_hidden(self.decoder, prompts, comps, self.tok.pad_token_id, self.device)
+        targets = torch.tensor([t for c in comps for t in c], device=self.device)
+        logp = chunked_token_logprobs(h, self.lm_head, targets, chunk_size=self.cfg.loss_chunk_size or 10**9)
+        stats.add("tokens", len(targets))
+        return -logp.mean()
+
+    def step_metrics(self, stats: StepStats) -> dict[str, float]:
+        return {"tokens": stats.sum("tokens")}

@@ -1,0 +1,37 @@
+"""`copsd data list`: benchmarks x languages x splits, and where each comes from."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from copsd.cli.common import console
+from copsd.errors import CopsdError
+
+app = typer.Typer(help="Benchmarks and languages: what exists and what is available here.", no_args_is_help=True)
+
+
+@app.command("list")
+def data_list(benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="only this benchmark")):
+    """Benchmarks x languages x splits, and where each comes from (bundled, local, Hub cache, Hub, generated)."""
+    from rich.table import Table
+
+    from copsd.data.benchmarks import availability, benchmarks
+    from copsd.data.languages import get_language
+
+    table = benchmarks()
+    if benchmark and benchmark not in table:
+        raise CopsdError(f"--benchmark: unknown benchmark '{benchmark}'; known: {', '.join(table)}")
+    t = Table(title="benchmarks (AfriMGSM: set COPSD_AFRIMGSM_DIR or eval.data_dir for a local copy)")
+    for c in ("benchmark", "language", "name", "splits", "available"):
+        t.add_column(c)
+    for name, b in table.items():
+        if benchmark and name != benchmark:
+            continue
+        for lang in b.languages:
+            L = get_language(lang)
+            avail = sorted({availability(name, lang, s) for s in b.splits})
+            note = " (prompts: English, no translation)" if L.missing else (" (prompts unreviewed)" if L.review else "")
+            t.add_row(name, lang, L.name + note, ",".join(b.splits), ",".join(avail))
+    console.print(t)

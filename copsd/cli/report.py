@@ -1,0 +1,77 @@
+"""`copsd report table|curves`: paper-style tables and figures from the results DB."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from copsd.cli.common import DB_OPT, console, err_console
+from copsd.errors import CopsdError
+
+app = typer.Typer(help="Comparison tables and figures from the results database (reports/ beside it).",
+                  no_args_is_help=True)
+FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "html": "html"}
+
+
+def _results(db: Optional[str], sweep: Optional[str]):
+    """The results frame (of one sweep, if named) and where reports go by default."""
+    from copsd.paths import Workspace
+    from copsd.results.db import ResultsDB
+
+    rdb = ResultsDB(db)
+    try:
+        if sweep and rdb.get_sweep(sweep) is None:
+            known = ", ".join(s.name for s in rdb.sweeps()) or "none"
+            raise CopsdError(f"no sweep named '{sweep}' in {rdb.url}; known: {known}")
+        return rdb.results_frame(sweep), Workspace(rdb.url).reports_dir
+    finally:
+        rdb.close()
+
+
+@app.command("table")
+def table(
+    by: str = typer.Option("language", "--by", help="language (rows) x model/method (columns); or model; or method"),
+    metric: str = typer.Option("accuracy", "--metric", help="accuracy, pass_at_1, pass_at_k, maj_at_k, format_rate, ..."),
+    fmt: str = typer.Option("markdown", "--format", help="markdown, latex, csv or html (the file written)"),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    step: str = typer.Option("final", "--step", help="checkpoint per job: final, best, or a step number"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    budget: Optional[int] = typer.Option(None, "--budget", help="decoding budget (max_new_tokens); default: largest"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file; default reports/<sweep>_by_<by>_<metric>.<ext> beside the DB"),
+    db: Optional[str] = DB_OPT,
+):
+    """Paper-style comparison table (mean ± std over seeds, (Δ vs base), best per row in bold)."""
+    from copsd.reports.tables import build_table, render, to_rich
+
+    if fmt not in FORMATS:
+        raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
+    df, reports_dir = _results(db, sweep)
+    t = build_table(df, by=by, metric=metric, step=step, benchmark=benchmark, budget=budget)
+    text = render(t, fmt)
+    out = out or reports_dir / f"{sweep or 'all'}_by_{by}_{metric}.{FORMATS[fmt]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    if fmt == "csv" and not sys.stdout.isatty():
+        sys.stdout.write(text)
+    else:
+        console.print(to_rich(t))
+    err_console.print(f"written to {out}")
+
+
+@app.command("curves")
+def curves(
+    metric: str = typer.Option("accuracy", "--metric", help="accuracy, pass_at_k, format_rate, ..."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG path; default reports/<sweep>_curves_<metric>.png beside the DB"),
+    db: Optional[str] = DB_OPT,
+):
+    """Training dynamics: the metric at each evaluated checkpoint, per language and method (PNG)."""
+    from copsd.reports.plots import plot_curves
+
+    df, reports_dir = _results(db, sweep)
+    path = plot_curves(df, out or reports_dir / f"{sweep or 'all'}_curves_{metric}.png", metric, benchmark)
+    console.print(f"written to {path}")

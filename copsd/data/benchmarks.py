@@ -1,0 +1,288 @@
+"""Evaluation benchmarks, driven by one table (`copsd/resources/benchmarks.yaml`).
+
+The table says, per benchmark, where its files come from, which languages and splits it has and
+which fields hold the question, the answer and the id; this module turns that into `Problem`s.
+Sources: `bundled` (files under `copsd/resources/benchmarks/`, see ATTRIBUTION.md there), `hub`
+(a Hub dataset, or a local copy: `eval.data_dir` / the benchmark's `local_dir_env`), and any
+source a plugin adds with `register_source` (the testbed generates its problems). Every loader
+returns problems in file order; `limit` takes the first N.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from copsd.errors import CopsdError, DataError
+from copsd.plugins import load_plugins
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str
+
+
+class Benchmark(BaseModel):
+    """One row of the benchmark table (see the field notes at the top of benchmarks.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    label: str = ""
+    title: str = ""
+    source: str = "bundled"
+    format: Literal["tsv", "tsv_noheader", "jsonl"] | None = None
+    path: str = ""
+    hub_id: str | None = None
+    local_dir_env: str | None = None
+    languages: dict[str, str]
+    splits: tuple[str, ...] = Field(min_length=1)
+    question: str = "question"
+    answer: tuple[str, ...] = ("answer",)
+    after: str | None = None
+    id: str = "{name}-{language}-{index}"
+    clean_answer: bool = True
+    prompt: Literal["boxed"] = "boxed"
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _list_means_same_codes(cls, v):
+        return {c: c for c in v} if isinstance(v, (list, tuple)) else v
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def problem_id(self, record: dict, language: str, split: str, index: int) -> str:
+        if "{" not in self.id:
+            return str(record[self.id])
+        return self.id.format(name=self.name, language=language, split=split, index=index)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How a benchmark's problems are obtained; `availability` is shown by `copsd data list`."""
+
+    load: Callable[[Benchmark, str, str, str | None], list[Problem]]  # (benchmark, language, split, data_dir)
+    availability: Callable[[Benchmark, str, str], str]
+
+
+_SOURCES: dict[str, Source] = {}
+_EXTRA: dict[str, Benchmark] = {}
+
+
+def register_source(name: str, source: Source) -> None:
+    _SOURCES[name] = source
+
+
+def register_benchmark(benchmark: Benchmark | dict) -> None:
+    """Add a benchmark from a plugin (a dict is a table row with its `name`)."""
+    b = benchmark if isinstance(benchmark, Benchmark) else Benchmark.model_validate(benchmark)
+    _EXTRA[b.name] = b
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, Benchmark]:
+    raw = yaml.safe_load((resources.files("copsd") / "resources" / "benchmarks.yaml").read_text(encoding="utf-8"))
+    return {name: Benchmark.model_validate({"name": name, **row}) for name, row in raw.items()}
+
+
+def benchmarks() -> dict[str, Benchmark]:
+    """Every known benchmark: the table, then those plugins registered."""
+    load_plugins()
+    return {**_table(), **_EXTRA}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    table = benchmarks()
+    if name not in table:
+        raise CopsdError(f"unknown benchmark '{name}'; known: {', '.join(table)}")
+    return table[name]
+
+
+def all_splits() -> list[str]:
+    out: list[str] = []
+    for b in benchmarks().values():
+        out += [s for s in b.splits if s not in out]
+    return out
+
+
+def check_language(benchmark: str, language: str, split: str) -> None:
+    """Raise ValueError (so pydantic reports it at the field) if the pair is not offered."""
+    table = benchmarks()
+    if benchmark not in table:
+        raise ValueError(f"unknown benchmark '{benchmark}'; known: {', '.join(table)}")
+    b = table[benchmark]
+    if language not in b.languages:
+        raise ValueError(f"benchmark '{benchmark}' has no language '{language}'; it has: {', '.join(b.languages)}")
+    if split not in b.splits:
+        raise ValueError(f"benchmark '{benchmark}' has no split '{split}'; it has: {', '.join(b.splits)}")
+
+
+def load_problems(benchmark: str, language: str, split: str = "test", limit: int | None = None,
+                  data_dir: str | None = None) -> list[Problem]:
+    """Problems of one benchmark/language/split, in file order (the first `limit` if given)."""
+    try:
+        check_language(benchmark, language, split)
+    except ValueError as exc:
+        raise CopsdError(str(exc)) from None
+    b = benchmarks()[benchmark]
+    if b.source not in _SOURCES:
+        raise CopsdError(f"benchmark '{benchmark}': unknown source '{b.source}'; known: {', '.join(_SOURCES)}")
+    probs = _SOURCES[b.source].load(b, language, split, data_dir)
+    if not probs:
+        raise DataError(f"benchmark '{benchmark}' language '{language}' split '{split}' has no problems")
+    return probs[:limit] if limit else probs
+
+
+def availability(benchmark: str, language: str, split: str) -> str:
+    """'bundled', 'local', 'hub-cache', 'hub' (needs network), or a plugin source's word."""
+    b = get_benchmark(benchmark)
+    return _SOURCES[b.source].availability(b, language, split)
+
+
+# ---- reading files -------------------------------------------------------------------------------
+def _read_tsv(path: Path, has_header: bool, question: str = "question",
+              answers: tuple[str, ...] = ("answer",)) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if has_header:
+        if not rows:
+            raise DataError(f"{path}: empty file")
+        header = [h.strip() for h in rows[0]]
+        answer_col = next((a for a in answers if a in header), None)
+        if question not in header or answer_col is None:
+            raise DataError(f"{path}: needs columns '{question}' and {' or '.join(repr(a) for a in answers)}; "
+                            f"found {header}")
+        qi, ai = header.index(question), header.index(answer_col)
+        return [{"question": r[qi], "answer": r[ai]} for r in rows[1:] if len(r) > max(qi, ai)]
+    out = []
+    for i, r in enumerate(rows, 1):
+        if len(r) != 2:
+            raise DataError(f"{path}:{i}: expected 2 tab-separated columns (question, answer), found {len(r)}")
+        out.append({"question": r[0], "answer": r[1]})
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{i}: invalid JSON ({exc.msg})") from None
+    return out
+
+
+def _clean_answer(a: str) -> str:
+    a = str(a).strip()
+    return a[:-2] if a.endswith(".0") and a[:-2].lstrip("-").isdigit() else a
+
+
+def read_problems(b: Benchmark, path: Path, language: str, split: str) -> list[Problem]:
+    """One benchmark file -> problems, per the table's format and field names."""
+    if b.format == "jsonl":
+        records = _read_jsonl(path)
+        for r in records:
+            ans = next((r[a] for a in b.answer if a in r), None)
+            if b.question not in r or ans is None:
+                raise DataError(f"{path}: records need '{b.question}' and {' or '.join(b.answer)}")
+            r["answer"], r["question"] = ans, r[b.question]
+    else:
+        records = _read_tsv(path, b.format == "tsv", b.question, b.answer)
+    out = []
+    for i, r in enumerate(records):
+        answer = str(r["answer"])
+        if b.after:
+            answer = answer.split(b.after)[-1].replace(",", "")
+        answer = _clean_answer(answer) if b.clean_answer else answer.strip()
+        out.append(Problem(b.problem_id(r, language, split, i), r["question"], answer))
+    return out
+
+
+# ---- bundled files -----------------------------------------------------------------------------
+def bundled_file(*parts: str) -> Path:
+    return Path(str(resources.files("copsd").joinpath("resources", "benchmarks", *parts)))
+
+
+def _bundled_path(b: Benchmark, language: str, split: str) -> Path:
+    return bundled_file(*b.path.format(file_code=b.languages[language], split=split).split("/"))
+
+
+register_source("bundled", Source(
+    load=lambda b, language, split, _dir: read_problems(b, _bundled_path(b, language, split), language, split),
+    availability=lambda b, language, split: "bundled",
+))
+
+
+# ---- Hub datasets with a local-copy alternative ------------------------------------------------
+def _local_dir(b: Benchmark, data_dir: str | None) -> str | None:
+    return data_dir or (os.environ.get(b.local_dir_env) if b.local_dir_env else None) or None
+
+
+def _hub_file(b: Benchmark, language: str, split: str, data_dir: str | None) -> Path:
+    code = b.languages[language]
+    rel = b.path.format(file_code=code, split=split)
+    env = f" / {b.local_dir_env}" if b.local_dir_env else ""
+    local = _local_dir(b, data_dir)
+    if local:
+        root = Path(local).expanduser()
+        if not root.is_dir():
+            raise DataError(
+                f"{b.display} directory '{root}' does not exist; set eval.data_dir / --data-dir{env} "
+                f"to a folder with <lang>/{split}.tsv"
+            )
+        leaf = Path(rel).name
+        for cand in (root / code / leaf, root / rel):
+            if cand.is_file():
+                return cand
+        raise DataError(f"{b.display} file {root / code / leaf} not found (layout: <lang>/{leaf})")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(b.hub_id, rel, repo_type="dataset"))
+    except Exception as exc:  # offline, no cache, gated, ...
+        raise DataError(
+            f"{b.display} '{language}/{split}' could not be fetched from the Hub ({b.hub_id}: "
+            f"{type(exc).__name__}); download it where the Hub is reachable or point eval.data_dir{env} "
+            f"at a local copy laid out as <lang>/{Path(rel).name}"
+        ) from None
+
+
+def _hub_availability(b: Benchmark, language: str, split: str) -> str:
+    code = b.languages[language]
+    rel = b.path.format(file_code=code, split=split)
+    local = _local_dir(b, None)
+    if local and (Path(local) / code / Path(rel).name).is_file():
+        return "local"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(b.hub_id, rel, repo_type="dataset"), str):
+            return "hub-cache"
+    except Exception:
+        pass
+    return "hub"
+
+
+register_source("hub", Source(
+    load=lambda b, language, split, data_dir: read_problems(b, _hub_file(b, language, split, data_dir), language, split),
+    availability=_hub_availability,
+))

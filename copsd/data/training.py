@@ -1,0 +1,201 @@
+"""Training records for every method: target-language problem, English problem, English solution.
+
+Accepted sources (`train.data_path`; `{language}` in it is replaced by the language code):
+- a COPSD JSON/JSONL file with `problem` (English), `solution` (English) and `problem_<lang>`
+  (the released training format), or the Hub variant with `problem_translated` + `language`;
+- a directory holding such files (e.g. `translated_<lang>.json`);
+- a Hub dataset id (downloaded with huggingface_hub; JSON, JSONL or parquet files);
+- nothing, for a language with a default source: the bundled GSM8K-train + Swahili translations
+  for `swa`, and whatever plugins add with `register_default_source` (the testbed's languages).
+Records whose English problem is an evaluation test problem (GSM8K test, hence MGSM) are dropped:
+we never train on the evaluation test sets.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from copsd.data.languages import canonical_code, registry
+from copsd.errors import DataError
+from copsd.grading import extract_boxed
+from copsd.plugins import load_plugins
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    id: str
+    problem: str  # in the target language
+    problem_en: str
+    solution_en: str
+    answer: str
+
+
+def clean_gsm8k_solution(solution: str) -> tuple[str, str]:
+    """Drop `<<calc>>` annotations and end with a boxed answer: ('... The answer is \\boxed{18}.', '18')."""
+    body, _, ans = solution.partition("####")
+    body = re.sub(r"<<[^<>]*>>", "", body).strip()
+    ans = ans.strip().replace(",", "")
+    return (f"{body}\nThe answer is \\boxed{{{ans}}}." if ans else body), ans
+
+
+def _res(*parts: str) -> Path:
+    return Path(str(resources.files("copsd").joinpath("resources", *parts)))
+
+
+def _norm(q: str) -> str:
+    return " ".join(q.lower().split())
+
+
+@lru_cache(maxsize=1)
+def test_problem_set() -> frozenset[str]:
+    """English evaluation test problems (GSM8K test; MGSM is its first 250)."""
+    out = set()
+    for line in _res("benchmarks", "gsm8k", "test.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.add(_norm(json.loads(line)["question"]))
+    for line in _res("benchmarks", "mgsm", "mgsm_en.tsv").read_text(encoding="utf-8").splitlines():
+        out.add(_norm(line.split("\t")[0]))
+    return frozenset(out)
+
+
+def _bundled_swahili() -> list[TrainExample]:
+    gsm = [json.loads(x) for x in _res("train", "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    by_q = {}
+    for i, r in enumerate(gsm):
+        by_q.setdefault(r["question"], (i, r))
+    en = _res("train", "gsm8k_train.en").read_text(encoding="utf-8").split("\n")
+    sw = _res("train", "gsm8k_train.sw").read_text(encoding="utf-8").split("\n")
+    out = []
+    for q_en, q_sw in zip(en, sw):
+        hit = by_q.get(q_en)
+        if hit is None or not q_sw.strip():
+            continue
+        i, r = hit
+        sol, ans = clean_gsm8k_solution(r["answer"])
+        out.append(TrainExample(f"gsm8k-train-{i}", q_sw.strip(), q_en.strip(), sol, ans))
+    return out
+
+
+def _answer_of(rec: dict, solution: str) -> str:
+    for k in ("Answer", "answer", "answer_number"):
+        if rec.get(k) not in (None, ""):
+            return str(rec[k]).strip()
+    if "####" in solution:
+        return solution.rsplit("####", 1)[1].strip().replace(",", "")
+    return extract_boxed(solution) or ""
+
+
+def _records_from_files(files: list[Path]) -> list[dict]:
+    recs: list[dict] = []
+    for f in files:
+        try:
+            if f.suffix == ".parquet":
+                import pandas as pd
+
+                recs += pd.read_parquet(f).to_dict("records")
+            elif f.suffix == ".jsonl":
+                recs += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+            else:
+                data = json.loads(f.read_text(encoding="utf-8"))
+                recs += data if isinstance(data, list) else data.get("data", [])
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise DataError(f"{f}: cannot read training records ({exc})") from None
+    return recs
+
+
+def _resolve_files(data_path: str) -> list[Path]:
+    p = Path(data_path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(x for x in p.rglob("*") if x.suffix in (".json", ".jsonl", ".parquet"))
+        if not files:
+            raise DataError(f"{p}: no .json/.jsonl/.parquet training files in this directory")
+        return files
+    if data_path.startswith((".", "/", "~")) or data_path.count("/") != 1:
+        raise DataError(f"training data '{data_path}' not found (give a COPSD JSON file, a directory, or a Hub dataset id)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(data_path, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.parquet"]))
+    except Exception as exc:
+        raise DataError(
+            f"training data '{data_path}' could not be fetched from the Hub ({type(exc).__name__}); "
+            "download it where the Hub is reachable or set train.data_path to a local file"
+        ) from None
+    return _resolve_files(str(root))
+
+
+def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExample]:
+    lang = registry()[language]
+    keys = [f"problem_{c}" for c in (language, *lang.aliases)]
+    names = {language, *lang.aliases, lang.name.lower()}
+    out = []
+    for i, r in enumerate(recs):
+        key = next((k for k in keys if r.get(k)), None)
+        if key is not None:
+            problem = r[key]
+        elif r.get("problem_translated") and str(r.get("language", "")).strip().lower() in names:
+            problem = r["problem_translated"]
+        else:
+            continue
+        if not r.get("problem") or not r.get("solution"):
+            raise DataError(f"{source}: record {i} lacks 'problem' (English) or 'solution' (English)")
+        sol = str(r["solution"])
+        if "####" in sol and "\\boxed" not in sol:
+            sol, _ = clean_gsm8k_solution(sol)
+        out.append(TrainExample(str(r.get("id", f"{source}-{i}")), str(problem), str(r["problem"]), sol,
+                                _answer_of(r, str(r["solution"]))))
+    return out
+
+
+# language -> (examples, a name for messages): the data used when `train.data_path` is unset
+DefaultSource = Callable[[str], tuple[list[TrainExample], str]]
+_DEFAULT_SOURCES: dict[str, DefaultSource] = {
+    "swa": lambda _lang: (_bundled_swahili(), "bundled GSM8K-train (swa)"),
+}
+
+
+def register_default_source(language: str, source: DefaultSource) -> None:
+    """Training data for `language` when the spec gives no `train.data_path` (plugins)."""
+    _DEFAULT_SOURCES[language] = source
+
+
+def default_source_languages() -> list[str]:
+    load_plugins()
+    return sorted(_DEFAULT_SOURCES)
+
+
+def load_training_data(language: str, data_path: str | None = None, *, val_size: int = 32,
+                       seed: int = 0) -> tuple[list[TrainExample], list[TrainExample]]:
+    """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out."""
+    language = canonical_code(language)
+    if data_path is None:
+        defaults = default_source_languages()
+        if language not in defaults:
+            raise DataError(
+                f"no training data for language '{language}': set train.data_path to a COPSD JSON file with "
+                f"'problem', 'solution' and 'problem_{language}' (or a Hub dataset id); bundled: {', '.join(defaults)}"
+            )
+        examples, source = _DEFAULT_SOURCES[language](language)
+    else:
+        data_path = data_path.replace("{language}", language)  # e.g. data/translated_{language}.json
+        examples = _to_examples(_records_from_files(_resolve_files(data_path)), language, data_path)
+        source = data_path
+    tests = test_problem_set()
+    examples = [e for e in examples if _norm(e.problem_en) not in tests]
+    if len(examples) <= val_size:
+        raise DataError(f"{source}: only {len(examples)} usable '{language}' training records (need more than val_size={val_size})")
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    shuffled = [examples[i] for i in order]
+    cut = len(shuffled) - val_size
+    return shuffled[:cut], shuffled[cut:]

@@ -1,0 +1,118 @@
+"""Models that can be had with no download, by name (`builtin:<name>`): a registry of builders
+that plugins add to (`register_builtin`; the testbed adds `builtin:testbed`).
+
+`tiny-qwen3` is a ~0.2M-parameter Qwen3-architecture model with a byte-level BPE tokenizer
+trained on the bundled MGSM questions, a Qwen3-style chat template (`<think>` tokens) and
+random weights from a fixed seed. It cannot do math; it exercises every code path (prompts,
+sampling, grading, database, MLflow, reports) in seconds on a CPU. It is built once per
+machine under `copsd.models.cache_dir()`, keyed by a hash of its recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from copsd.errors import ModelLoadError
+from copsd.models.cache import atomic_build, cache_dir, recipe_hash
+from copsd.plugins import load_plugins
+
+QWEN3_STYLE_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif -%}"
+    "{%- endif -%}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+TINY_QWEN3 = {
+    "kind": "tiny-qwen3",
+    "version": 1,
+    "vocab_size": 1024,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "seed": 0,
+}
+
+
+def _tokenizer_corpus() -> list[str]:
+    from copsd.data.benchmarks import get_benchmark, load_problems
+
+    texts = []
+    for lang in get_benchmark("mgsm").languages:
+        texts += [p.question for p in load_problems("mgsm", lang)]
+    texts.append("Please reason step by step, and put your final answer within \\boxed{}.")
+    return texts
+
+
+def build_bpe_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
+    """A byte-level BPE tokenizer (HF `tokenizers`) with Qwen3's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(texts, trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    tok.chat_template = QWEN3_STYLE_TEMPLATE
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def build_builtin(name: str) -> Path:
+    """The directory of `builtin:<name>`, built on first use."""
+    load_plugins()
+    if name not in BUILTINS:
+        raise ModelLoadError(f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + b for b in BUILTINS)}")
+    return BUILTINS[name]()
+
+
+def build_tiny_qwen3() -> Path:
+    recipe = TINY_QWEN3
+    target = cache_dir() / "models" / f"tiny-qwen3-{recipe_hash(recipe)}"
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+        tok = build_bpe_tokenizer(_tokenizer_corpus(), recipe["vocab_size"], tmp)
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=recipe["hidden_size"],
+            intermediate_size=recipe["intermediate_size"],
+            num_hidden_layers=recipe["num_hidden_layers"],
+            num_attention_heads=recipe["num_attention_heads"],
+            num_key_value_heads=recipe["num_key_value_heads"],
+            head_dim=recipe["head_dim"],
+            max_position_embeddings=8192,
+            tie_word_embeddings=True,
+            bos_token_id=None,
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.pad_token_id,
+        )
+        torch.manual_seed(recipe["seed"])
+        model = Qwen3ForCausalLM(config)
+        model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
+        model.save_pretrained(tmp)
+
+    return atomic_build(target, build)
+
+
+BUILTINS: dict[str, Callable[[], Path]] = {"tiny-qwen3": build_tiny_qwen3}
+
+
+def register_builtin(name: str, build: Callable[[], Path]) -> None:
+    """Make `builtin:<name>` loadable; `build()` returns its directory, building it if needed."""
+    BUILTINS[name] = build

@@ -1,0 +1,110 @@
+"""The results database schema (SQLAlchemy 2.x), in one place.
+
+    sweeps      one row per sweep spec name (the spec text it was last run with, its MLflow parent run)
+    jobs        one row per job id (hash of the resolved config): status, attempts, errors, heartbeat
+    sweep_jobs  which jobs a sweep contains (a job can belong to several sweeps; results are shared)
+    results     one row per (job, benchmark, language, split, checkpoint step, decoding budget)
+    meta        key/value; `schema_version` drives the migrations in `copsd.results.db`
+
+Bump SCHEMA_VERSION and add a migration in `copsd.results.db.MIGRATIONS` when you change a table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+
+PENDING, RUNNING, DONE, FAILED = "PENDING", "RUNNING", "DONE", "FAILED"
+STATUSES = (PENDING, RUNNING, DONE, FAILED)
+
+METRIC_COLUMNS = (
+    "accuracy", "pass_at_1", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncation_rate",
+    "repetition_2", "repetition_3", "repetition_4", "repetition_5", "repetition_6", "repetition_rate",
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC (SQLite keeps no time zone; every timestamp in the DB is UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SweepRow(Base):
+    __tablename__ = "sweeps"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec_path: Mapped[str | None] = mapped_column(Text)
+    spec_yaml: Mapped[str | None] = mapped_column(Text)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    method: Mapped[str] = mapped_column(String(16), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    language: Mapped[str] = mapped_column(String(16), index=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    config_json: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class SweepJob(Base):
+    __tablename__ = "sweep_jobs"
+    sweep_name: Mapped[str] = mapped_column(ForeignKey("sweeps.name", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ResultRow(Base):
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("job_id", "benchmark", "language", "split", "step", "max_new_tokens", name="uq_result"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    benchmark: Mapped[str] = mapped_column(String(32))
+    language: Mapped[str] = mapped_column(String(16))
+    split: Mapped[str] = mapped_column(String(16))
+    step: Mapped[int] = mapped_column(Integer)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_problems: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    pass_at_1: Mapped[float] = mapped_column(Float)
+    pass_at_k: Mapped[float] = mapped_column(Float)
+    maj_at_k: Mapped[float] = mapped_column(Float)
+    format_rate: Mapped[float] = mapped_column(Float)
+    mean_length: Mapped[float] = mapped_column(Float)
+    truncation_rate: Mapped[float] = mapped_column(Float)
+    repetition_2: Mapped[float] = mapped_column(Float)
+    repetition_3: Mapped[float] = mapped_column(Float)
+    repetition_4: Mapped[float] = mapped_column(Float)
+    repetition_5: Mapped[float] = mapped_column(Float)
+    repetition_6: Mapped[float] = mapped_column(Float)
+    repetition_rate: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

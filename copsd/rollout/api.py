@@ -1,0 +1,77 @@
+"""Prompts -> length-sorted batches -> an engine -> `Rollout`s, the same for every engine.
+
+Sequences (prompt x sample) are sorted by prompt length to cut padding, then cut into
+batches; each batch is seeded from (seed, batch index), so a given seed, batch size and engine
+give the same samples on every run and after a resume.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+from copsd.rollout import fast, hf
+from copsd.rollout.types import Rollout, SamplingParams, stop_token_ids
+
+ENGINES = ("auto", "fast", "hf")
+
+
+def _batch_seed(seed: int, batch_index: int) -> int:
+    return (seed * 1_000_003 + batch_index * 7919) % (2**63 - 1)
+
+
+def resolve_engine(engine: str, model) -> str:
+    """`auto` is `fast` on a CUDA device for supported models, else `hf` (said once per model)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        if engine == "fast" and (reason := fast.unsupported_reason(model)):
+            raise ValueError(f"rollout engine 'fast' cannot run this model: {reason}; use engine 'hf'")
+        return engine
+    device = next(model.parameters()).device
+    reason = fast.unsupported_reason(model)
+    if reason is None and device.type != "cuda":
+        reason = "CUDA graphs need a GPU (on CPU the two engines cost about the same)"
+    if reason is None:
+        return "fast"
+    if not model.__dict__.get("_copsd_fallback_noted"):
+        model.__dict__["_copsd_fallback_noted"] = True
+        print(f"note: rollout engine 'hf' ({reason})", file=sys.stderr)
+    return "hf"
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    params: SamplingParams,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+    engine: str = "auto",
+) -> list[list[Rollout]]:
+    """`params.n` samples for each prompt; returns rollouts grouped by prompt, in sample order."""
+    run = {"fast": fast.generate_ids, "hf": hf.generate_ids}[resolve_engine(engine, model)]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    seqs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+    seqs.sort(key=lambda s: (len(encoded[s[0]]), s[0], s[1]))
+    stops = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    out: list[list[Rollout | None]] = [[None] * params.n for _ in prompts]
+    rows = min(batch_size, len(seqs))  # every batch decodes at this shape (a short last one is padded)
+    for b, start in enumerate(range(0, len(seqs), batch_size)):
+        batch = seqs[start : start + batch_size]
+        new = run(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b), rows=rows)
+        for (i, j), toks in zip(batch, new):
+            cut = next((k for k, t in enumerate(toks) if t in stops), None)
+            finished = cut is not None
+            toks = toks[: cut + 1] if finished else toks
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            out[i][j] = Rollout(i, j, encoded[i], toks, text, finished)
+        if on_batch:
+            on_batch(len(batch))
+    return out  # type: ignore[return-value]

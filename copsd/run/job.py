@@ -1,0 +1,114 @@
+"""Executing one job: dispatch on the method, evaluate the requested checkpoints, store the results.
+
+Results are written per checkpoint as soon as each is evaluated, so a crashed or interrupted
+job resumes from the first checkpoint that has no result row.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from copsd.config import TRAINED_METHODS, JobConfig
+from copsd.errors import CopsdError
+from copsd.results.db import ResultsDB
+from copsd.results.tracking import NullRunLog, RunLog
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def result_key(job: JobConfig, step: int) -> tuple:
+    e = job.eval
+    return (e.benchmark, job.language, e.split, step, e.decoding.max_new_tokens)
+
+
+def pending_steps(job: JobConfig, db: ResultsDB) -> list[int]:
+    have = db.result_keys(job.job_id)
+    return [s for s in job.eval_steps() if result_key(job, s) not in have]
+
+
+def run_job(
+    job: JobConfig,
+    db: ResultsDB,
+    *,
+    run: RunLog | None = None,
+    device: str | None = None,
+    log_generations: bool = True,
+    runs_dir: Path | None = None,
+    on_total: Callable[[int], None] | None = None,
+    on_advance: Callable[[int], None] | None = None,
+) -> dict[int, dict[str, float]]:
+    """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now."""
+    from copsd.data.benchmarks import load_problems
+    from copsd.data.languages import get_language
+    from copsd.evaluation.evaluate import evaluate
+    from copsd.models.load import load_model
+
+    run = run or NullRunLog()
+    lang = get_language(job.language)
+    if lang.missing:
+        import warnings
+
+        warnings.warn(f"language '{lang.code}' has no translated prompt strings yet; using English ones", stacklevel=1)
+    problems = load_problems(job.eval.benchmark, job.language, job.eval.split, job.eval.limit, job.eval.data_dir)
+    steps = pending_steps(job, db)
+    if not steps:
+        return {}
+    trained = job.method in TRAINED_METHODS
+    if trained:  # fail fast on missing training data, before loading any weights
+        from copsd.data.training import load_training_data
+
+        examples, _val = load_training_data(job.language, job.train.data_path, val_size=job.train.val_size,
+                                            seed=job.seed)
+    if on_total:
+        on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)
+    seed_everything(job.seed)
+    lm = load_model(job.model, dtype=job.dtype, device=device)
+    model = lm.model
+    run_dir = (runs_dir or Path("runs")) / job.job_id
+    if trained:
+        from copsd.training import TRAINERS
+        from copsd.training.adapters import wrap_lora
+
+        model = wrap_lora(model, job.train.lora, job.seed)
+        if next(model.parameters()).device.type == "cuda":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        trainer = TRAINERS[job.method](job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics)
+        trainer.train()
+        model.eval()
+    from copsd.rollout import resolve_engine
+
+    run.set_tag("copsd.rollout_engine", resolve_engine(job.eval.rollout_engine, model))  # what `auto` became here
+    done: dict[int, dict[str, float]] = {}
+    for step in steps:
+        if trained:
+            from copsd.training.adapters import load_adapter
+
+            load_adapter(model, run_dir, step)
+        seed_everything(job.seed)
+        try:
+            out = evaluate(model, lm.tokenizer, problems, job.language, job.eval, seed=job.seed, on_batch=on_advance)
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise CopsdError(
+                    f"out of memory while evaluating {job.label} (eval.batch_size={job.eval.batch_size}, "
+                    f"max_new_tokens={job.eval.decoding.max_new_tokens}); lower eval.batch_size in the spec"
+                ) from None
+            raise
+        e = job.eval
+        db.add_result(job.job_id, benchmark=e.benchmark, language=job.language, split=e.split, step=step,
+                      max_new_tokens=e.decoding.max_new_tokens, n_samples=e.decoding.n_samples,
+                      n_problems=out.n_problems, metrics=out.metrics)
+        run.log_metrics({f"eval/{job.language}/{k}": v for k, v in out.metrics.items()}, step=step)
+        if log_generations:
+            run.log_jsonl(out.records, f"step{step:05d}_{e.benchmark}_{job.language}_{e.split}.jsonl")
+        done[step] = out.metrics
+    return done

@@ -1,0 +1,230 @@
+"""The training loop every method shares (TRL's trainer + config pairing, nanoGPT's one loop).
+
+`Trainer` owns: deterministic batches, the micro-batch accumulation loop, AdamW with a learning-
+rate scheduler (constant), grad-norm clipping, NaN checks, checkpoints every `save_steps`
+(adapter + optimizer + scheduler + RNG, so a crashed job resumes exactly) and per-step metrics.
+A method supplies `micro_batch_loss` (the mean loss of one micro-batch, recording what it wants
+in `StepStats`) and, optionally, `step_metrics`, `after_optimizer_step` and extra checkpoint state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from copsd.config import JobConfig
+from copsd.errors import CopsdError
+from copsd.rollout import Rollout, SamplingParams, generate
+from copsd.training.adapters import checkpoint_dir, load_adapter, saved_steps
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB
+
+
+class StepStats:
+    """Values recorded during one optimizer step, by name (lists, so means and sums are exact)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, key: str, *values: float) -> None:
+        self.values[key].extend(float(v) for v in values)
+
+    def mean(self, key: str) -> float:
+        v = self.values.get(key) or []
+        return sum(v) / len(v) if v else 0.0
+
+    def sum(self, key: str) -> float:
+        return float(sum(self.values.get(key) or []))
+
+    def has(self, key: str) -> bool:
+        return bool(self.values.get(key))
+
+
+class Trainer:
+    """The loop shared by COPSD, GRPO and SFT."""
+
+    def __init__(self, job: JobConfig, model, tokenizer, examples: list, run_dir: Path, *,
+                 log: Callable[[dict, int], None] | None = None, on_step: Callable[[int], None] | None = None):
+        if job.train is None:
+            raise CopsdError(f"{job.label}: a trainer needs a training block (method '{job.method}' has none)")
+        self.job, self.cfg = job, job.train
+        self.model, self.tok = model, tokenizer
+        self.examples = examples
+        self.run_dir = Path(run_dir)
+        self.log = log or (lambda metrics, step: None)
+        self.on_step = on_step
+        self.device = next(model.parameters()).device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # constant learning rate (multiplier 1); the scheduler's state is checkpointed with the optimizer's
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _step: 1.0)
+        self._perm_epoch: int = -1
+        self._perm: list[int] = []
+
+    # ---- what a method supplies -----------------------------------------------------------
+    def micro_batch_loss(self, examples: list, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
+        """The mean loss of one micro-batch (None: nothing to learn from, e.g. only empty rollouts)."""
+        raise NotImplementedError
+
+    def step_metrics(self, stats: StepStats) -> dict[str, float]:
+        """Metrics of one optimizer step beyond the loss, from what `micro_batch_loss` recorded."""
+        return {}
+
+    def prompts_per_micro_batch(self) -> int:
+        return self.cfg.micro_batch_size
+
+    def prompts_per_step(self) -> int:
+        return self.cfg.batch_size
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ---- one optimizer step: the only accumulation loop ----------------------------------------
+    def compute_step(self, examples: list, step: int) -> dict[str, float]:
+        """Forward/backward over micro-batches; gradients accumulate as the mean of their losses."""
+        micro = micro_batches(examples, self.prompts_per_micro_batch())
+        stats = StepStats()
+        for index, batch in enumerate(micro):
+            loss = self.micro_batch_loss(batch, step, index, stats)
+            if loss is None:
+                continue
+            (loss / len(micro)).backward()
+            stats.add("loss", loss.detach())
+        return {"loss": stats.mean("loss"), **self.step_metrics(stats)}
+
+    # ---- rollouts (COPSD, GRPO) -----------------------------------------------------------------
+    def rollout_seed(self, step: int, micro: int) -> int:
+        return (self.job.seed * 1_000_003 + step * 101 + micro) % (2**31 - 1)
+
+    def sample(self, prompts: list[str], params: SamplingParams, step: int, micro: int,
+               stats: StepStats | None = None) -> list[list[Rollout]]:
+        """On-policy rollouts from the current weights, timed; lengths and stops go into `stats`."""
+        t0 = time.perf_counter()
+        self.model.eval()
+        groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts) * params.n,
+                          seed=self.rollout_seed(step, micro), engine=self.cfg.rollout_engine)
+        self.model.train()
+        if stats is not None:
+            stats.add("rollout_time_s", time.perf_counter() - t0)
+            rolls = [r for g in groups for r in g]
+            stats.add("rollout_length", *(len(r.token_ids) for r in rolls))
+            stats.add("rollout_finished", *(r.finished for r in rolls))
+        return groups
+
+    @staticmethod
+    def rollout_metrics(stats: StepStats) -> dict[str, float]:
+        t = stats.sum("rollout_time_s")
+        return {
+            "rollout_length": stats.mean("rollout_length"),
+            "truncation_rate": 1.0 - stats.mean("rollout_finished"),
+            "rollout_tokens_per_s": stats.sum("rollout_length") / t if t > 0 else 0.0,
+        }
+
+    # ---- the loop --------------------------------------------------------------------------
+    def batch_for(self, step: int, size: int) -> list:
+        """Examples for optimizer step `step` (1-based): a seeded permutation per epoch."""
+        n = len(self.examples)
+        out = []
+        start = (step - 1) * size
+        for k in range(start, start + size):
+            epoch, i = divmod(k, n)
+            out.append(self.examples[self._permutation(epoch)[i]])
+        return out
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._perm_epoch != epoch:
+            perm = list(range(len(self.examples)))
+            random.Random(self.job.seed * 7919 + epoch).shuffle(perm)
+            self._perm_epoch, self._perm = epoch, perm
+        return self._perm
+
+    def save(self, step: int) -> None:
+        d = checkpoint_dir(self.run_dir, step)
+        tmp = d.with_name(d.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.model.save_pretrained(str(tmp))
+        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **self.extra_state()},
+                   tmp / "trainer_state.pt")
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)  # a checkpoint directory exists only when complete
+
+    def resume(self) -> int:
+        steps = saved_steps(self.run_dir)
+        if not steps:
+            return 0
+        last = steps[-1]
+        load_adapter(self.model, self.run_dir, last)
+        state = torch.load(checkpoint_dir(self.run_dir, last) / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        self.load_extra_state(state)
+        return last
+
+    def train(self) -> int:
+        """Train to `max_steps` (resuming from the last checkpoint); returns the final step."""
+        cfg = self.cfg
+        start = self.resume()
+        if start >= cfg.max_steps:
+            return start
+        for step in range(start + 1, cfg.max_steps + 1):
+            t0 = time.perf_counter()
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                metrics = self.compute_step(self.batch_for(step, self.prompts_per_step()), step)
+            except torch.cuda.OutOfMemoryError:
+                raise CopsdError(
+                    f"out of GPU memory at training step {step}; lower train.micro_batch_size (now "
+                    f"{cfg.micro_batch_size}) or the completion length"
+                ) from None
+            if not math.isfinite(metrics.get("loss", 0.0)):
+                raise CopsdError(
+                    f"non-finite loss ({metrics.get('loss')}) at training step {step} of {self.job.label}; "
+                    f"lower train.lr (now {cfg.lr}); checkpoints up to step {saved_steps(self.run_dir)[-1:] or [0]} are kept"
+                )
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise CopsdError(f"non-finite gradient norm at training step {step}; lower train.lr (now {cfg.lr})")
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step is taken with
+            self.optimizer.step()
+            self.scheduler.step()
+            self.after_optimizer_step()
+            metrics["grad_norm"] = float(grad_norm)
+            metrics["step_time_s"] = time.perf_counter() - t0
+            metrics["peak_memory_gib"] = peak_memory_gib(self.device)
+            metrics["lr"] = lr
+            self.log({f"train/{k}": v for k, v in metrics.items()}, step)
+            if step % cfg.save_steps == 0 or step == cfg.max_steps:
+                self.save(step)
+            if self.on_step:
+                self.on_step(step)
+        return cfg.max_steps
+
+
+def micro_batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
