@@ -5,11 +5,13 @@
 PY ?= python3
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-fast
+LINTED = copsd tests scripts cli.py
+
+.PHONY: install demo test test-fast lint format typecheck
 
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,dev]"
 
 demo: install
 	$(PY) -m copsd sweep run demo
@@ -21,3 +23,16 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# ruff: lint rules and formatting (configured in pyproject.toml); `make format` fixes both
+lint: install
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+
+format:
+	$(PY) -m ruff check --fix $(LINTED)
+	$(PY) -m ruff format $(LINTED)
+
+# mypy on the package against scripts/mypy_baseline.txt: no new errors; the baseline only shrinks
+typecheck: install
+	$(PY) scripts/mypy_baseline.py

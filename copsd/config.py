@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,8 +25,13 @@ TRAINED_METHODS = ("copsd", "grpo", "sft")
 # kept in the config (and in MLflow) but left out of the job id.
 # The rollout engine is among them: engines sample the same distribution (greedy: the same
 # tokens), though from different random streams.
-UNHASHED_PATHS = (("eval", "data_dir"), ("eval", "rollout_engine"), ("train", "data_path"),
-                  ("train", "loss_chunk_size"), ("train", "rollout_engine"))
+UNHASHED_PATHS = (
+    ("eval", "data_dir"),
+    ("eval", "rollout_engine"),
+    ("train", "data_path"),
+    ("train", "loss_chunk_size"),
+    ("train", "rollout_engine"),
+)
 ENGINE_HELP = "auto (fast on a GPU for Llama/Qwen models, else hf) | fast | hf; not hashed"
 
 
@@ -140,7 +145,7 @@ class SftSettings(TrainCommon):
     student_thinking: bool = True
 
 
-TrainSettings = Union[CopsdSettings, GrpoSettings, SftSettings]
+TrainSettings = CopsdSettings | GrpoSettings | SftSettings
 TRAIN_CLASSES: dict[str, type[TrainCommon]] = {"copsd": CopsdSettings, "grpo": GrpoSettings, "sft": SftSettings}
 
 
@@ -180,12 +185,13 @@ class JobConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _language_in_benchmark(self) -> "JobConfig":
+    def _language_in_benchmark(self) -> JobConfig:
         check_language(self.eval.benchmark, self.language, self.eval.split)
         if self.train is not None:
             t = self.train
-            bad = [c for c in self.eval.checkpoints
-                   if c < 0 or c > t.max_steps or (c % t.save_steps and c != t.max_steps)]
+            bad = [
+                c for c in self.eval.checkpoints if c < 0 or c > t.max_steps or (c % t.save_steps and c != t.max_steps)
+            ]
             if bad:
                 raise ValueError(
                     f"eval.checkpoints {bad} are not saved steps: use 0, multiples of train.save_steps "
@@ -227,7 +233,7 @@ class JobConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "JobConfig":
+    def from_yaml(cls, text: str) -> JobConfig:
         return cls.model_validate(yaml.safe_load(text))
 
 

@@ -86,12 +86,15 @@ def chunked_token_divergence(
     states, holding full-vocabulary logits for at most `chunk_size` positions at a time (also in
     the backward pass, which recomputes each chunk's logits)."""
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
-        raise ValueError(f"student {tuple(student_hidden.shape)} and teacher {tuple(teacher_hidden.shape)} positions differ")
+        raise ValueError(
+            f"student {tuple(student_hidden.shape)} and teacher {tuple(teacher_hidden.shape)} positions differ"
+        )
     teacher_hidden = teacher_hidden.detach()
 
     def one(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
-        return token_divergence(lm_head(hs), lm_head(ht), kind=kind, beta=beta, temperature=temperature, clip=clip,
-                                clip_mode=clip_mode)
+        return token_divergence(
+            lm_head(hs), lm_head(ht), kind=kind, beta=beta, temperature=temperature, clip=clip, clip_mode=clip_mode
+        )
 
     return _map_chunks(one, student_hidden, teacher_hidden, chunk_size)
 
@@ -109,8 +112,16 @@ def _map_chunks(fn, x: torch.Tensor, other: torch.Tensor, chunk_size: int) -> to
     return torch.cat(outs) if outs else x.new_zeros((0,), dtype=torch.float32)
 
 
-def divergence_diagnostics(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, kind: Kind, beta: float,
-                           temperature: float, clip: float | None, clip_mode: ClipMode = "entry") -> tuple[float, float]:
+def divergence_diagnostics(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    kind: Kind,
+    beta: float,
+    temperature: float,
+    clip: float | None,
+    clip_mode: ClipMode = "entry",
+) -> tuple[float, float]:
     """(mean unclipped per-token divergence, share the clip cuts: of vocabulary entries for
     clip_mode 'entry', of tokens for 'token_rescale'): logged."""
     with torch.no_grad():

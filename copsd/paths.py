@@ -30,7 +30,7 @@ def db_url(url: str | None = None) -> str:
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None for in-memory or server databases)."""
     if url.startswith("sqlite:///"):
-        rest = url[len("sqlite:///"):]
+        rest = url[len("sqlite:///") :]
         return Path(rest) if rest and rest != ":memory:" else None
     return None
 
@@ -66,5 +66,5 @@ class Workspace:
 def artifact_root(tracking_uri: str) -> str | None:
     """MLflow artifacts beside a SQLite MLflow store; a server or other store decides its own."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
     return None

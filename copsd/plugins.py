@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import Any
 
 from copsd.errors import CopsdError
 
@@ -46,7 +47,7 @@ def load_plugins() -> list[str]:
 COMMANDS_GROUP = "copsd.commands"
 
 
-def plugin_commands() -> list[tuple[str, object]]:
+def plugin_commands() -> list[tuple[str, Any]]:
     """(name, Typer app) of every command group a plugin adds to `copsd` (entry points group
     `copsd.commands`); one that cannot be imported is skipped, so the rest of the CLI still works."""
     out = []

@@ -57,8 +57,15 @@ def training_student_prompt(tokenizer, problem: str, language: str, *, thinking:
     return render_chat(tokenizer, user, thinking=thinking, language=language)
 
 
-def teacher_user_message(problem: str, language: str, *, problem_en: str | None, solution_en: str | None,
-                         include_problem_en: bool = True, include_reference_solution_en: bool = True) -> str:
+def teacher_user_message(
+    problem: str,
+    language: str,
+    *,
+    problem_en: str | None,
+    solution_en: str | None,
+    include_problem_en: bool = True,
+    include_reference_solution_en: bool = True,
+) -> str:
     lab = get_language(language)
     t = lab.teacher
     parts = [f"{t.problem}: {problem.strip()}"]
@@ -72,9 +79,22 @@ def teacher_user_message(problem: str, language: str, *, problem_en: str | None,
     return "\n\n".join(parts)
 
 
-def teacher_prompt(tokenizer, problem: str, language: str, *, problem_en: str | None, solution_en: str | None,
-                   include_problem_en: bool = True, include_reference_solution_en: bool = True) -> str:
-    user = teacher_user_message(problem, language, problem_en=problem_en, solution_en=solution_en,
-                                include_problem_en=include_problem_en,
-                                include_reference_solution_en=include_reference_solution_en)
+def teacher_prompt(
+    tokenizer,
+    problem: str,
+    language: str,
+    *,
+    problem_en: str | None,
+    solution_en: str | None,
+    include_problem_en: bool = True,
+    include_reference_solution_en: bool = True,
+) -> str:
+    user = teacher_user_message(
+        problem,
+        language,
+        problem_en=problem_en,
+        solution_en=solution_en,
+        include_problem_en=include_problem_en,
+        include_reference_solution_en=include_reference_solution_en,
+    )
     return render_chat(tokenizer, user, thinking=True, language=language)

@@ -111,7 +111,9 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
         if fld is None:
             return []
         ann = fld.annotation
-        cls = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        cls = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     return sorted(getattr(cls, "model_fields", {}) or [])
 
 
@@ -163,7 +165,9 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
         if key == "method":
             for i, v in enumerate(values):
                 if v not in METHODS:
-                    raise SpecError(f"{where}: field 'matrix.method[{i}]': unknown method '{v}'; allowed: {', '.join(METHODS)}")
+                    raise SpecError(
+                        f"{where}: field 'matrix.method[{i}]': unknown method '{v}'; allowed: {', '.join(METHODS)}"
+                    )
         if key == "language":
             from copsd.data.languages import canonical_code
 
@@ -230,6 +234,7 @@ def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
             raise SpecError(f"--only '{item}': expected key=value, e.g. --only language=swa --only method=base,copsd")
         k, v = item.split("=", 1)
         conds.append((k.strip(), {s.strip() for s in v.split(",")}))
+
     def matches(got: Any, vals: set[str]) -> bool:
         if str(got) in vals:
             return True
@@ -251,9 +256,14 @@ def filter_jobs(jobs: list[JobConfig], only: list[str]) -> list[JobConfig]:
         dumps.append(d)
     for k, _ in conds:
         if dumps and all(_get_path(d, k) is _MISSING for d in dumps):
-            raise SpecError(f"--only '{k}': no such field in these jobs (e.g. id, method, model, language, seed, train.lr)")
-    return [job for job, d in zip(jobs, dumps)
-            if all((got := _get_path(d, k)) is not _MISSING and matches(got, vals) for k, vals in conds)]
+            raise SpecError(
+                f"--only '{k}': no such field in these jobs (e.g. id, method, model, language, seed, train.lr)"
+            )
+    return [
+        job
+        for job, d in zip(jobs, dumps)
+        if all((got := _get_path(d, k)) is not _MISSING and matches(got, vals) for k, vals in conds)
+    ]
 
 
 # ---- what the CLI asks for -------------------------------------------------------------------------
@@ -267,8 +277,10 @@ def resolve_spec_path(spec: str) -> Path:
         return p
     if spec in EMBEDDED_SPECS:
         return Path(str(resources.files("copsd").joinpath("resources", "sweeps", f"{spec}.yaml")))
-    raise SpecError(f"{spec}: spec file not found (give a path like sweeps/main.yaml, or an embedded spec: "
-                    f"{', '.join(EMBEDDED_SPECS)})")
+    raise SpecError(
+        f"{spec}: spec file not found (give a path like sweeps/main.yaml, or an embedded spec: "
+        f"{', '.join(EMBEDDED_SPECS)})"
+    )
 
 
 @dataclass(frozen=True)
@@ -287,15 +299,49 @@ def select(spec: str, only: list[str] | None = None) -> Selection:
     return Selection(path, s, jobs, filter_jobs(jobs, only or []))
 
 
-def eval_job(*, model: str, language: str, benchmark: str, split: str, limit: int | None, samples: int,
-             temperature: float, top_p: float, top_k: int, max_new_tokens: int, batch_size: int, thinking: bool,
-             seed: int, dtype: str, data_dir: str | None, engine: str) -> JobConfig:
+def eval_job(
+    *,
+    model: str,
+    language: str,
+    benchmark: str,
+    split: str,
+    limit: int | None,
+    samples: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    batch_size: int,
+    thinking: bool,
+    seed: int,
+    dtype: str,
+    data_dir: str | None,
+    engine: str,
+) -> JobConfig:
     """The `base` job of `copsd eval` (one model, one language, no spec); errors name the option."""
-    raw = {"method": "base", "model": model, "language": language, "seed": seed, "dtype": dtype,
-           "eval": {"benchmark": benchmark, "split": split, "limit": limit, "thinking": thinking,
-                    "batch_size": batch_size, "data_dir": data_dir, "rollout_engine": engine,
-                    "decoding": {"n_samples": samples, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                                 "max_new_tokens": max_new_tokens}}}
+    raw = {
+        "method": "base",
+        "model": model,
+        "language": language,
+        "seed": seed,
+        "dtype": dtype,
+        "eval": {
+            "benchmark": benchmark,
+            "split": split,
+            "limit": limit,
+            "thinking": thinking,
+            "batch_size": batch_size,
+            "data_dir": data_dir,
+            "rollout_engine": engine,
+            "decoding": {
+                "n_samples": samples,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "max_new_tokens": max_new_tokens,
+            },
+        },
+    }
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:

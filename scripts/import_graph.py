@@ -183,7 +183,7 @@ def main() -> None:
     print(f"upward imports: {len(up)}")
     for e in up:
         print("  " + e)
-    sizes = sorted(((len(p.read_text(encoding='utf-8').splitlines()), m) for m, p in modules().items()), reverse=True)
+    sizes = sorted(((len(p.read_text(encoding="utf-8").splitlines()), m) for m, p in modules().items()), reverse=True)
     print("largest files: " + ", ".join(f"{m} ({n} lines)" for n, m in sizes[:3]))
 
 

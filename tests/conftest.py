@@ -15,8 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session", autouse=True)
 def _offline_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("copsd-cache")
-    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "COPSD_CACHE", "MLFLOW_TRACKING_URI", "COPSD_DB",
-                                          "COPSD_AFRIMGSM_DIR", "TRANSFORMERS_OFFLINE")}
+    old = {
+        k: os.environ.get(k)
+        for k in (
+            "HF_HUB_OFFLINE",
+            "COPSD_CACHE",
+            "MLFLOW_TRACKING_URI",
+            "COPSD_DB",
+            "COPSD_AFRIMGSM_DIR",
+            "TRANSFORMERS_OFFLINE",
+        )
+    }
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COPSD_CACHE=str(cache))
     for k in ("MLFLOW_TRACKING_URI", "COPSD_DB", "COPSD_AFRIMGSM_DIR"):
         os.environ.pop(k, None)
@@ -45,8 +54,9 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     """The real console program in a subprocess (what a user runs)."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 SMALL_SPEC = """

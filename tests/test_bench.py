@@ -12,9 +12,28 @@ from tests.conftest import run_cli
 
 @pytest.mark.slow
 def test_bench_rollout_measures_fast_and_hf(workdir):
-    r = run_cli("bench", "rollout", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch", "2,3",
-                "--new-tokens", "12", "--hf-new-tokens", "6", "--prompt-len", "16", "--profile", "--out", "r.json",
-                cwd=workdir)
+    r = run_cli(
+        "bench",
+        "rollout",
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--batch",
+        "2,3",
+        "--new-tokens",
+        "12",
+        "--hf-new-tokens",
+        "6",
+        "--prompt-len",
+        "16",
+        "--profile",
+        "--out",
+        "r.json",
+        cwd=workdir,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads((workdir / "r.json").read_text())
     rows = out["rows"]
@@ -28,9 +47,31 @@ def test_bench_rollout_measures_fast_and_hf(workdir):
 
 @pytest.mark.slow
 def test_bench_step_compares_lean_and_naive(workdir):
-    r = run_cli("bench", "step", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--rollouts", "2",
-                "--completion", "10", "--teacher-prompt", "24", "--student-prompt", "12", "--chunk", "4,64",
-                "--reps", "1", "--out", "s.json", cwd=workdir)
+    r = run_cli(
+        "bench",
+        "step",
+        "--shape",
+        "tiny",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--rollouts",
+        "2",
+        "--completion",
+        "10",
+        "--teacher-prompt",
+        "24",
+        "--student-prompt",
+        "12",
+        "--chunk",
+        "4,64",
+        "--reps",
+        "1",
+        "--out",
+        "s.json",
+        cwd=workdir,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads((workdir / "s.json").read_text())
     assert [x["path"] for x in out["rows"]] == ["lean (chunk 4)", "lean (chunk 64)", "naive"]
@@ -45,9 +86,11 @@ def test_bench_bad_input_is_one_line(workdir):
     if not torch.cuda.is_available():
         r = run_cli("bench", "step", "--device", "cuda", cwd=workdir)
         assert r.returncode == 2 and "no CUDA device" in r.stderr
-    for args, expect in [(["--shape", "qwen3-70b"], "unknown shape 'qwen3-70b'"),
-                         (["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
-                         (["--batch", "0"], "--batch takes comma-separated positive integers"),
-                         (["--new-tokens", "0"], "Invalid value for '--new-tokens'")]:
+    for args, expect in [
+        (["--shape", "qwen3-70b"], "unknown shape 'qwen3-70b'"),
+        (["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
+        (["--batch", "0"], "--batch takes comma-separated positive integers"),
+        (["--new-tokens", "0"], "Invalid value for '--new-tokens'"),
+    ]:
         r = run_cli("bench", "rollout", "--device", "cpu", *args, cwd=workdir)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, SMALL_SPEC, run_cli
 
 
@@ -30,10 +29,17 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
     assert r.returncode == 0, r.stderr + r.stdout
     assert "4 done, 0 failed" in r.stdout
     db = workdir / "experiments.db"
-    rows = _db_rows(db, "select j.language, j.seed, r.step, r.n_problems, r.n_samples, r.accuracy, r.format_rate "
-                        "from results r join jobs j on j.id = r.job_id order by j.language, j.seed")
+    rows = _db_rows(
+        db,
+        "select j.language, j.seed, r.step, r.n_problems, r.n_samples, r.accuracy, r.format_rate "
+        "from results r join jobs j on j.id = r.job_id order by j.language, j.seed",
+    )
     assert [(x[0], x[1], x[2], x[3], x[4]) for x in rows] == [
-        ("eng", 0, 0, 3, 2), ("eng", 1, 0, 3, 2), ("swa", 0, 0, 3, 2), ("swa", 1, 0, 3, 2)]
+        ("eng", 0, 0, 3, 2),
+        ("eng", 1, 0, 3, 2),
+        ("swa", 0, 0, 3, 2),
+        ("swa", 1, 0, 3, 2),
+    ]
     assert all(0.0 <= x[5] <= 1.0 and 0.0 <= x[6] <= 1.0 for x in rows)
     assert {s for (s,) in _db_rows(db, "select status from jobs")} == {"DONE"}
 
@@ -54,7 +60,8 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
         assert f"eval/{ch.data.tags['language']}/accuracy" in ch.data.metrics
         assert ch.data.tags["copsd.rollout_engine"] == "hf"  # auto on CPU
         arts = {a.path for a in client.list_artifacts(ch.info.run_id)} | {
-            a.path for a in client.list_artifacts(ch.info.run_id, "generations")}
+            a.path for a in client.list_artifacts(ch.info.run_id, "generations")
+        }
         assert "config.yaml" in arts and any(a.startswith("generations/step00000_mgsm_") for a in arts)
     job_ids = {ch.data.tags["copsd.job_id"] for ch in children}
     assert job_ids == {i for (i,) in _db_rows(db, "select id from jobs")}
@@ -86,15 +93,20 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
 
 def test_failing_jobs_do_not_stop_the_sweep(workdir):
     spec = workdir / "mixed.yaml"
-    spec.write_text(SMALL_SPEC.replace("name: small", "name: mixed")
-                    .replace("method: [base]", "method: [base, copsd]").replace("seed: [0, 1]", "seed: [0]")
-                    + "  model: [builtin:tiny-qwen3, ./no-such-model]\n"
-                    + "methods:\n  copsd:\n    train: {batch_size: 2, micro_batch_size: 2, max_steps: 1, save_steps: 1,"
-                      " max_completion_length: 8, lora: {r: 2, alpha: 4}}\n")
+    spec.write_text(
+        SMALL_SPEC.replace("name: small", "name: mixed")
+        .replace("method: [base]", "method: [base, copsd]")
+        .replace("seed: [0, 1]", "seed: [0]")
+        + "  model: [builtin:tiny-qwen3, ./no-such-model]\n"
+        + "methods:\n  copsd:\n    train: {batch_size: 2, micro_batch_size: 2, max_steps: 1, save_steps: 1,"
+        " max_completion_length: 8, lora: {r: 2, alpha: 4}}\n"
+    )
     r = run_cli("sweep", "run", str(spec), "--max-attempts", "1", "--no-mlflow", cwd=workdir)
     assert r.returncode == 1
     assert "3 done, 5 failed" in r.stdout
-    rows = dict(_db_rows(workdir / "experiments.db", "select method || '/' || model || '/' || language, last_error from jobs"))
+    rows = dict(
+        _db_rows(workdir / "experiments.db", "select method || '/' || model || '/' || language, last_error from jobs")
+    )
     assert "no training data for language 'eng'" in rows["copsd/builtin:tiny-qwen3/eng"]
     assert "does not exist" in rows["base/./no-such-model/eng"]
     assert rows["base/builtin:tiny-qwen3/swa"] is None and rows["copsd/builtin:tiny-qwen3/swa"] is None
@@ -112,18 +124,24 @@ def db_with_results(tmp_path_factory):
     return d / "experiments.db"
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["eval", "-m", "builtin:tiny-qwen3", "-l", "klingon", "-b", "mgsm"], "unknown language 'klingon'"),
-    (["eval", "-m", "builtin:tiny-qwen3", "-l", "amh", "-b", "mgsm"], "has no language 'amh'"),
-    (["eval", "-m", "./nope", "-l", "swa", "-b", "mgsm", "--limit", "1"], "model path './nope' does not exist"),
-    (["eval", "-m", "Qwen/Qwen3-1.7B", "-l", "swa", "-b", "mgsm", "--limit", "1"], "Hub is unreachable"),
-    (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--data-dir", "./no-dir", "--limit", "1"], "AfriMGSM directory"),
-    (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be fetched from the Hub"),
-    (["eval", "-m", "builtin:tiny-qwen3", "-l", "swa", "-b", "mgsm", "--engine", "vllm"], "eval.rollout_engine"),
-    (["sweep", "run", "no-such-spec.yaml"], "spec file not found"),
-    (["report", "table", "--sweep", "nope"], "no sweep named 'nope'"),
-    (["report", "table", "--metric", "bogus"], "unknown metric 'bogus'"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["eval", "-m", "builtin:tiny-qwen3", "-l", "klingon", "-b", "mgsm"], "unknown language 'klingon'"),
+        (["eval", "-m", "builtin:tiny-qwen3", "-l", "amh", "-b", "mgsm"], "has no language 'amh'"),
+        (["eval", "-m", "./nope", "-l", "swa", "-b", "mgsm", "--limit", "1"], "model path './nope' does not exist"),
+        (["eval", "-m", "Qwen/Qwen3-1.7B", "-l", "swa", "-b", "mgsm", "--limit", "1"], "Hub is unreachable"),
+        (
+            ["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--data-dir", "./no-dir", "--limit", "1"],
+            "AfriMGSM directory",
+        ),
+        (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be fetched from the Hub"),
+        (["eval", "-m", "builtin:tiny-qwen3", "-l", "swa", "-b", "mgsm", "--engine", "vllm"], "eval.rollout_engine"),
+        (["sweep", "run", "no-such-spec.yaml"], "spec file not found"),
+        (["report", "table", "--sweep", "nope"], "no sweep named 'nope'"),
+        (["report", "table", "--metric", "bogus"], "unknown metric 'bogus'"),
+    ],
+)
 def test_bad_inputs_one_line_error_and_db_intact(workdir, db_with_results, args, expect):
     db = workdir / "experiments.db"
     shutil.copy(db_with_results, db)
@@ -140,11 +158,30 @@ def test_bad_inputs_one_line_error_and_db_intact(workdir, db_with_results, args,
 
 
 def test_eval_command_and_data_list(workdir):
-    r = run_cli("eval", "-m", "builtin:tiny-qwen3", "-l", "sw", "-b", "mgsm", "--limit", "2", "-k", "2",
-                "--max-new-tokens", "8", "--no-mlflow", "--engine", "fast", cwd=workdir)
+    r = run_cli(
+        "eval",
+        "-m",
+        "builtin:tiny-qwen3",
+        "-l",
+        "sw",
+        "-b",
+        "mgsm",
+        "--limit",
+        "2",
+        "-k",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--no-mlflow",
+        "--engine",
+        "fast",
+        cwd=workdir,
+    )
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "format_rate" in r.stdout
-    assert _db_rows(workdir / "experiments.db", "select s.sweep_name, j.method from sweep_jobs s join jobs j on j.id=s.job_id") == [("eval", "base")]
+    assert _db_rows(
+        workdir / "experiments.db", "select s.sweep_name, j.method from sweep_jobs s join jobs j on j.id=s.job_id"
+    ) == [("eval", "base")]
     d = run_cli("data", "list", cwd=workdir)
     assert d.returncode == 0 and "afrimgsm" in d.stdout and "bundled" in d.stdout and "Vai" in d.stdout
 
@@ -161,15 +198,25 @@ def test_parallel_workers(workdir, small_spec):
 
 def test_ctrl_c_leaves_database_consistent_and_resumes(workdir):
     spec = workdir / "long.yaml"
-    spec.write_text(SMALL_SPEC.replace("name: small", "name: long").replace("limit: 3", "limit: 200")
-                    .replace("max_new_tokens: 16", "max_new_tokens: 64").replace("seed: [0, 1]", "seed: [0]")
-                    .replace("language: [swa, eng]", "language: [swa]"))
+    spec.write_text(
+        SMALL_SPEC.replace("name: small", "name: long")
+        .replace("limit: 3", "limit: 200")
+        .replace("max_new_tokens: 16", "max_new_tokens: 64")
+        .replace("seed: [0, 1]", "seed: [0]")
+        .replace("language: [swa, eng]", "language: [swa]")
+    )
     env = dict(os.environ)
     # as in a terminal: a runner that started us in the background (SIGINT ignored, which children
     # inherit, and then Python installs no KeyboardInterrupt handler) must not change the test
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "sweep", "run", str(spec), "--no-mlflow"],
-                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "sweep", "run", str(spec), "--no-mlflow"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     db = workdir / "experiments.db"
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -8,8 +8,8 @@ import torch
 from copsd.data.benchmarks import benchmarks, get_benchmark, load_problems
 from copsd.data.languages import canonical_code, get_language, registry
 from copsd.errors import CopsdError, DataError, ModelLoadError
-from copsd.models.builtin import QWEN3_STYLE_TEMPLATE
 from copsd.models import load_model, load_tokenizer
+from copsd.models.builtin import QWEN3_STYLE_TEMPLATE
 from copsd.prompts import has_thinking_tokens, student_prompt
 from copsd.rollout import SamplingParams, generate
 
@@ -32,7 +32,9 @@ def test_benchmark_table_drives_validation_and_a_plugin_adds_to_it():
     table = benchmarks()
     assert list(table)[:4] == ["afrimgsm", "mgsm", "polymath", "gsm8k"] and "testbed" in table
     assert table["polymath"].splits == ("low", "medium", "high", "top")
-    assert JobConfig(method="base", model="m", language="synlo", eval={"benchmark": "testbed"}).eval.benchmark == "testbed"
+    assert (
+        JobConfig(method="base", model="m", language="synlo", eval={"benchmark": "testbed"}).eval.benchmark == "testbed"
+    )
     with pytest.raises(ValueError, match="unknown benchmark 'mmlu'; allowed: afrimgsm, mgsm"):
         JobConfig(method="base", model="m", language="swa", eval={"benchmark": "mmlu"})
     with pytest.raises(ValueError, match="benchmark 'mgsm' has no language 'hau'"):
@@ -41,18 +43,25 @@ def test_benchmark_table_drives_validation_and_a_plugin_adds_to_it():
 
 def test_language_override_file(tmp_path, monkeypatch):
     f = tmp_path / "extra.yaml"
-    f.write_text("swa:\n  thinking: 'Nitafikiri kwa Kiswahili.'\nxyz:\n  name: Test\n  instruction: 'do \\boxed{}'\n  thinking: 't'\n")
+    f.write_text(
+        "swa:\n  thinking: 'Nitafikiri kwa Kiswahili.'\nxyz:\n  name: Test\n  instruction: 'do \\boxed{}'\n  thinking: 't'\n"
+    )
     monkeypatch.setenv("COPSD_LANGUAGES", str(f))
     assert get_language("swa").thinking == "Nitafikiri kwa Kiswahili."
     assert get_language("swa").name == "Swahili"
     assert get_language("xyz").name == "Test"
 
 
-@pytest.mark.parametrize("bench, lang, split, n, first_answer, first_id", [
-    ("mgsm", "swa", "test", 250, "18", "mgsm-swa-0"), ("mgsm", "eng", "test", 250, "18", "mgsm-eng-0"),
-    ("gsm8k", "eng", "test", 1319, "18", "gsm8k-0"), ("polymath", "swa", "low", 125, "18", None),
-    ("polymath", "tel", "medium", 125, None, None),
-])
+@pytest.mark.parametrize(
+    "bench, lang, split, n, first_answer, first_id",
+    [
+        ("mgsm", "swa", "test", 250, "18", "mgsm-swa-0"),
+        ("mgsm", "eng", "test", 250, "18", "mgsm-eng-0"),
+        ("gsm8k", "eng", "test", 1319, "18", "gsm8k-0"),
+        ("polymath", "swa", "low", 125, "18", None),
+        ("polymath", "tel", "medium", 125, None, None),
+    ],
+)
 def test_bundled_benchmarks(bench, lang, split, n, first_answer, first_id):
     probs = load_problems(bench, lang, split)
     assert len(probs) == n and len({p.id for p in probs}) == n

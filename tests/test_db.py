@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import text, update
 
 from copsd.config import JobConfig
+from copsd.errors import CopsdError
 from copsd.results import DONE, FAILED, PENDING, RUNNING, ResultsDB
 from copsd.results.schema import METRIC_COLUMNS, JobRow, utcnow
-from copsd.errors import CopsdError
 
 
 def _jobs(n=3):

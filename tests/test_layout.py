@@ -26,8 +26,12 @@ def test_every_import_goes_down_the_layers():
 
 def test_core_never_imports_the_testbed():
     g = ig.graph()
-    offenders = [f"{m} -> {d}" for m, deps in g.items() for d in deps
-                 if d.startswith("copsd.testbed") and not m.startswith("copsd.testbed")]
+    offenders = [
+        f"{m} -> {d}"
+        for m, deps in g.items()
+        for d in deps
+        if d.startswith("copsd.testbed") and not m.startswith("copsd.testbed")
+    ]
     assert offenders == []
 
 

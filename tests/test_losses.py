@@ -90,8 +90,9 @@ def test_chunked_equals_direct_in_value_and_gradient(kind, clip):
 def test_forward_kl_is_what_the_paper_code_computes():
     """beta=0 in the released code = F.kl_div(student_logp, teacher_logp, log_target=True) summed over V."""
     s, t = torch.randn(3, 9), torch.randn(3, 9)
-    ref = torch.nn.functional.kl_div(torch.log_softmax(s, -1), torch.log_softmax(t, -1), reduction="none",
-                                     log_target=True).sum(-1)
+    ref = torch.nn.functional.kl_div(
+        torch.log_softmax(s, -1), torch.log_softmax(t, -1), reduction="none", log_target=True
+    ).sum(-1)
     torch.testing.assert_close(token_divergence(s, t, kind="forward_kl"), ref)
 
 

@@ -6,7 +6,6 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import run_cli
 
 SPEC = """
@@ -39,16 +38,19 @@ def test_four_methods_two_languages(workdir):
     train, val = load_training_data("swa", val_size=8)
     recs = [{"problem": e.problem_en, "solution": e.solution_en, "problem_swa": e.problem} for e in (train + val)[:40]]
     (data / "translated_swa.json").write_text(json.dumps(recs))
-    (data / "translated_eng.json").write_text(json.dumps(
-        [{"problem": r["problem"], "solution": r["solution"], "problem_eng": r["problem"]} for r in recs]))
+    (data / "translated_eng.json").write_text(
+        json.dumps([{"problem": r["problem"], "solution": r["solution"], "problem_eng": r["problem"]} for r in recs])
+    )
     spec = workdir / "methods.yaml"
     spec.write_text(SPEC.replace("DATA", str(data)))
     r = run_cli("sweep", "run", str(spec), cwd=workdir)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "8 done, 0 failed" in r.stdout
     con = sqlite3.connect(workdir / "experiments.db")
-    steps = con.execute("select j.method, j.language, group_concat(r.step) from results r join jobs j on j.id=r.job_id "
-                        "group by j.method, j.language order by j.method, j.language").fetchall()
+    steps = con.execute(
+        "select j.method, j.language, group_concat(r.step) from results r join jobs j on j.id=r.job_id "
+        "group by j.method, j.language order by j.method, j.language"
+    ).fetchall()
     con.close()
     got = {(m, lang): sorted(map(int, s.split(","))) for m, lang, s in steps}
     assert got[("base", "swa")] == [0]
@@ -61,8 +63,11 @@ def test_four_methods_two_languages(workdir):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("copsd")
-    runs = {(x.data.tags["method"], x.data.tags["language"]): x for x in client.search_runs([exp.experiment_id])
-            if x.data.tags.get("copsd.kind") == "job"}
+    runs = {
+        (x.data.tags["method"], x.data.tags["language"]): x
+        for x in client.search_runs([exp.experiment_id])
+        if x.data.tags.get("copsd.kind") == "job"
+    }
     hist = client.get_metric_history(runs[("copsd", "swa")].info.run_id, "train/loss")
     assert [m.step for m in hist] == [1, 2, 3, 4]
     assert "train/clipped_share" in runs[("copsd", "swa")].data.metrics

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from copsd.config import JobConfig
-from copsd.results import ResultsDB
-from copsd.results.schema import METRIC_COLUMNS
 from copsd.errors import CopsdError
 from copsd.reports import build_table, render
+from copsd.results import ResultsDB
+from copsd.results.schema import METRIC_COLUMNS
 
 
 def _job(method, model, lang, seed):
-    return JobConfig(method=method, model=model, language=lang, seed=seed, eval={"benchmark": "mgsm", "checkpoints": [5, 10]})
+    return JobConfig(
+        method=method, model=model, language=lang, seed=seed, eval={"benchmark": "mgsm", "checkpoints": [5, 10]}
+    )
 
 
 @pytest.fixture
@@ -20,16 +22,31 @@ def db(tmp_path):
     d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
     # accuracy per (method, model, language, seed, step) chosen so the expected table is easy to check
     acc = {
-        ("base", "swa", 0, 0): 0.10, ("base", "swa", 1, 0): 0.20, ("base", "eng", 0, 0): 0.50, ("base", "eng", 1, 0): 0.50,
-        ("copsd", "swa", 0, 5): 0.90, ("copsd", "swa", 0, 10): 0.30, ("copsd", "swa", 1, 10): 0.40,
-        ("copsd", "eng", 0, 10): 0.40, ("copsd", "eng", 1, 10): 0.40,
+        ("base", "swa", 0, 0): 0.10,
+        ("base", "swa", 1, 0): 0.20,
+        ("base", "eng", 0, 0): 0.50,
+        ("base", "eng", 1, 0): 0.50,
+        ("copsd", "swa", 0, 5): 0.90,
+        ("copsd", "swa", 0, 10): 0.30,
+        ("copsd", "swa", 1, 10): 0.40,
+        ("copsd", "eng", 0, 10): 0.40,
+        ("copsd", "eng", 1, 10): 0.40,
     }
     jobs = {}
     for (method, lang, seed, step), a in acc.items():
         j = jobs.setdefault((method, lang, seed), _job(method, "Org/M-1B", lang, seed))
         d.register_sweep("t", [j])
-        d.add_result(j.job_id, benchmark="mgsm", language=lang, split="test", step=step, max_new_tokens=1024,
-                     n_samples=12, n_problems=250, metrics={**{c: 0.0 for c in METRIC_COLUMNS}, "accuracy": a})
+        d.add_result(
+            j.job_id,
+            benchmark="mgsm",
+            language=lang,
+            split="test",
+            step=step,
+            max_new_tokens=1024,
+            n_samples=12,
+            n_problems=250,
+            metrics={**{c: 0.0 for c in METRIC_COLUMNS}, "accuracy": a},
+        )
     yield d
     d.close()
 

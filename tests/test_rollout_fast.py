@@ -9,8 +9,13 @@ import torch
 
 from copsd.rollout import SamplingParams, fast, generate, hf, resolve_engine
 
-PROMPTS = ["Question: what is 2+3? Answer:", "hello", "The quick brown fox jumps over the lazy dog " * 3, "a b c",
-           "Swali: 7 x 6 ni ngapi?"]
+PROMPTS = [
+    "Question: what is 2+3? Answer:",
+    "hello",
+    "The quick brown fox jumps over the lazy dog " * 3,
+    "a b c",
+    "Swali: 7 x 6 ni ngapi?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +24,14 @@ def lora_model(tiny_model):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = get_peft_model(copy.deepcopy(tiny_model.model),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                         "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        copy.deepcopy(tiny_model.model),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -85,15 +95,14 @@ def test_rows_stop_at_their_own_stop_token(tiny_model):
         if cut is None:
             assert rb == rf
         else:  # identical up to the stop token, padding afterwards
-            assert rb[: cut + 1] == rf[: cut + 1] and set(rb[cut + 1:]) <= {pad}
-        assert rb[: len(ra)] == ra and set(rb[len(ra):]) <= {pad}  # hf stops once every row has
-    assert any(set(rb[rb.index(stop) + 1:]) == {pad} for rb in b if stop in rb[:-1])  # some row stopped early
+            assert rb[: cut + 1] == rf[: cut + 1] and set(rb[cut + 1 :]) <= {pad}
+        assert rb[: len(ra)] == ra and set(rb[len(ra) :]) <= {pad}  # hf stops once every row has
+    assert any(set(rb[rb.index(stop) + 1 :]) == {pad} for rb in b if stop in rb[:-1])  # some row stopped early
 
 
 def _reference_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """transformers' own warpers (temperature -> top-k -> top-p), as a distribution."""
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     x = TemperatureLogitsWarper(temperature)(None, logits.clone())
     if top_k:
@@ -180,7 +189,9 @@ def test_lora_on_some_projections_only(tiny_model):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
-    model = get_peft_model(copy.deepcopy(tiny_model.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        copy.deepcopy(tiny_model.model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -215,9 +226,16 @@ def test_unsupported_models_are_named():
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
     assert "gpt2" in fast.unsupported_reason(gpt2)
-    cfg = Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                      rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    cfg = Qwen3Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+    )
     assert "dynamic" in fast.unsupported_reason(Qwen3ForCausalLM(cfg))
     with pytest.raises(ValueError, match="cannot run this model"):
         resolve_engine("fast", gpt2)

@@ -18,8 +18,10 @@ def gpu_models():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dev = torch.device("cuda")
-    return {"fp32": with_lora(random_model("tiny", dev, torch.float32)),
-            "bf16": with_lora(random_model("tiny", dev, torch.bfloat16))}
+    return {
+        "fp32": with_lora(random_model("tiny", dev, torch.float32)),
+        "bf16": with_lora(random_model("tiny", dev, torch.bfloat16)),
+    }
 
 
 def _prompts(n=6):
@@ -43,8 +45,10 @@ def test_graph_replay_equals_eager_steps_in_bf16(gpu_models, monkeypatch):
     pad = model.config.pad_token_id
     eng = fast.engine_for(model)
     ids = _prompts()
-    for params in (SamplingParams(temperature=0, max_new_tokens=80),
-                   SamplingParams(temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=80)):
+    for params in (
+        SamplingParams(temperature=0, max_new_tokens=80),
+        SamplingParams(temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=80),
+    ):
         graph = eng.generate_ids(ids, params, [], pad, seed=5, use_graph=True)
         eager = eng.generate_ids(ids, params, [], pad, seed=5, use_graph=False)
         if params.temperature == 0:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli
+
 from copsd.config import JobConfig
 from copsd.errors import SpecError
 from copsd.spec import expand, filter_jobs, load_jobs, parse_spec
@@ -27,10 +27,13 @@ def test_main_grid_has_204_unique_stable_ids():
     assert by_method == {"base": 51, "copsd": 51, "grpo": 51, "sft": 51}
 
 
-@pytest.mark.parametrize("spec, first, last, digest", [
-    ("main", ["c69b59119644", "32cf94d891aa", "cbff1fcefb20"], "147ecf605be5", "896fb36aa4bb82d6"),
-    ("demo", ["f6e2f85e0e4c", "0d54eab756ab", "cc8578bd82b3"], "8a812dc23a08", "15e1edf3f1e81abe"),
-])
+@pytest.mark.parametrize(
+    "spec, first, last, digest",
+    [
+        ("main", ["c69b59119644", "32cf94d891aa", "cbff1fcefb20"], "147ecf605be5", "896fb36aa4bb82d6"),
+        ("demo", ["f6e2f85e0e4c", "0d54eab756ab", "cc8578bd82b3"], "8a812dc23a08", "15e1edf3f1e81abe"),
+    ],
+)
 def test_job_ids_are_pinned(spec, first, last, digest):
     """Job ids are results' keys: a refactor must not move them (pinned at the layout redesign;
     a deliberate change of what is hashed updates these and says so in the changelog)."""
@@ -74,8 +77,13 @@ def test_changing_one_hyperparameter_changes_only_affected_ids(tmp_path):
 
 
 def test_matrix_over_hyperparameter_and_dedup():
-    spec = parse_spec({"name": "x", "defaults": {"model": "m/m", "eval": {"benchmark": "mgsm"}},
-                       "matrix": {"language": ["swa"], "method": ["base", "copsd"], "train.lr": [1e-5, 2e-5]}})
+    spec = parse_spec(
+        {
+            "name": "x",
+            "defaults": {"model": "m/m", "eval": {"benchmark": "mgsm"}},
+            "matrix": {"language": ["swa"], "method": ["base", "copsd"], "train.lr": [1e-5, 2e-5]},
+        }
+    )
     jobs = expand(spec)
     # base ignores train.lr and is merged into one job; copsd gets both values
     assert sorted(j.method for j in jobs) == ["base", "copsd", "copsd"]
@@ -97,8 +105,13 @@ def test_unhashed_location_fields():
 
 def test_rollout_engine_is_not_part_of_the_job_id():
     """Engines sample the same distribution; switching to `fast` keeps a DB's results valid."""
-    a = JobConfig(method="copsd", model="m/m", language="swa", eval={"rollout_engine": "hf"},
-                  train={"method": "copsd", "rollout_engine": "hf"})
+    a = JobConfig(
+        method="copsd",
+        model="m/m",
+        language="swa",
+        eval={"rollout_engine": "hf"},
+        train={"method": "copsd", "rollout_engine": "hf"},
+    )
     b = JobConfig(method="copsd", model="m/m", language="swa")
     assert a.job_id == b.job_id and b.eval.rollout_engine == b.train.rollout_engine == "auto"
     with pytest.raises(ValueError, match="rollout_engine"):
@@ -115,14 +128,20 @@ def test_job_config_yaml_round_trip():
 @pytest.mark.parametrize(
     "mutate, expect",
     [
-        (lambda r: r["defaults"]["eval"].update(decodng={}), ["unknown field 'defaults.eval.decodng'", "did you mean 'decoding'"]),
+        (
+            lambda r: r["defaults"]["eval"].update(decodng={}),
+            ["unknown field 'defaults.eval.decodng'", "did you mean 'decoding'"],
+        ),
         (lambda r: r["matrix"].update(language=["swa", "xyz"]), ["matrix.language[1]", "unknown language 'xyz'"]),
         (lambda r: r["matrix"].update(method=["base", "ppo"]), ["matrix.method[1]", "unknown method 'ppo'"]),
         (lambda r: r["methods"]["copsd"]["train"].update(lr="fast"), ["methods.copsd.train.lr", "valid number"]),
         (lambda r: r["methods"]["copsd"]["train"].update(divergnce="jsd"), ["unknown field", "divergence"]),
         (lambda r: r.update(matrx={}), ["unknown field 'matrx'", "did you mean 'matrix'"]),
         (lambda r: r["matrix"].update(seed=[]), ["matrix.seed", "empty list"]),
-        (lambda r: r["defaults"]["eval"].update(benchmark="mgsm"), ["benchmark 'mgsm' has no language 'amh'", "language=amh"]),
+        (
+            lambda r: r["defaults"]["eval"].update(benchmark="mgsm"),
+            ["benchmark 'mgsm' has no language 'amh'", "language=amh"],
+        ),
     ],
 )
 def test_spec_errors_name_file_and_field(tmp_path, mutate, expect):

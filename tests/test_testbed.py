@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.data.benchmarks import load_problems
 from copsd.config import EvalConfig, JobConfig
+from copsd.data.benchmarks import load_problems
 from copsd.data.languages import get_language
+from copsd.data.training import load_training_data
 from copsd.spec import load_jobs
 from copsd.testbed.world import SYNTHETIC, english_split, problems, translate
-from copsd.data.training import load_training_data
 
 
 def test_world_is_deterministic_and_splits_are_disjoint():
@@ -57,8 +57,9 @@ def test_demo_spec_plans_the_methods_on_the_synthetic_languages():
 
 # ---- regression tests of the method (slow: they need the pretrained testbed) ------------------
 
-GREEDY = EvalConfig(benchmark="testbed", decoding={"n_samples": 1, "temperature": 0.0, "max_new_tokens": 40},
-                    batch_size=200)
+GREEDY = EvalConfig(
+    benchmark="testbed", decoding={"n_samples": 1, "temperature": 0.0, "max_new_tokens": 40}, batch_size=200
+)
 
 
 def _accuracy(model, tok, lang: str) -> float:
@@ -73,10 +74,25 @@ def _post_train(tmp_path, trainer_cls=None, steps=50, **copsd):
     from copsd.training import CopsdTrainer
     from copsd.training.adapters import wrap_lora
 
-    train = {"batch_size": 16, "micro_batch_size": 16, "max_steps": steps, "save_steps": steps, "lr": 1e-3,
-             "lora": {"r": 16, "alpha": 32}, "clip": None, "max_completion_length": 32, **copsd}
-    job = JobConfig(method="copsd", model="builtin:testbed", language="synlo", dtype="float32",
-                    eval={"benchmark": "testbed"}, train=train)
+    train = {
+        "batch_size": 16,
+        "micro_batch_size": 16,
+        "max_steps": steps,
+        "save_steps": steps,
+        "lr": 1e-3,
+        "lora": {"r": 16, "alpha": 32},
+        "clip": None,
+        "max_completion_length": 32,
+        **copsd,
+    }
+    job = JobConfig(
+        method="copsd",
+        model="builtin:testbed",
+        language="synlo",
+        dtype="float32",
+        eval={"benchmark": "testbed"},
+        train=train,
+    )
     lm = load_model("builtin:testbed", dtype="float32", device="cpu")
     model = wrap_lora(lm.model, job.train.lora, 0)
     before = {lang: _accuracy(model, lm.tokenizer, lang) for lang in ("synlo", "eng")}
@@ -125,13 +141,25 @@ def test_teacher_with_students_prompt_gives_zero_loss_and_gradient_on_the_testbe
     from copsd.training import CopsdTrainer
     from copsd.training.adapters import wrap_lora
 
-    job = JobConfig(method="copsd", model="builtin:testbed", language="synvlo", dtype="float32",
-                    eval={"benchmark": "testbed"},
-                    train={"batch_size": 8, "micro_batch_size": 8, "max_steps": 1, "max_completion_length": 32,
-                           "include_problem_en": False, "include_reference_solution_en": False})
+    job = JobConfig(
+        method="copsd",
+        model="builtin:testbed",
+        language="synvlo",
+        dtype="float32",
+        eval={"benchmark": "testbed"},
+        train={
+            "batch_size": 8,
+            "micro_batch_size": 8,
+            "max_steps": 1,
+            "max_completion_length": 32,
+            "include_problem_en": False,
+            "include_reference_solution_en": False,
+        },
+    )
     lm = load_model("builtin:testbed", dtype="float32", device="cpu")
-    tr = CopsdTrainer(job, wrap_lora(lm.model, job.train.lora, 0), lm.tokenizer,
-                      load_training_data("synvlo")[0][:8], tmp_path / "run")
+    tr = CopsdTrainer(
+        job, wrap_lora(lm.model, job.train.lora, 0), lm.tokenizer, load_training_data("synvlo")[0][:8], tmp_path / "run"
+    )
     comps = tr.rollouts(tr.examples, 1, 0)
     loss, _ = tr.divergence_loss(tr.examples, comps)
     loss.backward()

@@ -8,30 +8,49 @@ import pytest
 import torch
 
 from copsd.config import JobConfig
-from copsd.errors import CopsdError, DataError
 from copsd.data.languages import get_language
+from copsd.data.training import TrainExample, clean_gsm8k_solution, load_training_data
+from copsd.errors import CopsdError, DataError
 from copsd.models import load_model
 from copsd.prompts import teacher_prompt, teacher_user_message, training_student_prompt
 from copsd.training import TRAINERS
 from copsd.training.adapters import load_adapter, saved_steps, wrap_lora
-from copsd.data.training import TrainExample, clean_gsm8k_solution, load_training_data
 from copsd.training.grpo_trainer import final_answer_region, reward
 
-EX = [TrainExample(f"x{i}", f"Swali namba {i}: Ana ana machungwa {i + 2}. Anakula 1. Yamebaki mangapi?",
-                   f"Question {i}: Ana has {i + 2} oranges. She eats 1. How many are left?",
-                   f"{i + 2} - 1 = {i + 1}\nThe answer is \\boxed{{{i + 1}}}.", str(i + 1)) for i in range(8)]
+EX = [
+    TrainExample(
+        f"x{i}",
+        f"Swali namba {i}: Ana ana machungwa {i + 2}. Anakula 1. Yamebaki mangapi?",
+        f"Question {i}: Ana has {i + 2} oranges. She eats 1. How many are left?",
+        f"{i + 2} - 1 = {i + 1}\nThe answer is \\boxed{{{i + 1}}}.",
+        str(i + 1),
+    )
+    for i in range(8)
+]
 
 
 def _job(method="copsd", **train):
-    base = {"batch_size": 2, "micro_batch_size": 2, "max_steps": 2, "save_steps": 1, "lr": 5e-2,
-            "lora": {"r": 4, "alpha": 8}}
+    base = {
+        "batch_size": 2,
+        "micro_batch_size": 2,
+        "max_steps": 2,
+        "save_steps": 1,
+        "lr": 5e-2,
+        "lora": {"r": 4, "alpha": 8},
+    }
     if method == "copsd":
         base["max_completion_length"] = 12
     if method == "grpo":
         base.update(max_completion_length=12, num_generations=2, batch_size=4, micro_batch_size=4)
     base.update(train)
-    return JobConfig(method=method, model="builtin:tiny-qwen3", language="swa", dtype="float32",
-                     eval={"benchmark": "mgsm"}, train=base)
+    return JobConfig(
+        method=method,
+        model="builtin:tiny-qwen3",
+        language="swa",
+        dtype="float32",
+        eval={"benchmark": "mgsm"},
+        train=base,
+    )
 
 
 def _setup(job, tmp_path):
@@ -45,15 +64,25 @@ def test_teacher_prompt_differs_from_student_exactly_by_privileged_context(tiny_
     t = get_language(lang).teacher
     student = training_student_prompt(tok, ex.problem, lang, thinking=True)
     teacher = teacher_prompt(tok, ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en)
-    privileged = (f"\n\n{t.problem_en}: {ex.problem_en}\n\n{t.solution_en}:\n{t.ref_begin}\n{ex.solution_en}\n"
-                  f"{t.ref_end}\n\n{t.transition}\n")
+    privileged = (
+        f"\n\n{t.problem_en}: {ex.problem_en}\n\n{t.solution_en}:\n{t.ref_begin}\n{ex.solution_en}\n"
+        f"{t.ref_end}\n\n{t.transition}\n"
+    )
     assert privileged in teacher
     assert teacher.replace(privileged, "\n\n") == student
-    bare = teacher_prompt(tok, ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en,
-                          include_problem_en=False, include_reference_solution_en=False)
+    bare = teacher_prompt(
+        tok,
+        ex.problem,
+        lang,
+        problem_en=ex.problem_en,
+        solution_en=ex.solution_en,
+        include_problem_en=False,
+        include_reference_solution_en=False,
+    )
     assert bare == student
-    no_sol = teacher_user_message(ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en,
-                                  include_reference_solution_en=False)
+    no_sol = teacher_user_message(
+        ex.problem, lang, problem_en=ex.problem_en, solution_en=ex.solution_en, include_reference_solution_en=False
+    )
     assert ex.problem_en in no_sol and ex.solution_en not in no_sol and t.transition not in no_sol
     assert teacher.endswith("<|im_start|>assistant\n<think>\n" + get_language(lang).thinking)
 
@@ -164,8 +193,8 @@ def test_sft_step_trains_lora_and_grpo_logs_its_diagnostics(tmp_path):
     for method in ("grpo", "sft"):
         trainer, _ = _setup(_job(method, max_steps=1), tmp_path / method)
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
-        logged = []
-        trainer.log = lambda m, s: logged.append(m)
+        logged: list[dict] = []
+        trainer.log = lambda m, s, logged=logged: logged.append(m)
         trainer.train()
         assert "train/loss" in logged[0]
         if method == "sft":
@@ -178,7 +207,10 @@ def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
     trainer, lm = _setup(_job("grpo", lr=1e-2), tmp_path)
     tok = lm.tokenizer
     prompt = tok(training_student_prompt(tok, EX[0].problem, "swa"), add_special_tokens=False)["input_ids"]
-    good, bad = tok("\\boxed{3}", add_special_tokens=False)["input_ids"], tok("no idea", add_special_tokens=False)["input_ids"]
+    good, bad = (
+        tok("\\boxed{3}", add_special_tokens=False)["input_ids"],
+        tok("no idea", add_special_tokens=False)["input_ids"],
+    )
 
     from copsd.losses import chunked_token_logprobs
     from copsd.training.forward import completion_hidden
@@ -216,6 +248,7 @@ def test_load_adapter_step_zero_is_the_base(tmp_path):
 
 # ---- training data -----------------------------------------------------------------------------
 
+
 def test_bundled_swahili_set_and_gsm8k_cleaning():
     train, val = load_training_data("swa", val_size=64)
     assert len(train) + len(val) == 7468 and len(val) == 64
@@ -229,8 +262,10 @@ def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
     (tmp_path / "translated_hau.json").write_text(json.dumps(recs))
     train, val = load_training_data("hau", str(tmp_path / "translated_{language}.json"), val_size=2)
     assert len(train) == 8 and {e.answer for e in train + val} == {str(i) for i in range(10)}
-    hub = [{"problem": f"Q{i}", "solution": "x #### 7", "problem_translated": f"T{i}", "language": "Hausa"}
-           for i in range(5)] + [{"problem": "Z", "solution": "y", "problem_translated": "W", "language": "yor"}]
+    hub = [
+        {"problem": f"Q{i}", "solution": "x #### 7", "problem_translated": f"T{i}", "language": "Hausa"}
+        for i in range(5)
+    ] + [{"problem": "Z", "solution": "y", "problem_translated": "W", "language": "yor"}]
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "part.jsonl").write_text("\n".join(json.dumps(r) for r in hub))
     train, val = load_training_data("ha", str(tmp_path / "d"), val_size=1)
@@ -259,8 +294,13 @@ def test_checkpoints_must_be_saved_steps():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="not saved steps"):
-        JobConfig(method="copsd", model="m/m", language="swa", eval={"checkpoints": [3]},
-                  train={"save_steps": 5, "max_steps": 100})
+        JobConfig(
+            method="copsd",
+            model="m/m",
+            language="swa",
+            eval={"checkpoints": [3]},
+            train={"save_steps": 5, "max_steps": 100},
+        )
     ok = JobConfig(method="copsd", model="m/m", language="swa", eval={"checkpoints": [0, 5, 100]})
     assert ok.eval_steps() == [0, 5, 100]
 
@@ -286,5 +326,6 @@ def test_training_with_the_fast_engine_follows_each_optimizer_step(tmp_path):
     params = SamplingParams(temperature=0, max_new_tokens=10)
     trainer.model.eval()  # the adapters moved; the engine's shadow copies must have followed
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in trainer.model.named_parameters())
-    assert fast.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0) == \
-        hf.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0)
+    assert fast.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0) == hf.generate_ids(
+        trainer.model, ids, params, [], tok.pad_token_id, 0
+    )

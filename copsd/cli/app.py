@@ -65,7 +65,7 @@ def main() -> None:
                 exc.show()
                 sys.exit(exc.exit_code)
             if isinstance(exc, getattr(errors, "Exit", ())):
-                sys.exit(exc.exit_code)
+                sys.exit(getattr(exc, "exit_code", 1))
             if isinstance(exc, errors.Abort):
                 sys.exit(130)
         raise

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from copsd.cli.common import console
@@ -13,7 +11,7 @@ app = typer.Typer(help="Benchmarks and languages: what exists and what is availa
 
 
 @app.command("list")
-def data_list(benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="only this benchmark")):
+def data_list(benchmark: str | None = typer.Option(None, "--benchmark", "-b", help="only this benchmark")):
     """Benchmarks x languages x splits, and where each comes from (bundled, local, Hub cache, Hub, generated)."""
     from rich.table import Table
 

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from copsd.cli.common import DB_OPT, console
 from copsd.data.benchmarks import benchmarks
 from copsd.errors import CopsdError
 
+SPLIT_HELP = "; ".join(f"{name}: {'|'.join(b.splits)}" for name, b in benchmarks().items())
+
 
 def eval_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Hub id, local directory, or builtin:tiny-qwen3"),
     language: str = typer.Option(..., "--language", "-l", help="language code, e.g. swa (or sw)"),
     benchmark: str = typer.Option("afrimgsm", "--benchmark", "-b", help=", ".join(benchmarks())),
-    split: str = typer.Option("test", "--split", help="; ".join(f"{n}: {'|'.join(b.splits)}"
-                                                                for n, b in benchmarks().items())),
-    limit: Optional[int] = typer.Option(None, "--limit", help="first N problems only"),
+    split: str = typer.Option("test", "--split", help=SPLIT_HELP),
+    limit: int | None = typer.Option(None, "--limit", help="first N problems only"),
     samples: int = typer.Option(12, "--samples", "-k", help="samples per problem"),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(0.95, "--top-p"),
@@ -27,10 +26,10 @@ def eval_cmd(
     thinking: bool = typer.Option(True, "--thinking/--no-thinking"),
     seed: int = typer.Option(0, "--seed"),
     dtype: str = typer.Option("auto", "--dtype"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="local AfriMGSM copy (<lang>/test.tsv)"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="local AfriMGSM copy (<lang>/test.tsv)"),
+    device: str | None = typer.Option(None, "--device"),
     engine: str = typer.Option("auto", "--engine", help="rollout engine: auto (fast on a GPU, else hf) | fast | hf"),
-    db: Optional[str] = DB_OPT,
+    db: str | None = DB_OPT,
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
 ):
     """Evaluate one model on one benchmark language (no spec). Recorded as a job of sweep 'eval'."""
@@ -42,9 +41,24 @@ def eval_cmd(
     from copsd.run.sweep import RunOptions, run_sweep
     from copsd.spec import eval_job
 
-    job = eval_job(model=model, language=language, benchmark=benchmark, split=split, limit=limit, samples=samples,
-                   temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                   batch_size=batch_size, thinking=thinking, seed=seed, dtype=dtype, data_dir=data_dir, engine=engine)
+    job = eval_job(
+        model=model,
+        language=language,
+        benchmark=benchmark,
+        split=split,
+        limit=limit,
+        samples=samples,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        thinking=thinking,
+        seed=seed,
+        dtype=dtype,
+        data_dir=data_dir,
+        engine=engine,
+    )
     opts = RunOptions(db_url=db_url(db), device=device, mlflow=not no_mlflow, retry_failed=True, max_attempts=10**6)
     summary = run_sweep("eval", [job], opts)
     if summary.failed:
@@ -55,11 +69,12 @@ def eval_cmd(
     finally:
         rdb.close()
     row = df[df.job_id == job.job_id].iloc[-1]
-    t = Table(title=f"{job.label} on {benchmark}/{split} ({int(row.n_problems)} problems x {samples} samples), "
-                    f"job {job.job_id}")
+    t = Table(
+        title=f"{job.label} on {benchmark}/{split} ({int(row.n_problems)} problems x {samples} samples), "
+        f"job {job.job_id}"
+    )
     t.add_column("metric")
     t.add_column("value", justify="right")
     for c in METRIC_COLUMNS:
         t.add_row(c, f"{row[c]:.4f}")
     console.print(t)
-

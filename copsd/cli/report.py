@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from copsd.cli.common import DB_OPT, console, err_console
 from copsd.errors import CopsdError
 
-app = typer.Typer(help="Comparison tables and figures from the results database (reports/ beside it).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Comparison tables and figures from the results database (reports/ beside it).", no_args_is_help=True
+)
 FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 
-def _results(db: Optional[str], sweep: Optional[str]):
+def _results(db: str | None, sweep: str | None):
     """The results frame (of one sweep, if named) and where reports go by default."""
     from copsd.paths import Workspace
     from copsd.results.db import ResultsDB
@@ -34,14 +34,18 @@ def _results(db: Optional[str], sweep: Optional[str]):
 @app.command("table")
 def table(
     by: str = typer.Option("language", "--by", help="language (rows) x model/method (columns); or model; or method"),
-    metric: str = typer.Option("accuracy", "--metric", help="accuracy, pass_at_1, pass_at_k, maj_at_k, format_rate, ..."),
+    metric: str = typer.Option(
+        "accuracy", "--metric", help="accuracy, pass_at_1, pass_at_k, maj_at_k, format_rate, ..."
+    ),
     fmt: str = typer.Option("markdown", "--format", help="markdown, latex, csv or html (the file written)"),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
     step: str = typer.Option("final", "--step", help="checkpoint per job: final, best, or a step number"),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
-    budget: Optional[int] = typer.Option(None, "--budget", help="decoding budget (max_new_tokens); default: largest"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output file; default reports/<sweep>_by_<by>_<metric>.<ext> beside the DB"),
-    db: Optional[str] = DB_OPT,
+    benchmark: str | None = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    budget: int | None = typer.Option(None, "--budget", help="decoding budget (max_new_tokens); default: largest"),
+    out: Path | None = typer.Option(
+        None, "--out", help="output file; default reports/<sweep>_by_<by>_<metric>.<ext> beside the DB"
+    ),
+    db: str | None = DB_OPT,
 ):
     """Paper-style comparison table (mean ± std over seeds, (Δ vs base), best per row in bold)."""
     from copsd.reports.tables import build_table, render, to_rich
@@ -64,10 +68,12 @@ def table(
 @app.command("curves")
 def curves(
     metric: str = typer.Option("accuracy", "--metric", help="accuracy, pass_at_k, format_rate, ..."),
-    sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG path; default reports/<sweep>_curves_<metric>.png beside the DB"),
-    db: Optional[str] = DB_OPT,
+    sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    benchmark: str | None = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    out: Path | None = typer.Option(
+        None, "--out", help="PNG path; default reports/<sweep>_curves_<metric>.png beside the DB"
+    ),
+    db: str | None = DB_OPT,
 ):
     """Training dynamics: the metric at each evaluated checkpoint, per language and method (PNG)."""
     from copsd.reports.plots import plot_curves

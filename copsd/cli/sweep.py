@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -19,8 +18,8 @@ app = typer.Typer(help="Plan, run and inspect sweeps (YAML specs -> jobs -> resu
 def plan(
     spec: str = typer.Argument(..., help="spec file (e.g. sweeps/main.yaml) or embedded spec name (demo)"),
     fmt: str = typer.Option("table", "--format", help="table or json"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help=ONLY_HELP),
-    db: Optional[str] = DB_OPT,
+    only: list[str] | None = typer.Option(None, "--only", help=ONLY_HELP),
+    db: str | None = DB_OPT,
 ):
     """Dry run: list every job of a spec with its id and its status in the database. Runs nothing."""
     from rich.table import Table
@@ -32,8 +31,18 @@ def plan(
     jobs = sel.jobs
     st = existing_statuses(db, [j.job_id for j in jobs])
     if fmt == "json":
-        out = [{"id": j.job_id, "method": j.method, "model": j.model, "language": j.language, "seed": j.seed,
-                "status": st.get(j.job_id, ("NEW", 0, None))[0], "config": j.model_dump(mode="json")} for j in jobs]
+        out = [
+            {
+                "id": j.job_id,
+                "method": j.method,
+                "model": j.model,
+                "language": j.language,
+                "seed": j.seed,
+                "status": st.get(j.job_id, ("NEW", 0, None))[0],
+                "config": j.model_dump(mode="json"),
+            }
+            for j in jobs
+        ]
         doc = {"sweep": sel.spec.name, "spec": str(sel.path), "n_jobs": len(out), "jobs": out}
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
         return
@@ -44,19 +53,30 @@ def plan(
         t.add_column(c)
     for j in jobs:
         status, attempts, _ = st.get(j.job_id, ("NEW", 0, None))
-        t.add_row(j.job_id, j.method, j.model, j.language, str(j.seed), ",".join(map(str, j.eval_steps())),
-                  f"{status}" + (f" ({attempts}x)" if attempts > 1 else ""))
+        t.add_row(
+            j.job_id,
+            j.method,
+            j.model,
+            j.language,
+            str(j.seed),
+            ",".join(map(str, j.eval_steps())),
+            f"{status}" + (f" ({attempts}x)" if attempts > 1 else ""),
+        )
     console.print(t)
 
 
 @app.command("run")
 def run(
     spec: str = typer.Argument("demo", help="spec file or embedded spec name; default: the CPU-sized demo"),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="parallel worker processes (one GPU each when GPUs exist)"),
-    db: Optional[str] = DB_OPT,
-    only: Optional[list[str]] = typer.Option(None, "--only", help="run only matching jobs: " + ONLY_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: cuda if available"),
-    max_attempts: Optional[int] = typer.Option(None, "--max-attempts", help="retry FAILED jobs until they failed this often (spec: runner.max_attempts)"),
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=1, help="parallel worker processes (one GPU each when GPUs exist)"
+    ),
+    db: str | None = DB_OPT,
+    only: list[str] | None = typer.Option(None, "--only", help="run only matching jobs: " + ONLY_HELP),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: cuda if available"),
+    max_attempts: int | None = typer.Option(
+        None, "--max-attempts", help="retry FAILED jobs until they failed this often (spec: runner.max_attempts)"
+    ),
     no_retry: bool = typer.Option(False, "--no-retry", help="leave FAILED jobs alone"),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not log to MLflow"),
     dry_run: bool = typer.Option(False, "--dry-run", help="same as `copsd sweep plan`"),
@@ -69,12 +89,28 @@ def run(
     from copsd.spec import select
 
     sel = select(spec, only)
-    opts = RunOptions.from_spec(sel.spec, db_url(db), device=device, workers=workers, max_attempts=max_attempts,
-                                retry_failed=not no_retry, mlflow=not no_mlflow)
-    summary = run_sweep(sel.spec.name, sel.jobs, opts, all_jobs=sel.all_jobs, description=sel.spec.description,
-                        spec_path=str(sel.path), spec_yaml=sel.path.read_text(encoding="utf-8"))
-    console.print(f"sweep '{sel.spec.name}': {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
-                  f"(already done or not retried); results in {opts.db_url}")
+    opts = RunOptions.from_spec(
+        sel.spec,
+        db_url(db),
+        device=device,
+        workers=workers,
+        max_attempts=max_attempts,
+        retry_failed=not no_retry,
+        mlflow=not no_mlflow,
+    )
+    summary = run_sweep(
+        sel.spec.name,
+        sel.jobs,
+        opts,
+        all_jobs=sel.all_jobs,
+        description=sel.spec.description,
+        spec_path=str(sel.path),
+        spec_yaml=sel.path.read_text(encoding="utf-8"),
+    )
+    console.print(
+        f"sweep '{sel.spec.name}': {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
+        f"(already done or not retried); results in {opts.db_url}"
+    )
     for jid, e in summary.errors.items():
         console.print(f"  [red]FAILED[/red] {jid}: {escape(e)}", soft_wrap=True)
     if summary.failed:
@@ -83,8 +119,8 @@ def run(
 
 @app.command("status")
 def status(
-    spec: Optional[str] = typer.Argument(None, help="spec file or name; default: every sweep in the database"),
-    db: Optional[str] = DB_OPT,
+    spec: str | None = typer.Argument(None, help="spec file or name; default: every sweep in the database"),
+    db: str | None = DB_OPT,
     errors: bool = typer.Option(True, "--errors/--no-errors", help="list failed jobs with their last error"),
 ):
     """Counts of PENDING/RUNNING/DONE/FAILED jobs per sweep, and why jobs failed."""
@@ -112,8 +148,11 @@ def status(
         console.print(t)
         if errors:
             for n, j in failed:
-                console.print(f"[red]FAILED[/red] {n} {j.id} {j.method}/{j.language}/seed{j.seed} "
-                              f"(attempts {j.attempts}): {escape(j.last_error or '')}", soft_wrap=True)
+                console.print(
+                    f"[red]FAILED[/red] {n} {j.id} {j.method}/{j.language}/seed{j.seed} "
+                    f"(attempts {j.attempts}): {escape(j.last_error or '')}",
+                    soft_wrap=True,
+                )
     finally:
         rdb.close()
 
@@ -121,9 +160,9 @@ def status(
 @app.command("reset")
 def reset(
     spec: str = typer.Argument(..., help="spec file or embedded spec name"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help=ONLY_HELP),
+    only: list[str] | None = typer.Option(None, "--only", help=ONLY_HELP),
     status: str = typer.Option("FAILED", "--status", help="reset jobs in this status (FAILED, DONE or PENDING)"),
-    db: Optional[str] = DB_OPT,
+    db: str | None = DB_OPT,
 ):
     """Make jobs PENDING again with a fresh attempt count (results already stored are kept)."""
     from copsd.results.db import ResultsDB

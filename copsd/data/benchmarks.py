@@ -130,8 +130,9 @@ def check_language(benchmark: str, language: str, split: str) -> None:
         raise ValueError(f"benchmark '{benchmark}' has no split '{split}'; it has: {', '.join(b.splits)}")
 
 
-def load_problems(benchmark: str, language: str, split: str = "test", limit: int | None = None,
-                  data_dir: str | None = None) -> list[Problem]:
+def load_problems(
+    benchmark: str, language: str, split: str = "test", limit: int | None = None, data_dir: str | None = None
+) -> list[Problem]:
     """Problems of one benchmark/language/split, in file order (the first `limit` if given)."""
     try:
         check_language(benchmark, language, split)
@@ -153,8 +154,9 @@ def availability(benchmark: str, language: str, split: str) -> str:
 
 
 # ---- reading files -------------------------------------------------------------------------------
-def _read_tsv(path: Path, has_header: bool, question: str = "question",
-              answers: tuple[str, ...] = ("answer",)) -> list[dict]:
+def _read_tsv(
+    path: Path, has_header: bool, question: str = "question", answers: tuple[str, ...] = ("answer",)
+) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with open(path, encoding="utf-8", newline="") as fh:
@@ -165,8 +167,9 @@ def _read_tsv(path: Path, has_header: bool, question: str = "question",
         header = [h.strip() for h in rows[0]]
         answer_col = next((a for a in answers if a in header), None)
         if question not in header or answer_col is None:
-            raise DataError(f"{path}: needs columns '{question}' and {' or '.join(repr(a) for a in answers)}; "
-                            f"found {header}")
+            raise DataError(
+                f"{path}: needs columns '{question}' and {' or '.join(repr(a) for a in answers)}; found {header}"
+            )
         qi, ai = header.index(question), header.index(answer_col)
         return [{"question": r[qi], "answer": r[ai]} for r in rows[1:] if len(r) > max(qi, ai)]
     out = []
@@ -226,10 +229,13 @@ def _bundled_path(b: Benchmark, language: str, split: str) -> Path:
     return bundled_file(*b.path.format(file_code=b.languages[language], split=split).split("/"))
 
 
-register_source("bundled", Source(
-    load=lambda b, language, split, _dir: read_problems(b, _bundled_path(b, language, split), language, split),
-    availability=lambda b, language, split: "bundled",
-))
+register_source(
+    "bundled",
+    Source(
+        load=lambda b, language, split, _dir: read_problems(b, _bundled_path(b, language, split), language, split),
+        availability=lambda b, language, split: "bundled",
+    ),
+)
 
 
 # ---- Hub datasets with a local-copy alternative ------------------------------------------------
@@ -282,7 +288,12 @@ def _hub_availability(b: Benchmark, language: str, split: str) -> str:
     return "hub"
 
 
-register_source("hub", Source(
-    load=lambda b, language, split, data_dir: read_problems(b, _hub_file(b, language, split, data_dir), language, split),
-    availability=_hub_availability,
-))
+register_source(
+    "hub",
+    Source(
+        load=lambda b, language, split, data_dir: read_problems(
+            b, _hub_file(b, language, split, data_dir), language, split
+        ),
+        availability=_hub_availability,
+    ),
+)

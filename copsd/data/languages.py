@@ -78,8 +78,9 @@ class Language:
         teacher equals the student instruction."""
         block = dict(self.extra.get("teacher") or {})
         vals = {k: str(block.get(k, v)).replace("{language}", self.name) for k, v in TEACHER_DEFAULTS.items()}
-        return TeacherStrings(**vals, final_instruction=self.instruction,
-                              translated=self.code == "eng" or "transition" in block)
+        return TeacherStrings(
+            **vals, final_instruction=self.instruction, translated=self.code == "eng" or "transition" in block
+        )
 
 
 def _load_yaml(path: Path | str) -> dict:

@@ -66,7 +66,9 @@ def test_problem_set() -> frozenset[str]:
 
 
 def _bundled_swahili() -> list[TrainExample]:
-    gsm = [json.loads(x) for x in _res("train", "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    gsm = [
+        json.loads(x) for x in _res("train", "gsm8k_train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()
+    ]
     by_q = {}
     for i, r in enumerate(gsm):
         by_q.setdefault(r["question"], (i, r))
@@ -120,11 +122,15 @@ def _resolve_files(data_path: str) -> list[Path]:
             raise DataError(f"{p}: no .json/.jsonl/.parquet training files in this directory")
         return files
     if data_path.startswith((".", "/", "~")) or data_path.count("/") != 1:
-        raise DataError(f"training data '{data_path}' not found (give a COPSD JSON file, a directory, or a Hub dataset id)")
+        raise DataError(
+            f"training data '{data_path}' not found (give a COPSD JSON file, a directory, or a Hub dataset id)"
+        )
     try:
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(data_path, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.parquet"]))
+        root = Path(
+            snapshot_download(data_path, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.parquet"])
+        )
     except Exception as exc:
         raise DataError(
             f"training data '{data_path}' could not be fetched from the Hub ({type(exc).__name__}); "
@@ -151,8 +157,15 @@ def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExam
         sol = str(r["solution"])
         if "####" in sol and "\\boxed" not in sol:
             sol, _ = clean_gsm8k_solution(sol)
-        out.append(TrainExample(str(r.get("id", f"{source}-{i}")), str(problem), str(r["problem"]), sol,
-                                _answer_of(r, str(r["solution"]))))
+        out.append(
+            TrainExample(
+                str(r.get("id", f"{source}-{i}")),
+                str(problem),
+                str(r["problem"]),
+                sol,
+                _answer_of(r, str(r["solution"])),
+            )
+        )
     return out
 
 
@@ -173,8 +186,9 @@ def default_source_languages() -> list[str]:
     return sorted(_DEFAULT_SOURCES)
 
 
-def load_training_data(language: str, data_path: str | None = None, *, val_size: int = 32,
-                       seed: int = 0) -> tuple[list[TrainExample], list[TrainExample]]:
+def load_training_data(
+    language: str, data_path: str | None = None, *, val_size: int = 32, seed: int = 0
+) -> tuple[list[TrainExample], list[TrainExample]]:
     """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out."""
     language = canonical_code(language)
     if data_path is None:
@@ -192,7 +206,9 @@ def load_training_data(language: str, data_path: str | None = None, *, val_size:
     tests = test_problem_set()
     examples = [e for e in examples if _norm(e.problem_en) not in tests]
     if len(examples) <= val_size:
-        raise DataError(f"{source}: only {len(examples)} usable '{language}' training records (need more than val_size={val_size})")
+        raise DataError(
+            f"{source}: only {len(examples)} usable '{language}' training records (need more than val_size={val_size})"
+        )
     rng = random.Random(seed)
     order = list(range(len(examples)))
     rng.shuffle(order)

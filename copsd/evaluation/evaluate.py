@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from copsd.data.benchmarks import Problem
 from copsd.config import EvalConfig
-from copsd.grading import extract_boxed, is_equivalent
+from copsd.data.benchmarks import Problem
 from copsd.evaluation.metrics import Sample, compute_metrics
+from copsd.grading import extract_boxed, is_equivalent
 from copsd.prompts import student_prompt
 from copsd.rollout import SamplingParams, generate
 
@@ -35,8 +35,16 @@ def evaluate(
     params = SamplingParams(
         n=d.n_samples, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, max_new_tokens=d.max_new_tokens
     )
-    rollouts = generate(model, tokenizer, prompts, params, batch_size=cfg.batch_size, seed=seed, on_batch=on_batch,
-                        engine=cfg.rollout_engine)
+    rollouts = generate(
+        model,
+        tokenizer,
+        prompts,
+        params,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        on_batch=on_batch,
+        engine=cfg.rollout_engine,
+    )
     graded: list[list[Sample]] = []
     records: list[dict] = []
     for prob, rolls in zip(problems, rollouts):
@@ -45,9 +53,17 @@ def evaluate(
             pred = extract_boxed(r.text)
             ok = is_equivalent(pred, prob.answer)
             row.append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
-            records.append({
-                "problem_id": prob.id, "sample": r.sample_index, "gold": prob.answer, "extracted": pred,
-                "correct": ok, "truncated": not r.finished, "n_tokens": len(r.token_ids), "response": r.text,
-            })
+            records.append(
+                {
+                    "problem_id": prob.id,
+                    "sample": r.sample_index,
+                    "gold": prob.answer,
+                    "extracted": pred,
+                    "correct": ok,
+                    "truncated": not r.finished,
+                    "n_tokens": len(r.token_ids),
+                    "response": r.text,
+                }
+            )
         graded.append(row)
     return EvalOutput(compute_metrics(graded), records, len(problems))

@@ -75,7 +75,9 @@ def build_builtin(name: str) -> Path:
     """The directory of `builtin:<name>`, built on first use."""
     load_plugins()
     if name not in BUILTINS:
-        raise ModelLoadError(f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + b for b in BUILTINS)}")
+        raise ModelLoadError(
+            f"unknown built-in model 'builtin:{name}'; available: {', '.join('builtin:' + b for b in BUILTINS)}"
+        )
     return BUILTINS[name]()
 
 

@@ -53,9 +53,13 @@ def resolve_model_source(name: str) -> str:
     if _looks_like_path(name):
         p = Path(name).expanduser()
         if not p.exists():
-            raise ModelLoadError(f"model path '{name}' does not exist; give a local model directory or a Hub id like Qwen/Qwen3-1.7B")
+            raise ModelLoadError(
+                f"model path '{name}' does not exist; give a local model directory or a Hub id like Qwen/Qwen3-1.7B"
+            )
         if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model path '{name}' has no config.json; point it at a saved Hugging Face model directory")
+            raise ModelLoadError(
+                f"model path '{name}' has no config.json; point it at a saved Hugging Face model directory"
+            )
         return str(p)
     return name
 
@@ -71,7 +75,9 @@ def _hub_error(name: str, exc: Exception) -> ModelLoadError:
             f"download it where the Hub is reachable (huggingface-cli download {name}) or give a local directory"
         )
     if "is not a local folder and is not a valid model identifier" in text or "404" in text:
-        return ModelLoadError(f"model '{name}' is neither a local directory nor a model on the Hugging Face Hub; check the spelling")
+        return ModelLoadError(
+            f"model '{name}' is neither a local directory nor a model on the Hugging Face Hub; check the spelling"
+        )
     return ModelLoadError(f"cannot load model '{name}': {type(exc).__name__}: {text.splitlines()[0][:300]}")
 
 

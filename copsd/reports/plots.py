@@ -34,8 +34,13 @@ def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark
                 continue
             line = ax.plot(stats.step, stats["mean"], marker="o", label=label)[0]
             if stats["std"].notna().any():
-                ax.fill_between(stats.step, stats["mean"] - stats["std"].fillna(0), stats["mean"] + stats["std"].fillna(0),
-                                color=line.get_color(), alpha=0.15)
+                ax.fill_between(
+                    stats.step,
+                    stats["mean"] - stats["std"].fillna(0),
+                    stats["mean"] + stats["std"].fillna(0),
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
         ax.set(title=lang, xlabel="training step")
     axes[0][0].set_ylabel(metric + ("" if metric in NOT_PERCENT else " (%)"))
     handles = {}

@@ -16,12 +16,20 @@ import numpy as np
 import pandas as pd
 
 from copsd.config import short_model_name
-from copsd.results.schema import METRIC_COLUMNS
 from copsd.errors import CopsdError
+from copsd.results.schema import METRIC_COLUMNS
 
 METHOD_ORDER = ("base", "sft", "grpo", "copsd")
-LOWER_IS_BETTER = {"truncation_rate", "mean_length", "repetition_2", "repetition_3", "repetition_4",
-                   "repetition_5", "repetition_6", "repetition_rate"}
+LOWER_IS_BETTER = {
+    "truncation_rate",
+    "mean_length",
+    "repetition_2",
+    "repetition_3",
+    "repetition_4",
+    "repetition_5",
+    "repetition_6",
+    "repetition_rate",
+}
 NOT_PERCENT = {"mean_length"}
 
 
@@ -57,12 +65,15 @@ def check_selection(df: pd.DataFrame, metric: str, benchmark: str | None) -> pd.
     if benchmark:
         return df[df.benchmark == benchmark]
     if df.benchmark.nunique() > 1:
-        raise CopsdError(f"results span several benchmarks ({', '.join(sorted(df.benchmark.unique()))}); pick one with --benchmark")
+        raise CopsdError(
+            f"results span several benchmarks ({', '.join(sorted(df.benchmark.unique()))}); pick one with --benchmark"
+        )
     return df
 
 
-def select_rows(df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None,
-                budget: int | None = None) -> pd.DataFrame:
+def select_rows(
+    df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None, budget: int | None = None
+) -> pd.DataFrame:
     """One result per job: the final (largest) checkpoint, the best one, or a given step."""
     df = check_selection(df, metric, benchmark)
     if budget:
@@ -74,7 +85,11 @@ def select_rows(df: pd.DataFrame, metric: str, step: str = "final", benchmark: s
     if step == "final":
         df = df[df.step == df.groupby("job_id").step.transform("max")]
     elif step == "best":
-        idx = (df.groupby("job_id")[metric].idxmin() if metric in LOWER_IS_BETTER else df.groupby("job_id")[metric].idxmax())
+        idx = (
+            df.groupby("job_id")[metric].idxmin()
+            if metric in LOWER_IS_BETTER
+            else df.groupby("job_id")[metric].idxmax()
+        )
         df = df.loc[idx]
     else:
         try:
@@ -92,8 +107,14 @@ def _scale(metric: str) -> float:
     return 1.0 if metric in NOT_PERCENT else 100.0
 
 
-def build_table(df: pd.DataFrame, by: str = "language", metric: str = "accuracy", step: str = "final",
-                benchmark: str | None = None, budget: int | None = None) -> Table:
+def build_table(
+    df: pd.DataFrame,
+    by: str = "language",
+    metric: str = "accuracy",
+    step: str = "final",
+    benchmark: str | None = None,
+    budget: int | None = None,
+) -> Table:
     df = select_rows(df, metric, step, benchmark, budget)
     df["value"] = df[metric] * _scale(metric)
     models = sorted(df.model.unique())
@@ -128,14 +149,20 @@ def build_table(df: pd.DataFrame, by: str = "language", metric: str = "accuracy"
             def seeds_of(r, c):
                 key = (c[0], r)
                 return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
+
         groups = [list(range(len(columns)))]
         row_name = by
     else:
         raise CopsdError(f"--by must be language, model or method, not '{by}'")
 
     label = f"{metric}{'' if metric in NOT_PERCENT else ' (%)'}"
-    t = Table(title=f"{label} by {by}, {step} checkpoint", row_name=row_name, rows=title_rows, columns=columns,
-              groups=groups if by != "method" else [])
+    t = Table(
+        title=f"{label} by {by}, {step} checkpoint",
+        row_name=row_name,
+        rows=title_rows,
+        columns=columns,
+        groups=groups if by != "method" else [],
+    )
     for r in title_rows:
         for c in columns:
             vals = seeds_of(r, c)
@@ -147,8 +174,11 @@ def build_table(df: pd.DataFrame, by: str = "language", metric: str = "accuracy"
     # on fewer languages than the base was evaluated on is compared on its own languages only)
     for (r, c), cell in t.cells.items():
         if by == "language" and r == "Avg" and c[1] != "base":
-            ds = [t.cells[(x, c)].mean - t.cells[(x, (c[0], "base"))].mean for x in title_rows[:-1]
-                  if (x, c) in t.cells and (x, (c[0], "base")) in t.cells]
+            ds = [
+                t.cells[(x, c)].mean - t.cells[(x, (c[0], "base"))].mean
+                for x in title_rows[:-1]
+                if (x, c) in t.cells and (x, (c[0], "base")) in t.cells
+            ]
             cell.delta = float(np.mean(ds)) if ds else None
         elif by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
             cell.delta = cell.mean - t.cells[(r, (c[0], "base"))].mean
@@ -206,9 +236,11 @@ def render(t: Table, fmt: str = "markdown") -> str:
             line = [r]
             for c in t.columns:
                 cell = t.cells.get((r, c))
-                line += ["" if cell is None else f"{cell.mean:.4f}",
-                         "" if cell is None or cell.std is None else f"{cell.std:.4f}",
-                         "" if cell is None or cell.delta is None else f"{cell.delta:.4f}"]
+                line += [
+                    "" if cell is None else f"{cell.mean:.4f}",
+                    "" if cell is None or cell.std is None else f"{cell.std:.4f}",
+                    "" if cell is None or cell.delta is None else f"{cell.delta:.4f}",
+                ]
             w.writerow(line)
         return buf.getvalue()
 
@@ -224,21 +256,35 @@ def render(t: Table, fmt: str = "markdown") -> str:
         return "\n".join(out) + "\n"
     if fmt == "latex":
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
-        out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(t.columns) + "}", r"\toprule",
-               " & ".join(esc(h) for h in heads) + r" \\", r"\midrule"]
+        out = [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{l" + "r" * len(t.columns) + "}",
+            r"\toprule",
+            " & ".join(esc(h) for h in heads) + r" \\",
+            r"\midrule",
+        ]
         for r in t.rows:
             if r == "Avg":
                 out.append(r"\midrule")
-            out.append(" & ".join([esc(r)] + [esc(cell_text(r, c, lambda s: r"\textbf{" + s + "}")) for c in t.columns]) + r" \\")
+            out.append(
+                " & ".join([esc(r)] + [esc(cell_text(r, c, lambda s: r"\textbf{" + s + "}")) for c in t.columns])
+                + r" \\"
+            )
         out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(t.title) + "}", r"\end{table}"]
         return "\n".join(out) + "\n"
     if fmt == "html":
         import html as h
 
-        out = [f"<table>\n<caption>{h.escape(t.title)}</caption>",
-               "<tr>" + "".join(f"<th>{h.escape(x)}</th>" for x in heads) + "</tr>"]
+        out = [
+            f"<table>\n<caption>{h.escape(t.title)}</caption>",
+            "<tr>" + "".join(f"<th>{h.escape(x)}</th>" for x in heads) + "</tr>",
+        ]
         for r in t.rows:
-            tds = "".join(f"<td>{cell_text(r, c, lambda s: '<b>' + h.escape(s) + '</b>') if (t.cells.get((r, c)) and t.cells[(r, c)].best) else h.escape(_fmt(t.cells.get((r, c))))}</td>" for c in t.columns)
+            tds = "".join(
+                f"<td>{cell_text(r, c, lambda s: '<b>' + h.escape(s) + '</b>') if (t.cells.get((r, c)) and t.cells[(r, c)].best) else h.escape(_fmt(t.cells.get((r, c))))}</td>"
+                for c in t.columns
+            )
             out.append(f"<tr><th>{h.escape(r)}</th>{tds}</tr>")
         out.append("</table>")
         return "\n".join(out) + "\n"

@@ -3,5 +3,14 @@
 from copsd.results.db import ResultsDB, existing_statuses, open_db, status_counts
 from copsd.results.schema import DONE, FAILED, PENDING, RUNNING, STATUSES
 
-__all__ = ["DONE", "FAILED", "PENDING", "RUNNING", "STATUSES", "ResultsDB", "existing_statuses", "open_db",
-           "status_counts"]
+__all__ = [
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "RUNNING",
+    "STATUSES",
+    "ResultsDB",
+    "existing_statuses",
+    "open_db",
+    "status_counts",
+]

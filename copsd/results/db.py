@@ -11,12 +11,13 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine, and_, create_engine, event, false, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
+from copsd.errors import CopsdError
+from copsd.paths import db_url, sqlite_path
 from copsd.results.schema import (
     DONE,
     FAILED,
@@ -29,12 +30,10 @@ from copsd.results.schema import (
     JobRow,
     Meta,
     ResultRow,
-    SweepRow,
     SweepJob,
+    SweepRow,
     utcnow,
 )
-from copsd.errors import CopsdError
-from copsd.paths import db_url, sqlite_path
 
 # version -> function(engine) that upgrades a database from version-1 to version.
 MIGRATIONS: dict[int, Callable[[Engine], None]] = {}
@@ -50,8 +49,13 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 class ResultsDB:
-    def __init__(self, url: str | None = None, *, migrations: dict[int, Callable[[Engine], None]] | None = None,
-                 schema_version: int = SCHEMA_VERSION):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        migrations: dict[int, Callable[[Engine], None]] | None = None,
+        schema_version: int = SCHEMA_VERSION,
+    ):
         self.url = db_url(url)
         path = sqlite_path(self.url)
         if path is not None and not path.parent.exists():
@@ -91,8 +95,15 @@ class ResultsDB:
             return int(s.get(Meta, "schema_version").value)
 
     # ---- sweeps and jobs ---------------------------------------------------------------------
-    def register_sweep(self, name: str, jobs: Iterable, *, description: str = "", spec_path: str | None = None,
-                       spec_yaml: str | None = None) -> None:
+    def register_sweep(
+        self,
+        name: str,
+        jobs: Iterable,
+        *,
+        description: str = "",
+        spec_path: str | None = None,
+        spec_yaml: str | None = None,
+    ) -> None:
         """Create/refresh the sweep row and add its jobs (new ones PENDING); existing jobs keep their state."""
         jobs = list(jobs)
         with self.Session.begin() as s:
@@ -105,8 +116,18 @@ class ResultsDB:
             linked = set(s.scalars(select(SweepJob.job_id).where(SweepJob.sweep_name == name)))
             for pos, j in enumerate(jobs):
                 if j.job_id not in existing:
-                    s.add(JobRow(id=j.job_id, status=PENDING, method=j.method, model=j.model, language=j.language,
-                              seed=j.seed, config_json=j.model_dump_json(), attempts=0))
+                    s.add(
+                        JobRow(
+                            id=j.job_id,
+                            status=PENDING,
+                            method=j.method,
+                            model=j.model,
+                            language=j.language,
+                            seed=j.seed,
+                            config_json=j.model_dump_json(),
+                            attempts=0,
+                        )
+                    )
                     existing.add(j.job_id)
                 if j.job_id not in linked:
                     s.add(SweepJob(sweep_name=name, job_id=j.job_id, position=pos))
@@ -132,7 +153,11 @@ class ResultsDB:
         with self.Session() as s:
             q = select(JobRow)
             if sweep is not None:
-                q = q.join(SweepJob, SweepJob.job_id == JobRow.id).where(SweepJob.sweep_name == sweep).order_by(SweepJob.position)
+                q = (
+                    q.join(SweepJob, SweepJob.job_id == JobRow.id)
+                    .where(SweepJob.sweep_name == sweep)
+                    .order_by(SweepJob.position)
+                )
             if ids is not None:
                 q = q.where(JobRow.id.in_(list(ids)))
             return list(s.scalars(q))
@@ -147,9 +172,16 @@ class ResultsDB:
         )
         with self.Session.begin() as s:
             res = s.execute(
-                update(JobRow).where(JobRow.id == job_id, runnable).values(
-                    status=RUNNING, attempts=JobRow.attempts + 1, host=socket.gethostname(), pid=os.getpid(),
-                    started_at=now, heartbeat_at=now, ended_at=None,
+                update(JobRow)
+                .where(JobRow.id == job_id, runnable)
+                .values(
+                    status=RUNNING,
+                    attempts=JobRow.attempts + 1,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
+                    ended_at=None,
                 )
             )
             return res.rowcount == 1
@@ -161,20 +193,29 @@ class ResultsDB:
     def finish(self, job_id: str, status: str, error: str | None = None) -> None:
         assert status in (DONE, FAILED)
         with self.Session.begin() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(
-                status=status, ended_at=utcnow(), last_error=error if status == FAILED else None))
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id)
+                .values(status=status, ended_at=utcnow(), last_error=error if status == FAILED else None)
+            )
 
     def release(self, job_id: str) -> None:
         """Ctrl-C: give the job back (PENDING) without counting the interrupted attempt."""
         with self.Session.begin() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == RUNNING).values(
-                status=PENDING, attempts=JobRow.attempts - 1, ended_at=utcnow(), last_error="interrupted"))
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == RUNNING)
+                .values(status=PENDING, attempts=JobRow.attempts - 1, ended_at=utcnow(), last_error="interrupted")
+            )
 
     def reset(self, job_ids: Iterable[str]) -> int:
         """Make jobs PENDING again with a fresh attempt count (`copsd sweep reset`)."""
         with self.Session.begin() as s:
-            res = s.execute(update(JobRow).where(JobRow.id.in_(list(job_ids)), JobRow.status != RUNNING)
-                            .values(status=PENDING, attempts=0, last_error=None))
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(list(job_ids)), JobRow.status != RUNNING)
+                .values(status=PENDING, attempts=0, last_error=None)
+            )
             return res.rowcount
 
     def set_job_mlflow_run(self, job_id: str, run_id: str) -> None:
@@ -184,20 +225,47 @@ class ResultsDB:
     # ---- results -------------------------------------------------------------------------------
     def result_keys(self, job_id: str) -> set[tuple]:
         with self.Session() as s:
-            rows = s.execute(select(ResultRow.benchmark, ResultRow.language, ResultRow.split, ResultRow.step, ResultRow.max_new_tokens)
-                             .where(ResultRow.job_id == job_id))
+            rows = s.execute(
+                select(
+                    ResultRow.benchmark, ResultRow.language, ResultRow.split, ResultRow.step, ResultRow.max_new_tokens
+                ).where(ResultRow.job_id == job_id)
+            )
             return {tuple(r) for r in rows}
 
-    def add_result(self, job_id: str, *, benchmark: str, language: str, split: str, step: int, max_new_tokens: int,
-                   n_samples: int, n_problems: int, metrics: dict[str, float]) -> None:
+    def add_result(
+        self,
+        job_id: str,
+        *,
+        benchmark: str,
+        language: str,
+        split: str,
+        step: int,
+        max_new_tokens: int,
+        n_samples: int,
+        n_problems: int,
+        metrics: dict[str, float],
+    ) -> None:
         """Insert or replace the row for this (job, benchmark, language, split, step, budget)."""
         with self.Session.begin() as s:
-            row = s.scalars(select(ResultRow).where(
-                ResultRow.job_id == job_id, ResultRow.benchmark == benchmark, ResultRow.language == language,
-                ResultRow.split == split, ResultRow.step == step, ResultRow.max_new_tokens == max_new_tokens)).first()
+            row = s.scalars(
+                select(ResultRow).where(
+                    ResultRow.job_id == job_id,
+                    ResultRow.benchmark == benchmark,
+                    ResultRow.language == language,
+                    ResultRow.split == split,
+                    ResultRow.step == step,
+                    ResultRow.max_new_tokens == max_new_tokens,
+                )
+            ).first()
             if row is None:
-                row = ResultRow(job_id=job_id, benchmark=benchmark, language=language, split=split, step=step,
-                             max_new_tokens=max_new_tokens)
+                row = ResultRow(
+                    job_id=job_id,
+                    benchmark=benchmark,
+                    language=language,
+                    split=split,
+                    step=step,
+                    max_new_tokens=max_new_tokens,
+                )
                 s.add(row)
             row.n_samples, row.n_problems, row.created_at = n_samples, n_problems, utcnow()
             for col in METRIC_COLUMNS:
@@ -207,9 +275,21 @@ class ResultsDB:
         """Results joined with their jobs, as a pandas DataFrame (one row per result)."""
         import pandas as pd
 
-        cols = [ResultRow.job_id, JobRow.method, JobRow.model, JobRow.seed, JobRow.status, ResultRow.benchmark, ResultRow.language,
-                ResultRow.split, ResultRow.step, ResultRow.max_new_tokens, ResultRow.n_samples, ResultRow.n_problems,
-                *[getattr(ResultRow, c) for c in METRIC_COLUMNS]]
+        cols = [
+            ResultRow.job_id,
+            JobRow.method,
+            JobRow.model,
+            JobRow.seed,
+            JobRow.status,
+            ResultRow.benchmark,
+            ResultRow.language,
+            ResultRow.split,
+            ResultRow.step,
+            ResultRow.max_new_tokens,
+            ResultRow.n_samples,
+            ResultRow.n_problems,
+            *[getattr(ResultRow, c) for c in METRIC_COLUMNS],
+        ]
         q = select(*cols).join(JobRow, JobRow.id == ResultRow.job_id)
         if sweep is not None:
             q = q.join(SweepJob, SweepJob.job_id == JobRow.id).where(SweepJob.sweep_name == sweep)

@@ -22,8 +22,19 @@ PENDING, RUNNING, DONE, FAILED = "PENDING", "RUNNING", "DONE", "FAILED"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
 
 METRIC_COLUMNS = (
-    "accuracy", "pass_at_1", "pass_at_k", "maj_at_k", "format_rate", "mean_length", "truncation_rate",
-    "repetition_2", "repetition_3", "repetition_4", "repetition_5", "repetition_6", "repetition_rate",
+    "accuracy",
+    "pass_at_1",
+    "pass_at_k",
+    "maj_at_k",
+    "format_rate",
+    "mean_length",
+    "truncation_rate",
+    "repetition_2",
+    "repetition_3",
+    "repetition_4",
+    "repetition_5",
+    "repetition_6",
+    "repetition_rate",
 )
 
 

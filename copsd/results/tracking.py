@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from copsd.config import JobConfig, flatten
 from copsd.paths import artifact_root
@@ -25,7 +26,7 @@ MAX_PARAM_LEN = 500
 class RunLog:
     """One MLflow run: what a sweep or a job logs to."""
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client: Any, run_id: str):
         self.client, self.run_id = client, run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
@@ -88,7 +89,9 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root(tracking_uri))
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifact_root(tracking_uri)
+                )
             except Exception:  # created meanwhile by another worker
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
@@ -105,21 +108,32 @@ class Tracker:
             return False
 
     def sweep_run(self, sweep: str, existing: str | None = None, description: str = "") -> RunLog:
-        if self._alive(existing):
+        if existing and self._alive(existing):
             self.client.update_run(existing, status="RUNNING")
             return RunLog(self.client, existing)
-        run = self.client.create_run(self.experiment_id, run_name=f"sweep:{sweep}",
-                                     tags={"copsd.kind": "sweep", "copsd.sweep": sweep, "mlflow.note.content": description})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"sweep:{sweep}",
+            tags={"copsd.kind": "sweep", "copsd.sweep": sweep, "mlflow.note.content": description},
+        )
         return RunLog(self.client, run.info.run_id)
 
-    def job_run(self, job: JobConfig, parent_run_id: str | None, existing: str | None = None,
-                sweep: str | None = None) -> RunLog:
+    def job_run(
+        self, job: JobConfig, parent_run_id: str | None, existing: str | None = None, sweep: str | None = None
+    ) -> RunLog:
         """The job's nested run (reused across retries, so curves continue in one place)."""
-        if self._alive(existing):
+        if existing and self._alive(existing):
             self.client.update_run(existing, status="RUNNING")
             return RunLog(self.client, existing)
-        tags = {"copsd.kind": "job", "copsd.job_id": job.job_id, "method": job.method, "model": job.model,
-                "language": job.language, "seed": str(job.seed), "benchmark": job.eval.benchmark}
+        tags = {
+            "copsd.kind": "job",
+            "copsd.job_id": job.job_id,
+            "method": job.method,
+            "model": job.model,
+            "language": job.language,
+            "seed": str(job.seed),
+            "benchmark": job.eval.benchmark,
+        }
         if sweep:
             tags["copsd.sweep"] = sweep
         if parent_run_id:
@@ -143,16 +157,17 @@ class Tracker:
             self.client.log_batch(run_id, params=params[i : i + 100])
 
 
-
 class NullTracker(Tracker):
     """MLflow switched off: runs are `NullRunLog`s with empty ids."""
 
     def __init__(self) -> None:
-        self.uri, self.client, self.experiment_id = "", None, ""
+        self.uri, self.experiment_id = "", ""
+        self.client: Any = None
 
     def sweep_run(self, sweep: str, existing: str | None = None, description: str = "") -> RunLog:
         return NullRunLog()
 
-    def job_run(self, job: JobConfig, parent_run_id: str | None, existing: str | None = None,
-                sweep: str | None = None) -> RunLog:
+    def job_run(
+        self, job: JobConfig, parent_run_id: str | None, existing: str | None = None, sweep: str | None = None
+    ) -> RunLog:
         return NullRunLog()

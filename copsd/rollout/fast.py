@@ -123,8 +123,9 @@ class _Projections:
                 self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
         if self.src:
             dev = self.src[0][1].device
-            self.A = torch.empty((sum(a.shape[0] for _, a, _, _ in self.src), self.src[0][1].shape[1]),
-                                 dtype=dtype, device=dev)
+            self.A = torch.empty(
+                (sum(a.shape[0] for _, a, _, _ in self.src), self.src[0][1].shape[1]), dtype=dtype, device=dev
+            )
             self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
 
     def sync(self) -> None:
@@ -132,7 +133,7 @@ class _Projections:
             return
         off = 0
         for (_, a, b, _), b16 in zip(self.src, self.B):
-            self.A[off: off + a.shape[0]].copy_(a)
+            self.A[off : off + a.shape[0]].copy_(a)
             b16.copy_(b)
             off += a.shape[0]
 
@@ -145,7 +146,7 @@ class _Projections:
             off = 0
             for (i, a, _, scale), b16 in zip(self.src, self.B):
                 r = a.shape[0]
-                ys[i] = torch.addmm(ys[i], t[:, off: off + r], b16.t(), alpha=scale)
+                ys[i] = torch.addmm(ys[i], t[:, off : off + r], b16.t(), alpha=scale)
                 off += r
         return [y.view(*lead, -1) for y in ys]
 
@@ -157,7 +158,7 @@ def _rms(norm, x: torch.Tensor) -> torch.Tensor:
 class _State:
     """Static buffers of one batch shape; captured graphs read and advance them in place."""
 
-    def __init__(self, engine: "FastEngine", batch: int, capacity: int, max_new: int):
+    def __init__(self, engine: FastEngine, batch: int, capacity: int, max_new: int):
         dev, dt = engine.device, engine.dtype
         shape = (batch, engine.n_kv, capacity, engine.head_dim)
         self.batch, self.capacity, self.max_new = batch, capacity, max_new
@@ -199,9 +200,19 @@ class FastEngine:
         return (type(None), ())
 
     def _modules(self) -> list:
-        return [m for layer in self.layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                layer.self_attn.v_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj,
-                layer.mlp.down_proj)]
+        return [
+            m
+            for layer in self.layers
+            for m in (
+                layer.self_attn.q_proj,
+                layer.self_attn.k_proj,
+                layer.self_attn.v_proj,
+                layer.self_attn.o_proj,
+                layer.mlp.gate_proj,
+                layer.mlp.up_proj,
+                layer.mlp.down_proj,
+            )
+        ]
 
     def _fingerprint(self) -> tuple:
         """What captured graphs depend on: modules, adapter tensors and scales, and the storage of
@@ -227,10 +238,14 @@ class FastEngine:
         self.proj = []
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
-            self.proj.append({"qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype),
-                              "o": _Projections([a.o_proj], self.dtype),
-                              "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype),
-                              "down": _Projections([m.down_proj], self.dtype)})
+            self.proj.append(
+                {
+                    "qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype),
+                    "o": _Projections([a.o_proj], self.dtype),
+                    "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype),
+                    "down": _Projections([m.down_proj], self.dtype),
+                }
+            )
 
     def _lora_active(self) -> bool:
         """Adapters apply unless there are none, they are disabled, or merged into the base weights."""
@@ -267,8 +282,7 @@ class FastEngine:
         qf = q.reshape(B, self.n_kv, g * T, self.head_dim)  # query heads of one kv head share its cache
         if T > 1 and g > 1:
             mask = mask.repeat(1, 1, g, 1)
-        o = F.scaled_dot_product_attention(qf, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask,
-                                           scale=a.scaling)
+        o = F.scaled_dot_product_attention(qf, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask, scale=a.scaling)
         o = o.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         return self.proj[i]["o"](o, self.lora)[0]
 
@@ -277,8 +291,9 @@ class FastEngine:
         x = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer.self_attn, _rms(layer.input_layernorm, x), cos, sin, cache_idx, mask,
-                                    kv_len)
+            x = x + self._attention(
+                i, layer.self_attn, _rms(layer.input_layernorm, x), cos, sin, cache_idx, mask, kv_len
+            )
             gate, up = self.proj[i]["gate_up"](_rms(layer.post_attention_layernorm, x), self.lora)
             x = x + self.proj[i]["down"](F.silu(gate) * up, self.lora)[0]
         return _rms(self.inner.norm, x[:, -1])
@@ -340,8 +355,16 @@ class FastEngine:
 
     # ---- one batch --------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_ids(self, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                     seed: int, use_graph: bool | None = None, rows: int | None = None) -> list[list[int]]:
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        stops: list[int],
+        pad_id: int,
+        seed: int,
+        use_graph: bool | None = None,
+        rows: int | None = None,
+    ) -> list[list[int]]:
         """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`).
         `rows` (>= len(prompts)) is the batch shape decoded: a short last batch is padded up to it,
         so its graphs are reused and its samples depend only on (seed, rows), never on history."""
@@ -362,7 +385,7 @@ class FastEngine:
         padded = prompts + [prompts[0]] * (B - n)  # padding rows repeat prompt 0 and are dropped
         ids = torch.full((B, width), pad_id, dtype=torch.long)
         for r, p in enumerate(padded):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
         s.pad_len.copy_(torch.tensor([width - len(p) for p in padded]))
         s.finished.zero_()
@@ -416,6 +439,13 @@ def engine_for(model) -> FastEngine:
     return eng
 
 
-def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                 seed: int, rows: int | None = None) -> list[list[int]]:
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    stops: list[int],
+    pad_id: int,
+    seed: int,
+    rows: int | None = None,
+) -> list[list[int]]:
     return engine_for(model).generate_ids(prompts, params, stops, pad_id, seed, rows=rows)

@@ -8,8 +8,15 @@ from copsd.rollout.types import SamplingParams
 
 
 @torch.no_grad()
-def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops: list[int], pad_id: int,
-                 seed: int, rows: int | None = None) -> list[list[int]]:
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    stops: list[int],
+    pad_id: int,
+    seed: int,
+    rows: int | None = None,
+) -> list[list[int]]:
     """Raw new tokens per prompt (up to `max_new_tokens`; after a row's stop token, `pad_id`).
     `rows` is accepted for the engine interface; `generate` decodes the batch as given."""
     from transformers import GenerationConfig
@@ -29,8 +36,8 @@ def generate_ids(model, prompts: list[list[int]], params: SamplingParams, stops:
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, p in enumerate(prompts):
-        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[r, width - len(p):] = 1
+        ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[r, width - len(p) :] = 1
     device = next(model.parameters()).device
     # transformers fills every unset field from the model's own generation config (a checkpoint's
     # repetition_penalty, min_p, ...); a bare one keeps sampling exactly what `params` says.

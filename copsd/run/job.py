@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from copsd.config import TRAINED_METHODS, JobConfig
+from copsd.config import JobConfig
 from copsd.errors import CopsdError
 from copsd.results.db import ResultsDB
 from copsd.results.tracking import NullRunLog, RunLog
@@ -62,23 +62,23 @@ def run_job(
     steps = pending_steps(job, db)
     if not steps:
         return {}
-    trained = job.method in TRAINED_METHODS
-    if trained:  # fail fast on missing training data, before loading any weights
+    train = job.train
+    trained = train is not None  # base jobs have no training block
+    if train is not None:  # fail fast on missing training data, before loading any weights
         from copsd.data.training import load_training_data
 
-        examples, _val = load_training_data(job.language, job.train.data_path, val_size=job.train.val_size,
-                                            seed=job.seed)
+        examples, _val = load_training_data(job.language, train.data_path, val_size=train.val_size, seed=job.seed)
     if on_total:
         on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)
     seed_everything(job.seed)
     lm = load_model(job.model, dtype=job.dtype, device=device)
     model = lm.model
     run_dir = (runs_dir or Path("runs")) / job.job_id
-    if trained:
+    if train is not None:
         from copsd.training import TRAINERS
         from copsd.training.adapters import wrap_lora
 
-        model = wrap_lora(model, job.train.lora, job.seed)
+        model = wrap_lora(model, train.lora, job.seed)
         if next(model.parameters()).device.type == "cuda":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         trainer = TRAINERS[job.method](job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics)
@@ -104,9 +104,17 @@ def run_job(
                 ) from None
             raise
         e = job.eval
-        db.add_result(job.job_id, benchmark=e.benchmark, language=job.language, split=e.split, step=step,
-                      max_new_tokens=e.decoding.max_new_tokens, n_samples=e.decoding.n_samples,
-                      n_problems=out.n_problems, metrics=out.metrics)
+        db.add_result(
+            job.job_id,
+            benchmark=e.benchmark,
+            language=job.language,
+            split=e.split,
+            step=step,
+            max_new_tokens=e.decoding.max_new_tokens,
+            n_samples=e.decoding.n_samples,
+            n_problems=out.n_problems,
+            metrics=out.metrics,
+        )
         run.log_metrics({f"eval/{job.language}/{k}": v for k, v in out.metrics.items()}, step=step)
         if log_generations:
             run.log_jsonl(out.records, f"step{step:05d}_{e.benchmark}_{job.language}_{e.split}.jsonl")

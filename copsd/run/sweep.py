@@ -47,8 +47,13 @@ class RunOptions:
     @classmethod
     def from_spec(cls, spec: SweepSpec, db_url: str, **overrides) -> RunOptions:
         r, m = spec.runner, spec.mlflow
-        base = dict(max_attempts=r.max_attempts, stale_after_s=r.stale_after_s, heartbeat_s=r.heartbeat_s,
-                    experiment=m.experiment, log_generations=m.log_generations)
+        base = dict(
+            max_attempts=r.max_attempts,
+            stale_after_s=r.stale_after_s,
+            heartbeat_s=r.heartbeat_s,
+            experiment=m.experiment,
+            log_generations=m.log_generations,
+        )
         return cls(db_url=db_url, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
     @property
@@ -92,15 +97,24 @@ def make_tracker(opts: RunOptions) -> Tracker:
     return Tracker(opts.workspace.tracking_uri, opts.experiment) if opts.mlflow else NullTracker()
 
 
-def execute_one(job: JobConfig, db: ResultsDB, opts: RunOptions, *, tracker: Tracker | None = None,
-                parent_run_id: str | None = None, sweep: str | None = None, on_total=None,
-                on_advance=None) -> tuple[str, str | None]:
+def execute_one(
+    job: JobConfig,
+    db: ResultsDB,
+    opts: RunOptions,
+    *,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+    sweep: str | None = None,
+    on_total=None,
+    on_advance=None,
+) -> tuple[str, str | None]:
     """Claim and run one job. Returns (status, error); status SKIPPED if it was not claimable."""
     from copsd.run.job import run_job
 
     tracker = tracker or NullTracker()
-    if not db.claim(job.job_id, max_attempts=opts.max_attempts, stale_after_s=opts.stale_after_s,
-                    retry_failed=opts.retry_failed):
+    if not db.claim(
+        job.job_id, max_attempts=opts.max_attempts, stale_after_s=opts.stale_after_s, retry_failed=opts.retry_failed
+    ):
         return "SKIPPED", None
     run: RunLog | None = None
     try:
@@ -109,8 +123,16 @@ def execute_one(job: JobConfig, db: ResultsDB, opts: RunOptions, *, tracker: Tra
             run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
             if run.run_id:
                 db.set_job_mlflow_run(job.job_id, run.run_id)
-            run_job(job, db, run=run, device=opts.device, log_generations=opts.log_generations,
-                    runs_dir=opts.workspace.runs_dir, on_total=on_total, on_advance=on_advance)
+            run_job(
+                job,
+                db,
+                run=run,
+                device=opts.device,
+                log_generations=opts.log_generations,
+                runs_dir=opts.workspace.runs_dir,
+                on_total=on_total,
+                on_advance=on_advance,
+            )
     except KeyboardInterrupt:
         db.release(job.job_id)
         if run is not None:
@@ -129,16 +151,39 @@ def execute_one(job: JobConfig, db: ResultsDB, opts: RunOptions, *, tracker: Tra
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
-                    transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
 
 
-def run_sweep(name: str, jobs: list[JobConfig], opts: RunOptions, *, all_jobs: list[JobConfig] | None = None,
-              description: str = "", spec_path: str | None = None, spec_yaml: str | None = None) -> SweepSummary:
+def run_sweep(
+    name: str,
+    jobs: list[JobConfig],
+    opts: RunOptions,
+    *,
+    all_jobs: list[JobConfig] | None = None,
+    description: str = "",
+    spec_path: str | None = None,
+    spec_yaml: str | None = None,
+) -> SweepSummary:
     """Run `jobs` (a subset of the sweep's `all_jobs` when filtered with --only)."""
     db = ResultsDB(opts.db_url)
     db.register_sweep(name, all_jobs or jobs, description=description, spec_path=spec_path, spec_yaml=spec_yaml)
@@ -185,7 +230,12 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
         for job in todo:
             inner = prog.add_task(f"  {job.label}", total=None)
             status, err = execute_one(
-                job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name,
+                job,
+                db,
+                opts,
+                tracker=tracker,
+                parent_run_id=parent,
+                sweep=name,
                 on_total=lambda n, t=inner: prog.update(t, total=n),
                 on_advance=lambda n, t=inner: prog.advance(t, n),
             )
@@ -210,8 +260,9 @@ def _count(summary: SweepSummary, job: JobConfig, status: str, err: str | None) 
         summary.skipped += 1
 
 
-def _worker_main(worker: int, gpu: int | None, job_jsons: list[str], opts: RunOptions, parent: str | None,
-                 name: str) -> None:
+def _worker_main(
+    worker: int, gpu: int | None, job_jsons: list[str], opts: RunOptions, parent: str | None, name: str
+) -> None:
     """Entry point of a worker process: claim jobs from the shared list until none is left."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -243,9 +294,10 @@ def _run_parallel(todo, opts, parent, name, summary):
     procs = []
     for w in range(opts.workers):
         # every worker walks the whole list (rotated so they start apart); claims make it exactly-once
-        rot = job_jsons[w::opts.workers] + [js for i, js in enumerate(job_jsons) if i % opts.workers != w]
-        p = ctx.Process(target=_worker_main, args=(w, w % gpus if gpus else None, rot, opts, parent, name),
-                        name=f"copsd-worker-{w}")
+        rot = job_jsons[w :: opts.workers] + [js for i, js in enumerate(job_jsons) if i % opts.workers != w]
+        p = ctx.Process(
+            target=_worker_main, args=(w, w % gpus if gpus else None, rot, opts, parent, name), name=f"copsd-worker-{w}"
+        )
         p.start()
         procs.append(p)
     db = ResultsDB(opts.db_url)

@@ -14,21 +14,47 @@ import time
 
 import torch
 
-from copsd.speed.shapes import (decode_weight_bytes, device_name, kv_bytes_per_token, measured_peak_bandwidth,
-                                peak_gib, random_model, random_prompts, reset_peak, sync, with_lora)
 from copsd.rollout import SamplingParams, fast, hf
+from copsd.speed.shapes import (
+    decode_weight_bytes,
+    device_name,
+    kv_bytes_per_token,
+    measured_peak_bandwidth,
+    peak_gib,
+    random_model,
+    random_prompts,
+    reset_peak,
+    sync,
+    with_lora,
+)
 
 
 def _bandwidth(model, config, dtype, batch, mean_context, step_s, peak_bw) -> dict:
     bytes_per_step = decode_weight_bytes(model, dtype) + batch * mean_context * kv_bytes_per_token(config, dtype)
     achieved = bytes_per_step / step_s
-    return {"bytes_per_step_gb": bytes_per_step / 1e9, "achieved_gb_s": achieved / 1e9,
-            "bandwidth_share": achieved / peak_bw if peak_bw else None}
+    return {
+        "bytes_per_step_gb": bytes_per_step / 1e9,
+        "achieved_gb_s": achieved / 1e9,
+        "bandwidth_share": achieved / peak_bw if peak_bw else None,
+    }
 
 
-def bench_rollout(shape: str, *, device: str, dtype: str = "bfloat16", batches: list[int], new_tokens: int = 1024,
-                  hf_new_tokens: int = 128, prompt_len: int = 256, lora: bool = True, engines: list[str],
-                  temperature: float = 1.1, top_p: float = 0.95, top_k: int = 20, log=print) -> dict:
+def bench_rollout(
+    shape: str,
+    *,
+    device: str,
+    dtype: str = "bfloat16",
+    batches: list[int],
+    new_tokens: int = 1024,
+    hf_new_tokens: int = 128,
+    prompt_len: int = 256,
+    lora: bool = True,
+    engines: list[str],
+    temperature: float = 1.1,
+    top_p: float = 0.95,
+    top_k: int = 20,
+    log=print,
+) -> dict:
     dev = torch.device(device)
     dt = getattr(torch, dtype)
     peak_bw = measured_peak_bandwidth(dev)
@@ -72,23 +98,43 @@ def bench_rollout(shape: str, *, device: str, dtype: str = "bfloat16", batches: 
                 rows.append(row)
                 log(row)
                 continue
-            row.update(ms_per_step=1e3 * step_s, tokens_per_s=batch * n_new / total_s,
-                       decode_tokens_per_s=batch / step_s, peak_memory_gib=peak_gib(dev),
-                       **_bandwidth(model, config, dt, batch, mean_prompt + n_new / 2, step_s, peak_bw))
+            row.update(
+                ms_per_step=1e3 * step_s,
+                tokens_per_s=batch * n_new / total_s,
+                decode_tokens_per_s=batch / step_s,
+                peak_memory_gib=peak_gib(dev),
+                **_bandwidth(model, config, dt, batch, mean_prompt + n_new / 2, step_s, peak_bw),
+            )
             rows.append(row)
             log(row)
         by = {r["engine"]: r for r in rows if r["batch"] == batch and "error" not in r}
         if "fast" in by and "hf" in by:
             by["fast"]["speedup_vs_hf"] = by["hf"]["ms_per_step"] / by["fast"]["ms_per_step"]
-    return {"device": device_name(dev), "torch": torch.__version__, "dtype": dtype,
-            "peak_bandwidth_gb_s": peak_bw / 1e9 if peak_bw else None,
-            "sampling": {"temperature": temperature, "top_p": top_p, "top_k": top_k},
-            "prompt_len_max": prompt_len, "rows": rows}
+    return {
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "dtype": dtype,
+        "peak_bandwidth_gb_s": peak_bw / 1e9 if peak_bw else None,
+        "sampling": {"temperature": temperature, "top_p": top_p, "top_k": top_k},
+        "prompt_len_max": prompt_len,
+        "rows": rows,
+    }
 
 
-def profile_decode(shape: str, *, device: str, dtype: str = "bfloat16", batch: int = 128, steps: int = 32,
-                   prompt_len: int = 256, lora: bool = True, temperature: float = 1.1, top_p: float = 0.95,
-                   top_k: int = 20, top: int = 20) -> dict:
+def profile_decode(
+    shape: str,
+    *,
+    device: str,
+    dtype: str = "bfloat16",
+    batch: int = 128,
+    steps: int = 32,
+    prompt_len: int = 256,
+    lora: bool = True,
+    temperature: float = 1.1,
+    top_p: float = 0.95,
+    top_k: int = 20,
+    top: int = 20,
+) -> dict:
     """Where a decode step's GPU time goes: kernels of eager steps grouped by kind, next to the
     wall time of the same step replayed as a CUDA graph (the rest is idle time between kernels)."""
     from torch.profiler import ProfilerActivity, profile
@@ -120,17 +166,23 @@ def profile_decode(shape: str, *, device: str, dtype: str = "bfloat16", batch: i
     kernels = []
     for e in prof.key_averages():
         t = getattr(e, "self_device_time_total", 0) or 0
-        if t > 0 and not e.key.startswith("aten::") and getattr(e, "device_type", None) is not None \
-                and str(e.device_type).endswith("CUDA"):
+        if (
+            t > 0
+            and not e.key.startswith("aten::")
+            and getattr(e, "device_type", None) is not None
+            and str(e.device_type).endswith("CUDA")
+        ):
             kernels.append((e.key, t / 1e3 / steps, e.count / steps))
     kernels.sort(key=lambda k: -k[1])
 
     def kind(name: str) -> str:
         low = name.lower()
-        for k, words in (("attention", ("fmha", "flash", "attention", "sdpa", "softmax_warp")),
-                         ("matmul", ("gemm", "sm90", "cutlass", "matmul", "splitk", "nvjet")),
-                         ("sampling", ("topk", "sort", "radix", "exponential", "argmax", "gather", "scan", "cumsum")),
-                         ("norm/rope/elementwise", ("elementwise", "vectorized", "reduce", "norm", "cat", "index"))):
+        for k, words in (
+            ("attention", ("fmha", "flash", "attention", "sdpa", "softmax_warp")),
+            ("matmul", ("gemm", "sm90", "cutlass", "matmul", "splitk", "nvjet")),
+            ("sampling", ("topk", "sort", "radix", "exponential", "argmax", "gather", "scan", "cumsum")),
+            ("norm/rope/elementwise", ("elementwise", "vectorized", "reduce", "norm", "cat", "index")),
+        ):
             if any(w in low for w in words):
                 return k
         return "other"
@@ -139,7 +191,13 @@ def profile_decode(shape: str, *, device: str, dtype: str = "bfloat16", batch: i
     for name, ms, _ in kernels:
         groups[kind(name)] = groups.get(kind(name), 0.0) + ms
     busy = sum(groups.values())
-    return {"shape": shape, "batch": batch, "graph_ms_per_step": graph_ms, "eager_ms_per_step": eager_ms,
-            "kernel_ms_per_step": busy, "kernels_per_step": sum(c for _, _, c in kernels),
-            "by_kind_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-            "top_kernels": [{"name": k[:120], "ms_per_step": ms, "calls_per_step": c} for k, ms, c in kernels[:top]]}
+    return {
+        "shape": shape,
+        "batch": batch,
+        "graph_ms_per_step": graph_ms,
+        "eager_ms_per_step": eager_ms,
+        "kernel_ms_per_step": busy,
+        "kernels_per_step": sum(c for _, _, c in kernels),
+        "by_kind_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+        "top_kernels": [{"name": k[:120], "ms_per_step": ms, "calls_per_step": c} for k, ms, c in kernels[:top]],
+    }

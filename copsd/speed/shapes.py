@@ -10,14 +10,43 @@ import torch
 
 # Qwen3 configs as published (vocabulary 151,936; rope theta 1e6)
 SHAPES: dict[str, dict] = {
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
-    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=32, tie_word_embeddings=True, vocab_size=4096),
+    "qwen3-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+        vocab_size=4096,
+    ),
 }
 
 
@@ -27,8 +56,15 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    kw = dict(vocab_size=151936, rope_theta=1_000_000.0, max_position_embeddings=40960, rms_norm_eps=1e-6,
-              bos_token_id=None, eos_token_id=151645, pad_token_id=151643)
+    kw = dict(
+        vocab_size=151936,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=151645,
+        pad_token_id=151643,
+    )
     kw.update(SHAPES[shape])
     if kw["vocab_size"] < 151936:  # the tiny shape: special tokens at the end of its vocabulary
         kw.update(eos_token_id=kw["vocab_size"] - 2, pad_token_id=kw["vocab_size"] - 1)
@@ -45,8 +81,10 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
 def random_prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
     """Random token prompts, lengths spread over [prompt_len/2, prompt_len] (left padding is exercised)."""
     rng = random.Random(seed)
-    return [[rng.randrange(1000, vocab - 1000) for _ in range(rng.randint(prompt_len // 2, prompt_len))]
-            for _ in range(batch)]
+    return [
+        [rng.randrange(1000, vocab - 1000) for _ in range(rng.randint(prompt_len // 2, prompt_len))]
+        for _ in range(batch)
+    ]
 
 
 def with_lora(model, r: int = 64, alpha: int = 128):

@@ -16,17 +16,18 @@ import time
 
 import torch
 
-from copsd.speed.shapes import device_name, peak_gib, random_model, random_prompts, reset_peak, sync, with_lora
 from copsd.losses import token_divergence
 from copsd.rollout import SamplingParams, fast, hf
+from copsd.speed.shapes import device_name, peak_gib, random_model, random_prompts, reset_peak, sync, with_lora
 
 
 def _trainer(model, chunk: int):
     from copsd.config import JobConfig
     from copsd.training.copsd_trainer import CopsdTrainer
 
-    job = JobConfig.model_validate({"method": "copsd", "model": "bench", "language": "swa",
-                                    "train": {"method": "copsd", "loss_chunk_size": chunk}})
+    job = JobConfig.model_validate(
+        {"method": "copsd", "model": "bench", "language": "swa", "train": {"method": "copsd", "loss_chunk_size": chunk}}
+    )
     return CopsdTrainer(job, model, None, [], tempfile.mkdtemp(prefix="copsd-bench-"))
 
 
@@ -46,13 +47,25 @@ def _naive_loss(trainer, student, teacher, completions, pad_id) -> torch.Tensor:
     with torch.no_grad(), trainer.teacher_weights():
         lt = completion_logits(teacher)
     ls = completion_logits(student)
-    return token_divergence(ls, lt, kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature, clip=cfg.clip,
-                            clip_mode=cfg.clip_mode).mean()
+    return token_divergence(
+        ls, lt, kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature, clip=cfg.clip, clip_mode=cfg.clip_mode
+    ).mean()
 
 
-def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: int = 4, completion: int = 1024,
-               student_prompt: int = 256, teacher_prompt: int = 768, chunks: tuple[int, ...] = (256,), reps: int = 3,
-               hf_tokens: int = 64, log=print) -> dict:
+def bench_step(
+    shape: str,
+    *,
+    device: str,
+    dtype: str = "bfloat16",
+    rollouts: int = 4,
+    completion: int = 1024,
+    student_prompt: int = 256,
+    teacher_prompt: int = 768,
+    chunks: tuple[int, ...] = (256,),
+    reps: int = 3,
+    hf_tokens: int = 64,
+    log=print,
+) -> dict:
     dev = torch.device(device)
     model = with_lora(random_model(shape, dev, getattr(torch, dtype)))
     if dev.type == "cuda":
@@ -63,9 +76,17 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
     rng = random.Random(0)
     teacher = [[rng.randrange(1000, vocab - 1000) for _ in range(teacher_prompt)] for _ in range(rollouts)]
     params = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=completion)
-    out = {"device": device_name(dev), "torch": torch.__version__, "shape": shape, "dtype": dtype,
-           "rollouts": rollouts, "completion": completion, "student_prompt_max": student_prompt,
-           "teacher_prompt": teacher_prompt, "rows": []}
+    out = {
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "shape": shape,
+        "dtype": dtype,
+        "rollouts": rollouts,
+        "completion": completion,
+        "student_prompt_max": student_prompt,
+        "teacher_prompt": teacher_prompt,
+        "rows": [],
+    }
 
     # rollouts: fast at the full budget; hf on `hf_tokens` per-step cost (it is the slow part)
     eng = fast.engine_for(model)
@@ -79,8 +100,12 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
     hf.generate_ids(model, student, short, [], pad, seed=0)
     sync(dev)
     hf_step_ms = 1e3 * (time.perf_counter() - t0) / hf_tokens
-    out["rollout"] = {"fast_s": fast_s, "fast_ms_per_step": 1e3 * eng.last_timing["decode_s"] / (completion - 1),
-                      "hf_ms_per_step": hf_step_ms, "hf_s_extrapolated": hf_step_ms * completion / 1e3}
+    out["rollout"] = {
+        "fast_s": fast_s,
+        "fast_ms_per_step": 1e3 * eng.last_timing["decode_s"] / (completion - 1),
+        "hf_ms_per_step": hf_step_ms,
+        "hf_s_extrapolated": hf_step_ms * completion / 1e3,
+    }
     log(out["rollout"])
 
     for path, chunk in [("lean", c) for c in chunks] + [("naive", 0)]:
@@ -101,9 +126,12 @@ def bench_step(shape: str, *, device: str, dtype: str = "bfloat16", rollouts: in
                 trainer.optimizer.step()
                 sync(dev)
                 times.append(time.perf_counter() - t0)
-            row = {"path": path if path == "naive" else f"lean (chunk {chunk})", "loss_step_s": min(times[1:]),
-                   "peak_memory_gib": peak_gib(dev),
-                   "loss": float(loss.detach())}
+            row = {
+                "path": path if path == "naive" else f"lean (chunk {chunk})",
+                "loss_step_s": min(times[1:]),
+                "peak_memory_gib": peak_gib(dev),
+                "loss": float(loss.detach()),
+            }
         except torch.cuda.OutOfMemoryError:
             row = {"path": path, "chunk": chunk, "error": "out of memory"}
         model.eval()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from copsd.models.cache import atomic_build, cache_dir, recipe_hash
-from copsd.testbed.world import WORLD_VERSION, SYNTHETIC, english_split, translate
+from copsd.testbed.world import SYNTHETIC, WORLD_VERSION, english_split, translate
 
 RECIPE = {
     "kind": "testbed",
@@ -62,9 +62,14 @@ def _template_tokenizer(vocab: dict[str, int] | None = None):
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  unk_token="[UNK]", padding_side="left",
-                                  additional_special_tokens=["<|im_start|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="[UNK]",
+        padding_side="left",
+        additional_special_tokens=["<|im_start|>"],
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -87,10 +92,15 @@ def corpus(tok, recipe: dict = RECIPE) -> list[str]:
         docs.append(fmt(tok, p.question, "eng") + " " + p.solution + " <|im_end|>")
     for _ in range(n_teacher):
         p = rng.choice(pool)
-        docs.append(teacher_prompt(tok, p.question, "eng", problem_en=p.question, solution_en=p.solution)
-                    + " " + p.solution + " <|im_end|>")
+        docs.append(
+            teacher_prompt(tok, p.question, "eng", problem_en=p.question, solution_en=p.solution)
+            + " "
+            + p.solution
+            + " <|im_end|>"
+        )
     n_par = n - n_chat - n_teacher
     total_share = sum(s.parallel_share for s in SYNTHETIC.values())
+
     def sentences_of(p):
         parts = [s.strip() for s in p.question.split(" . ") if s.strip()]
         return [s if s.endswith("?") else s + " ." for s in parts]
@@ -119,10 +129,14 @@ def _vocabulary(tok, docs: list[str]) -> dict[str, int]:
     for code in ("eng", *SYNTHETIC):
         p = english_split("test", 1)[0]
         q = translate(p.question, code)
-        extra += [student_prompt(tok, q, code), training_student_prompt(tok, q, code),
-                  student_prompt(tok, q, code, thinking=False),
-                  teacher_prompt(tok, q, code, problem_en=p.question, solution_en=p.solution),
-                  translate(p.solution, code), get_language(code).teacher.transition]
+        extra += [
+            student_prompt(tok, q, code),
+            training_student_prompt(tok, q, code),
+            student_prompt(tok, q, code, thinking=False),
+            teacher_prompt(tok, q, code, problem_en=p.question, solution_en=p.solution),
+            translate(p.solution, code),
+            get_language(code).teacher.transition,
+        ]
     words.update(str(i) for i in range(0, 201))
     for text in docs + extra:
         for special in SPECIALS:
@@ -157,18 +171,25 @@ def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
 
     torch.manual_seed(recipe["seed"])
     config = Qwen3Config(
-        vocab_size=len(tok), hidden_size=recipe["hidden_size"], intermediate_size=recipe["intermediate_size"],
-        num_hidden_layers=recipe["num_hidden_layers"], num_attention_heads=recipe["num_attention_heads"],
+        vocab_size=len(tok),
+        hidden_size=recipe["hidden_size"],
+        intermediate_size=recipe["intermediate_size"],
+        num_hidden_layers=recipe["num_hidden_layers"],
+        num_attention_heads=recipe["num_attention_heads"],
         num_key_value_heads=recipe["num_key_value_heads"],
         head_dim=recipe["hidden_size"] // recipe["num_attention_heads"],
-        max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=None,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
     )
     model = Qwen3ForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=0.01, betas=(0.9, 0.95))
     steps, warm, bs, block = recipe["steps"], recipe["warmup"], recipe["batch_size"], recipe["block_size"]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
     g = torch.Generator().manual_seed(recipe["seed"])
     model.train()
     for step in range(1, steps + 1):

@@ -20,15 +20,19 @@ def _languages(raw: dict) -> dict[str, dict]:
 def _load_problems(b: benchmarks.Benchmark, language: str, split: str, _data_dir: str | None):
     from copsd.testbed.world import TEST_SIZE, problems
 
-    return [benchmarks.Problem(f"testbed-{language}-{i}", q, str(p.answer))
-            for i, (q, p) in enumerate(problems(language, split, TEST_SIZE))]
+    return [
+        benchmarks.Problem(f"testbed-{language}-{i}", q, str(p.answer))
+        for i, (q, p) in enumerate(problems(language, split, TEST_SIZE))
+    ]
 
 
 def _training_examples(language: str) -> tuple[list[training.TrainExample], str]:
     from copsd.testbed.world import TRAIN_SIZE, problems
 
-    examples = [training.TrainExample(f"testbed-train-{i}", q, p.question, p.solution, str(p.answer))
-                for i, (q, p) in enumerate(problems(language, "train", TRAIN_SIZE))]
+    examples = [
+        training.TrainExample(f"testbed-train-{i}", q, p.question, p.solution, str(p.answer))
+        for i, (q, p) in enumerate(problems(language, "train", TRAIN_SIZE))
+    ]
     return examples, f"testbed world ({language})"
 
 
@@ -42,12 +46,19 @@ def register() -> None:
     from copsd.testbed.world import SYNTHETIC
 
     languages.add_language_source(_languages)
-    benchmarks.register_source("testbed", benchmarks.Source(load=_load_problems,
-                                                            availability=lambda b, lang, split: "generated"))
-    benchmarks.register_benchmark({
-        "name": "testbed", "title": "testbed (synthetic world; CPU demo)", "source": "testbed",
-        "languages": ["eng", *SYNTHETIC], "splits": ["test"], "id": "testbed-{language}-{index}",
-    })
+    benchmarks.register_source(
+        "testbed", benchmarks.Source(load=_load_problems, availability=lambda b, lang, split: "generated")
+    )
+    benchmarks.register_benchmark(
+        {
+            "name": "testbed",
+            "title": "testbed (synthetic world; CPU demo)",
+            "source": "testbed",
+            "languages": ["eng", *SYNTHETIC],
+            "splits": ["test"],
+            "id": "testbed-{language}-{index}",
+        }
+    )
     for code in SYNTHETIC:
         training.register_default_source(code, _training_examples)
     register_builtin("testbed", _build_model)

@@ -15,10 +15,45 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 WORLD_VERSION = 1
-NAMES = ("anna", "ben", "carl", "dina", "emma", "finn", "gina", "hugo", "iris", "jack",
-         "kate", "leo", "mia", "nick", "olga", "paul", "rosa", "sam", "tina", "vera")
-OBJECTS = ("apples", "books", "coins", "pens", "cups", "eggs", "stones", "cards", "shells", "toys",
-           "balls", "flowers", "stamps", "marbles", "candies")
+NAMES = (
+    "anna",
+    "ben",
+    "carl",
+    "dina",
+    "emma",
+    "finn",
+    "gina",
+    "hugo",
+    "iris",
+    "jack",
+    "kate",
+    "leo",
+    "mia",
+    "nick",
+    "olga",
+    "paul",
+    "rosa",
+    "sam",
+    "tina",
+    "vera",
+)
+OBJECTS = (
+    "apples",
+    "books",
+    "coins",
+    "pens",
+    "cups",
+    "eggs",
+    "stones",
+    "cards",
+    "shells",
+    "toys",
+    "balls",
+    "flowers",
+    "stamps",
+    "marbles",
+    "candies",
+)
 MAX_NUMBER = 100
 
 
@@ -133,8 +168,13 @@ def base_texts(eng: dict) -> list[str]:
 
     rng = random.Random(0)
     probs = [generate_problem(rng) for _ in range(3000)]
-    return ([p.question for p in probs] + [p.solution for p in probs] + list(OBJECTS)
-            + [eng["instruction"], eng["thinking"]] + list(TEACHER_DEFAULTS.values()))
+    return (
+        [p.question for p in probs]
+        + [p.solution for p in probs]
+        + list(OBJECTS)
+        + [eng["instruction"], eng["thinking"]]
+        + list(TEACHER_DEFAULTS.values())
+    )
 
 
 _NOT_TRANSLATED = {"language", "english"} | {s.name.lower() for s in SYNTHETIC.values()}

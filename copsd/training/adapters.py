@@ -22,8 +22,14 @@ def wrap_lora(model, lora: LoraSettings, seed: int):
     if not targets:
         raise CopsdError(f"none of train.lora.target_modules {list(lora.target_modules)} exist in this model")
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                     bias="none", task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, cfg)
 
 
@@ -35,8 +41,11 @@ def saved_steps(run_dir: Path) -> list[int]:
     d = run_dir / "checkpoints"
     if not d.is_dir():
         return []
-    return sorted(int(p.name[len(CKPT_PREFIX):]) for p in d.iterdir()
-                  if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.pt").is_file())
+    return sorted(
+        int(p.name[len(CKPT_PREFIX) :])
+        for p in d.iterdir()
+        if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.pt").is_file()
+    )
 
 
 def load_adapter(model, run_dir: Path, step: int) -> None:

@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from copsd.config import CopsdSettings
 from copsd.losses import chunked_token_divergence, divergence_diagnostics, token_divergence
 from copsd.prompts import teacher_prompt, training_student_prompt
 from copsd.rollout import SamplingParams
@@ -25,6 +26,8 @@ from copsd.training.trainer import StepStats, Trainer
 
 
 class CopsdTrainer(Trainer):
+    cfg: CopsdSettings
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
@@ -42,6 +45,7 @@ class CopsdTrainer(Trainer):
         elif self.cfg.teacher == "live":
             yield
         else:  # ema: swap the EMA adapter weights in, then back
+            assert self.ema is not None
             live = {}
             with torch.no_grad():
                 for n, p in self.model.named_parameters():
@@ -77,19 +81,28 @@ class CopsdTrainer(Trainer):
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def teacher_ids(self, ex) -> list[int]:
-        text = teacher_prompt(self.tok, ex.problem, self.job.language, problem_en=ex.problem_en,
-                              solution_en=ex.solution_en, include_problem_en=self.cfg.include_problem_en,
-                              include_reference_solution_en=self.cfg.include_reference_solution_en)
+        text = teacher_prompt(
+            self.tok,
+            ex.problem,
+            self.job.language,
+            problem_en=ex.problem_en,
+            solution_en=ex.solution_en,
+            include_problem_en=self.cfg.include_problem_en,
+            include_reference_solution_en=self.cfg.include_reference_solution_en,
+        )
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # ---- one optimizer step -------------------------------------------------------------------
     def rollouts(self, examples, step: int, micro: int, stats: StepStats | None = None) -> list[list[int]]:
         """One rollout per example from the student prompt, with the current (student) weights."""
         cfg = self.cfg
-        prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
-                   for ex in examples]
-        params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                max_new_tokens=cfg.max_completion_length)
+        prompts = [
+            training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
+            for ex in examples
+        ]
+        params = SamplingParams(
+            n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_completion_length
+        )
         return [g[0].token_ids for g in self.sample(prompts, params, step, micro, stats)]
 
     def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
@@ -98,28 +111,57 @@ class CopsdTrainer(Trainer):
         examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
         if not completions:
             return torch.zeros((), device=self.device, requires_grad=True), {}
-        return self.token_loss([self.student_ids(e) for e in examples], [self.teacher_ids(e) for e in examples],
-                               completions, self.tok.pad_token_id)
+        return self.token_loss(
+            [self.student_ids(e) for e in examples],
+            [self.teacher_ids(e) for e in examples],
+            completions,
+            self.tok.pad_token_id,
+        )
 
-    def token_loss(self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]],
-                   pad_id: int) -> tuple[torch.Tensor, dict]:
+    def token_loss(
+        self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]], pad_id: int
+    ) -> tuple[torch.Tensor, dict]:
         """The loss on token ids (non-empty completions); `copsd speed step` times this."""
         cfg = self.cfg
         # teacher first: the EMA teacher swaps weights in place, which must not touch the student's graph
         with torch.no_grad(), self.teacher_weights():
             ht = completion_hidden(self.decoder, teacher, completions, pad_id, self.device)
         hs = completion_hidden(self.decoder, student, completions, pad_id, self.device)
-        kw = dict(kind=cfg.divergence, beta=cfg.beta, temperature=cfg.temperature)
+        kind, beta, temp, clip, clip_mode = cfg.divergence, cfg.beta, cfg.temperature, cfg.clip, cfg.clip_mode
         chunk = cfg.loss_chunk_size
         if chunk > 0:
-            per_token = chunked_token_divergence(hs, ht, self.lm_head, clip=cfg.clip, clip_mode=cfg.clip_mode,
-                                                 chunk_size=chunk, **kw)
+            per_token = chunked_token_divergence(
+                hs,
+                ht,
+                self.lm_head,
+                kind=kind,
+                beta=beta,
+                temperature=temp,
+                clip=clip,
+                clip_mode=clip_mode,
+                chunk_size=chunk,
+            )
         else:  # the direct path: full-vocabulary logits for every rollout token at once
-            per_token = token_divergence(self.lm_head(hs), self.lm_head(ht), clip=cfg.clip, clip_mode=cfg.clip_mode, **kw)
+            per_token = token_divergence(
+                self.lm_head(hs),
+                self.lm_head(ht),
+                kind=kind,
+                beta=beta,
+                temperature=temp,
+                clip=clip,
+                clip_mode=clip_mode,
+            )
         n = min(256, hs.shape[0])  # diagnostics on up to 256 tokens: unclipped divergence, clipped share
         with torch.no_grad():
-            unclipped, share = divergence_diagnostics(self.lm_head(hs[:n]), self.lm_head(ht[:n]), **kw,
-                                                       clip=cfg.clip, clip_mode=cfg.clip_mode)
+            unclipped, share = divergence_diagnostics(
+                self.lm_head(hs[:n]),
+                self.lm_head(ht[:n]),
+                kind=kind,
+                beta=beta,
+                temperature=temp,
+                clip=clip,
+                clip_mode=clip_mode,
+            )
         diag = {"divergence_unclipped": unclipped, "clipped_share": share}
         return per_token.mean(), diag
 

@@ -22,8 +22,9 @@ def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
-def completion_hidden(decoder, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                      device) -> torch.Tensor:
+def completion_hidden(
+    decoder, prompts: list[list[int]], completions: list[list[int]], pad_id: int, device
+) -> torch.Tensor:
     """Hidden states that predict each completion token ([sum of completion lengths, H], row order)
     for inputs prompt + completion: only these positions ever reach the LM head."""
     seqs = [p + c for p, c in zip(prompts, completions)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from copsd.config import GrpoSettings
 from copsd.grading import extract_boxed, is_equivalent
 from copsd.losses import chunked_token_logprobs
 from copsd.prompts import training_student_prompt
@@ -31,6 +32,8 @@ def reward(text: str, gold: str, format_weight: float = 0.0) -> float:
 
 
 class GrpoTrainer(Trainer):
+    cfg: GrpoSettings
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
@@ -46,8 +49,9 @@ class GrpoTrainer(Trainer):
         cfg = self.cfg
         h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
         targets = torch.tensor([t for c in comps for t in c], device=self.device)
-        logp = chunked_token_logprobs(h, self.lm_head, targets, temperature=cfg.temperature,
-                                      chunk_size=cfg.loss_chunk_size or 10**9)
+        logp = chunked_token_logprobs(
+            h, self.lm_head, targets, temperature=cfg.temperature, chunk_size=cfg.loss_chunk_size or 10**9
+        )
         adv_tok = torch.tensor([a for a, c in zip(adv, comps) for _ in c], device=self.device)
         ratio = torch.exp(logp - logp.detach())
         surrogate = torch.minimum(ratio * adv_tok, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv_tok)
@@ -65,10 +69,13 @@ class GrpoTrainer(Trainer):
     def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
         cfg = self.cfg
         G = cfg.num_generations
-        prompts = [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
-                   for ex in examples]
-        params = SamplingParams(n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                max_new_tokens=cfg.max_completion_length)
+        prompts = [
+            training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
+            for ex in examples
+        ]
+        params = SamplingParams(
+            n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_completion_length
+        )
         groups = self.sample(prompts, params, step, index, stats)
         prompt_ids, comps, adv = [], [], []
         for ex, p, g in zip(examples, prompts, groups):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from copsd.config import SftSettings
 from copsd.losses import chunked_token_logprobs
 from copsd.prompts import training_student_prompt
 from copsd.training.forward import completion_hidden, decoder_and_head
@@ -12,10 +13,16 @@ from copsd.training.trainer import StepStats, Trainer
 
 
 class SftTrainer(Trainer):
+    cfg: SftSettings
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
-        self.eos = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() else self.tok.eos_token_id
+        self.eos = (
+            self.tok.convert_tokens_to_ids("<|im_end|>")
+            if "<|im_end|>" in self.tok.get_vocab()
+            else self.tok.eos_token_id
+        )
 
     def pair(self, ex) -> tuple[list[int], list[int]]:
         prompt = training_student_prompt(self.tok, ex.problem, self.job.language, thinking=self.cfg.student_thinking)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from copsd.config import JobConfig
+from copsd.config import JobConfig, TrainCommon
 from copsd.errors import CopsdError
 from copsd.rollout import Rollout, SamplingParams, generate
 from copsd.training.adapters import checkpoint_dir, load_adapter, saved_steps
@@ -39,7 +39,7 @@ class StepStats:
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = defaultdict(list)
 
-    def add(self, key: str, *values: float) -> None:
+    def add(self, key: str, *values: float | torch.Tensor) -> None:
         self.values[key].extend(float(v) for v in values)
 
     def mean(self, key: str) -> float:
@@ -56,11 +56,21 @@ class StepStats:
 class Trainer:
     """The loop shared by COPSD, GRPO and SFT."""
 
-    def __init__(self, job: JobConfig, model, tokenizer, examples: list, run_dir: Path, *,
-                 log: Callable[[dict, int], None] | None = None, on_step: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        job: JobConfig,
+        model,
+        tokenizer,
+        examples: list,
+        run_dir: Path,
+        *,
+        log: Callable[[dict, int], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ):
         if job.train is None:
             raise CopsdError(f"{job.label}: a trainer needs a training block (method '{job.method}' has none)")
-        self.job, self.cfg = job, job.train
+        self.job = job
+        self.cfg: TrainCommon = job.train
         self.model, self.tok = model, tokenizer
         self.examples = examples
         self.run_dir = Path(run_dir)
@@ -115,13 +125,21 @@ class Trainer:
     def rollout_seed(self, step: int, micro: int) -> int:
         return (self.job.seed * 1_000_003 + step * 101 + micro) % (2**31 - 1)
 
-    def sample(self, prompts: list[str], params: SamplingParams, step: int, micro: int,
-               stats: StepStats | None = None) -> list[list[Rollout]]:
+    def sample(
+        self, prompts: list[str], params: SamplingParams, step: int, micro: int, stats: StepStats | None = None
+    ) -> list[list[Rollout]]:
         """On-policy rollouts from the current weights, timed; lengths and stops go into `stats`."""
         t0 = time.perf_counter()
         self.model.eval()
-        groups = generate(self.model, self.tok, prompts, params, batch_size=len(prompts) * params.n,
-                          seed=self.rollout_seed(step, micro), engine=self.cfg.rollout_engine)
+        groups = generate(
+            self.model,
+            self.tok,
+            prompts,
+            params,
+            batch_size=len(prompts) * params.n,
+            seed=self.rollout_seed(step, micro),
+            engine=self.cfg.rollout_engine,
+        )
         self.model.train()
         if stats is not None:
             stats.add("rollout_time_s", time.perf_counter() - t0)
@@ -163,9 +181,17 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         self.model.save_pretrained(str(tmp))
-        torch.save({"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **self.extra_state()},
-                   tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+                **self.extra_state(),
+            },
+            tmp / "trainer_state.pt",
+        )
         if d.exists():
             shutil.rmtree(d)
         os.replace(tmp, d)  # a checkpoint directory exists only when complete
@@ -210,7 +236,7 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 raise CopsdError(f"non-finite gradient norm at training step {step}; lower train.lr (now {cfg.lr})")
-            lr = self.scheduler.get_last_lr()[0]  # the rate this step is taken with
+            lr = float(self.scheduler.get_last_lr()[0])  # the rate this step is taken with
             self.optimizer.step()
             self.scheduler.step()
             self.after_optimizer_step()
