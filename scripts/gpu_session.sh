@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the GPU machine is asked to do in one lease (docs/benchmarks.md records the output).
-# Usage there: OUT=<dir> bash benchmarks/gpu_session.sh   (wheels for pydantic carried in .whl/)
+# Usage there: OUT=<dir> bash scripts/gpu_session.sh   (wheels for pydantic carried in .whl/)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -16,7 +16,7 @@ b() {
   local left=$((BUDGET - SECONDS)); (( left < limit )) && limit=$left
   (( limit < 15 )) && { echo "== $name skipped (out of time)"; return; }
   echo "== $name (limit ${limit}s)"
-  timeout "$limit" python3 cli.py bench "$@" --out "$OUT/$name.json" > /tmp/$name.log 2>&1
+  timeout "$limit" python3 cli.py speed "$@" --out "$OUT/$name.json" > /tmp/$name.log 2>&1
   echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
 }
 timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"

@@ -1,6 +1,6 @@
 """Clip variants on the CPU testbed: COPSD on `synlo`, greedy accuracy every 10 steps.
 
-    python benchmarks/testbed_clip.py [--steps 50] [--out docs/testbed_clip]
+    python scripts/testbed_clip.py [--steps 50] [--out docs/testbed_clip]
 
 Writes <out>.md (table) and <out>.png (curves). Settings: no clip, the paper's per-entry clamp
 at 0.05, and our per-token rescale at 0.05 and 0.5; everything else as in sweeps/demo.yaml.

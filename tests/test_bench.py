@@ -1,4 +1,5 @@
-"""`copsd bench rollout|step` on the tiny CPU shape: they run, measure both paths, write JSON."""
+"""`copsd speed rollout|step` on the tiny CPU shape: they run, measure both paths, write JSON
+(`bench` is the same command group under its earlier name; the last test checks the alias)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.conftest import run_cli
 @pytest.mark.slow
 def test_bench_rollout_measures_fast_and_hf(workdir):
     r = run_cli(
-        "bench",
+        "speed",
         "rollout",
         "--shape",
         "tiny",
@@ -48,7 +49,7 @@ def test_bench_rollout_measures_fast_and_hf(workdir):
 @pytest.mark.slow
 def test_bench_step_compares_lean_and_naive(workdir):
     r = run_cli(
-        "bench",
+        "speed",
         "step",
         "--shape",
         "tiny",
@@ -84,7 +85,7 @@ def test_bench_bad_input_is_one_line(workdir):
     r = run_cli("bench", "rollout", "--shape", "tiny", "--device", "cpu", "--engines", "fast,vllm", cwd=workdir)
     assert r.returncode == 2 and "unknown engine(s) vllm" in r.stderr and "Traceback" not in r.stderr
     if not torch.cuda.is_available():
-        r = run_cli("bench", "step", "--device", "cuda", cwd=workdir)
+        r = run_cli("speed", "step", "--device", "cuda", cwd=workdir)
         assert r.returncode == 2 and "no CUDA device" in r.stderr
     for args, expect in [
         (["--shape", "qwen3-70b"], "unknown shape 'qwen3-70b'"),
@@ -92,5 +93,5 @@ def test_bench_bad_input_is_one_line(workdir):
         (["--batch", "0"], "--batch takes comma-separated positive integers"),
         (["--new-tokens", "0"], "Invalid value for '--new-tokens'"),
     ]:
-        r = run_cli("bench", "rollout", "--device", "cpu", *args, cwd=workdir)
+        r = run_cli("speed", "rollout", "--device", "cpu", *args, cwd=workdir)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -8,13 +8,23 @@ from copsd.cli.common import DB_OPT, console
 from copsd.data.benchmarks import benchmarks
 from copsd.errors import CopsdError
 
-SPLIT_HELP = "; ".join(f"{name}: {'|'.join(b.splits)}" for name, b in benchmarks().items())
+def _help_from_table() -> tuple[str, str]:
+    """--benchmark/--split help from the benchmark table (generic if a plugin fails to load: the
+    command itself then reports that error as one line)."""
+    try:
+        table = benchmarks()
+    except CopsdError:
+        return "a benchmark name (copsd data list)", "a split of that benchmark"
+    return ", ".join(table), "; ".join(f"{name}: {'|'.join(b.splits)}" for name, b in table.items())
+
+
+BENCHMARK_HELP, SPLIT_HELP = _help_from_table()
 
 
 def eval_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Hub id, local directory, or builtin:tiny-qwen3"),
     language: str = typer.Option(..., "--language", "-l", help="language code, e.g. swa (or sw)"),
-    benchmark: str = typer.Option("afrimgsm", "--benchmark", "-b", help=", ".join(benchmarks())),
+    benchmark: str = typer.Option("afrimgsm", "--benchmark", "-b", help=BENCHMARK_HELP),
     split: str = typer.Option("test", "--split", help=SPLIT_HELP),
     limit: int | None = typer.Option(None, "--limit", help="first N problems only"),
     samples: int = typer.Option(12, "--samples", "-k", help="samples per problem"),
