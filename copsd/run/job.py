@@ -12,6 +12,7 @@ from pathlib import Path
 
 from copsd.config import JobConfig
 from copsd.errors import CopsdError
+from copsd.paths import Workspace
 from copsd.results.db import ResultsDB
 from copsd.results.tracking import NullRunLog, RunLog
 
@@ -73,7 +74,7 @@ def run_job(
     seed_everything(job.seed)
     lm = load_model(job.model, dtype=job.dtype, device=device)
     model = lm.model
-    run_dir = (runs_dir or Path("runs")) / job.job_id
+    run_dir = (runs_dir or Workspace(db.url).runs_dir) / job.job_id
     if train is not None:
         from copsd.training import TRAINERS
         from copsd.training.adapters import wrap_lora
