@@ -7,7 +7,7 @@ import textwrap
 
 from conftest import run_cli
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from copsd.data import benchmarks, languages, training
 
     def _problems(b, language, split, data_dir):
@@ -19,14 +19,14 @@ PLUGIN = textwrap.dedent('''
         benchmarks.register_benchmark({"name": "toybench", "source": "toy", "languages": ["toy", "eng"],
                                        "splits": ["test"]})
         training.register_default_source("toy", lambda lang: ([], "nothing"))
-''')
+""")
 
-SPEC = textwrap.dedent('''
+SPEC = textwrap.dedent("""
     name: toy
     defaults: {model: builtin:tiny-qwen3, dtype: float32,
                eval: {benchmark: toybench, decoding: {n_samples: 1, max_new_tokens: 4}}}
     matrix: {language: [toy], method: [base]}
-''')
+""")
 
 
 def test_a_plugin_adds_a_language_benchmark_and_data(workdir):

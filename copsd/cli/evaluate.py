@@ -8,6 +8,7 @@ from copsd.cli.common import DB_OPT, console
 from copsd.data.benchmarks import benchmarks
 from copsd.errors import CopsdError
 
+
 def _help_from_table() -> tuple[str, str]:
     """--benchmark/--split help from the benchmark table (generic if a plugin fails to load: the
     command itself then reports that error as one line)."""
