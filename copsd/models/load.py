@@ -56,6 +56,10 @@ def resolve_model_source(name: str) -> str:
             raise ModelLoadError(
                 f"model path '{name}' does not exist; give a local model directory or a Hub id like Qwen/Qwen3-1.7B"
             )
+        if p.is_file() and p.suffix == ".gguf":  # real weights from llama.cpp's format, converted once
+            from copsd.models.gguf import import_gguf
+
+            return str(import_gguf(p))
         if not (p / "config.json").is_file():
             raise ModelLoadError(
                 f"model path '{name}' has no config.json; point it at a saved Hugging Face model directory"
@@ -91,6 +95,7 @@ def load_tokenizer(name: str):
         raise _hub_error(name, exc) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # batched generation pads on the left (GGUF tokenizers come right-padded)
     return tok
 
 
