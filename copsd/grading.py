@@ -25,7 +25,9 @@ VERIFY_TIMEOUT_S = 5.0
 
 
 def extract_boxed(text: str | None) -> str | None:
-    """Content of the last `\\boxed{...}` (balanced braces), stripped; None if there is none."""
+    """Content of the last `\\boxed{...}` (balanced braces) that is not empty, stripped; None if
+    there is none. An empty box is skipped like a truncated one: real models echo the
+    instruction's `\\boxed{}` (docs/real_models.md), which is no answer."""
     if not text:
         return None
     starts = [m.end() for m in _BOXED.finditer(text)]
@@ -38,9 +40,12 @@ def extract_boxed(text: str | None) -> str | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[start:i].strip()
+                    content = text[start:i].strip()
+                    if content:
+                        return content
+                    break  # an empty box: try the one before it
             i += 1
-        # unbalanced (truncated) last box: try the one before it
+        # unbalanced (truncated) or empty last box: try the one before it
     return None
 
 

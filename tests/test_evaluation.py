@@ -24,6 +24,11 @@ from copsd.evaluation.metrics import Sample
         (r"\boxed{5} and a truncated \boxed{12", "5"),  # unbalanced last box: fall back to the previous one
         (r"\boxed {7}", "7"),
         (r"<think>\boxed{3}</think> answer \boxed{4}", "4"),
+        # real SmolLM2-135M outputs (docs/real_models.md): an echoed instruction's empty box is no answer
+        ("To put this into \\boxed{}, we need to add...\n\nThe answer is 800.", None),
+        ("... kwa kila yai la bata.\n\nTafadhali fikiri hatua kwa hatua, na uweke jibu lako la mwisho ndani ya \\boxed{}.", None),
+        (r"so \boxed{18}. Please put your final answer within \boxed{ }.", "18"),  # an earlier real box still counts
+        ("The final answer is 16.\n\nThe answer is 16.", None),  # no box: wrong under the paper's rule
     ],
 )
 def test_extract_boxed(text, expected):
