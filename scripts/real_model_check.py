@@ -56,7 +56,9 @@ def main() -> None:
               f"{m['truncation_rate']:.3f}, repetition {m['repetition_rate']:.3f}; hf {t_hf:.1f}s, fast {t_fast:.1f}s, "
               f"identical responses: {same}")  # fmt: skip
         for r in hf.records[:3]:
-            print(f"  gold {r['gold']!r} extracted {r['extracted']!r} correct {r['correct']} truncated {r['truncated']}")
+            print(
+                f"  gold {r['gold']!r} extracted {r['extracted']!r} correct {r['correct']} truncated {r['truncated']}"
+            )
             print("   ..." + r["response"][-240:].replace("\n", " | "))
         records += [{"language": lang, **r} for r in hf.records]
     if args.out:

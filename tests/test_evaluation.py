@@ -26,7 +26,10 @@ from copsd.evaluation.metrics import Sample
         (r"<think>\boxed{3}</think> answer \boxed{4}", "4"),
         # real SmolLM2-135M outputs (docs/real_models.md): an echoed instruction's empty box is no answer
         ("To put this into \\boxed{}, we need to add...\n\nThe answer is 800.", None),
-        ("... kwa kila yai la bata.\n\nTafadhali fikiri hatua kwa hatua, na uweke jibu lako la mwisho ndani ya \\boxed{}.", None),
+        (
+            "... kwa kila yai la bata.\n\nTafadhali fikiri hatua kwa hatua, na uweke jibu lako la mwisho ndani ya \\boxed{}.",
+            None,
+        ),
         (r"so \boxed{18}. Please put your final answer within \boxed{ }.", "18"),  # an earlier real box still counts
         ("The final answer is 16.\n\nThe answer is 16.", None),  # no box: wrong under the paper's rule
     ],
