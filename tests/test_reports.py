@@ -53,7 +53,8 @@ def db(tmp_path):
 
 def test_by_language_final_checkpoint(db):
     t = build_table(db.results_frame("t"), by="language", metric="accuracy")
-    assert t.rows == ["eng", "swa", "Avg"]
+    assert t.rows == ["swa", "Avg", "eng"]  # English apart, below the average of the others
+    assert t.title.endswith("averages over swa")
     assert t.columns == [("M-1B", "base"), ("M-1B", "copsd")]
     base_swa, copsd_swa = t.cells[("swa", ("M-1B", "base"))], t.cells[("swa", ("M-1B", "copsd"))]
     assert base_swa.mean == pytest.approx(15.0) and base_swa.std == pytest.approx(7.0710678)
@@ -62,7 +63,8 @@ def test_by_language_final_checkpoint(db):
     eng = t.cells[("eng", ("M-1B", "copsd"))]
     assert eng.delta == pytest.approx(-10.0) and t.cells[("eng", ("M-1B", "base"))].best
     avg = t.cells[("Avg", ("M-1B", "copsd"))]
-    assert avg.mean == pytest.approx(37.5) and avg.n_seeds == 2
+    assert avg.mean == pytest.approx(35.0) and avg.n_seeds == 2 and avg.delta == pytest.approx(20.0)
+    assert t.cells[("Avg", ("M-1B", "base"))].mean == pytest.approx(15.0)  # the same language set in every column
     md = render(t, "markdown")
     assert "| swa | 15.00 ± 7.07 | **35.00 ± 7.07 (+20.00)** |" in md
 
@@ -80,16 +82,32 @@ def test_step_selection(db):
 
 def test_by_model_and_method(db):
     t = build_table(db.results_frame("t"), by="model")
-    assert t.rows == ["M-1B"] and t.cells[("M-1B", ("copsd",))].mean == pytest.approx(37.5)
+    assert t.rows == ["M-1B"] and t.cells[("M-1B", ("copsd",))].mean == pytest.approx(35.0)
     t = build_table(db.results_frame("t"), by="method")
-    assert t.rows == ["base", "copsd"] and t.cells[("copsd", ("M-1B",))].delta == pytest.approx(37.5 - 32.5)
+    assert t.rows == ["base", "copsd"] and t.cells[("copsd", ("M-1B",))].delta == pytest.approx(35.0 - 15.0)
+    both = build_table(db.results_frame("t"), by="method", languages=["swa", "eng"])
+    assert both.cells[("copsd", ("M-1B",))].delta == pytest.approx(37.5 - 32.5) and "swa, eng" in both.title
+
+
+def test_averages_compare_the_same_languages_in_every_column(db):
+    """A column evaluated on fewer languages must not be averaged over a different set: the
+    default set is what every column has; a chosen set that a column lacks leaves its Avg empty."""
+    df = db.results_frame("t")
+    df = df[~((df.method == "copsd") & (df.language == "swa"))]  # copsd evaluated on English only
+    t = build_table(df, by="language")
+    assert t.title.endswith("averages over eng") and t.rows == ["swa", "Avg", "eng"]
+    assert t.cells[("Avg", ("M-1B", "base"))].mean == pytest.approx(50.0)
+    t = build_table(df, by="language", languages=["swa"])
+    assert ("Avg", ("M-1B", "copsd")) not in t.cells and t.cells[("Avg", ("M-1B", "base"))].mean == pytest.approx(15.0)
+    with pytest.raises(CopsdError, match="--languages: no results for hau"):
+        build_table(df, languages=["hau"])
 
 
 def test_csv_and_errors(db):
     text = render(build_table(db.results_frame("t")), "csv")
     lines = text.strip().splitlines()
     assert lines[0] == "language,M-1B/base,M-1B/base:std,M-1B/base:delta,M-1B/copsd,M-1B/copsd:std,M-1B/copsd:delta"
-    assert lines[2].startswith("swa,15.0000,7.0711,,35.0000,7.0711,20.0000")
+    assert lines[1].startswith("swa,15.0000,7.0711,,35.0000,7.0711,20.0000")
     with pytest.raises(CopsdError, match="--by"):
         build_table(db.results_frame("t"), by="planet")
     with pytest.raises(CopsdError, match="no results"):

@@ -42,6 +42,12 @@ def table(
     step: str = typer.Option("final", "--step", help="checkpoint per job: final, best, or a step number"),
     benchmark: str | None = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
     budget: int | None = typer.Option(None, "--budget", help="decoding budget (max_new_tokens); default: largest"),
+    languages: str | None = typer.Option(
+        None,
+        "--languages",
+        help="comma-separated languages every average is over; default: those all columns "
+        "have, without English (named in the title)",
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="output file; default reports/<sweep>_by_<by>_<metric>.<ext> beside the DB"
     ),
@@ -53,7 +59,8 @@ def table(
     if fmt not in FORMATS:
         raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
     df, reports_dir = _results(db, sweep)
-    t = build_table(df, by=by, metric=metric, step=step, benchmark=benchmark, budget=budget)
+    chosen = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
+    t = build_table(df, by=by, metric=metric, step=step, benchmark=benchmark, budget=budget, languages=chosen)
     text = render(t, fmt)
     out = out or reports_dir / f"{sweep or 'all'}_by_{by}_{metric}.{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)

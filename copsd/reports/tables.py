@@ -3,6 +3,11 @@
 `build_table` turns result rows into a grid of cells (mean over seeds, std when there are
 several, delta vs the base model, best per row); `render` writes it as markdown, LaTeX, CSV or
 HTML. Rates are shown in percent; `mean_length` in tokens.
+
+Every average over languages (the Avg row; the by-model and by-method views) is over one set of
+languages, the same for every column, named in the title: `languages=` when given, else the
+languages every column has results for, without English (the paper averages the low-resource
+languages; English is the reference and gets its own row below the Avg).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from copsd.errors import CopsdError
 from copsd.results.schema import METRIC_COLUMNS
 
 METHOD_ORDER = ("base", "sft", "grpo", "copsd")
+REFERENCE_LANGUAGES = ("eng",)  # shown apart from, and not counted in, the default average
 LOWER_IS_BETTER = {
     "truncation_rate",
     "mean_length",
@@ -103,6 +109,31 @@ def select_rows(
     return df
 
 
+def averaged_languages(df: pd.DataFrame, languages: list[str] | None = None) -> list[str]:
+    """The languages every average is taken over (see the module docstring)."""
+    present = set(df.language.unique())
+    if languages:
+        missing = [lang for lang in languages if lang not in present]
+        if missing:
+            raise CopsdError(f"--languages: no results for {', '.join(missing)}; present: {', '.join(sorted(present))}")
+        return list(dict.fromkeys(languages))
+    per_column = [set(g) for _, g in df.groupby(["model", "method"]).language]
+    common = set.intersection(*per_column) if per_column else set()
+    chosen = sorted(common - set(REFERENCE_LANGUAGES)) or sorted(common)
+    if not chosen:
+        raise CopsdError("no language has results in every column; choose the averaged ones with --languages")
+    return chosen
+
+
+def _mean_over(df: pd.DataFrame, keys: list[str], languages: list[str]) -> pd.Series:
+    """Per (keys..., seed): the mean over `languages`, only where all of them have a value."""
+    sub = df[df.language.isin(languages)]
+    per_lang = sub.groupby([*keys, "seed", "language"]).value.mean()
+    grouped = per_lang.groupby(level=[*keys, "seed"])
+    complete = grouped.count() == len(languages)
+    return grouped.mean()[complete]
+
+
 def _scale(metric: str) -> float:
     return 1.0 if metric in NOT_PERCENT else 100.0
 
@@ -114,18 +145,21 @@ def build_table(
     step: str = "final",
     benchmark: str | None = None,
     budget: int | None = None,
+    languages: list[str] | None = None,
 ) -> Table:
     df = select_rows(df, metric, step, benchmark, budget)
     df["value"] = df[metric] * _scale(metric)
+    averaged = averaged_languages(df, languages)
     models = sorted(df.model.unique())
     methods = sorted(df.method.unique(), key=_method_key)
     if by == "language":
-        rows = sorted(df.language.unique())
+        shown = sorted(df.language.unique())
+        rows = [x for x in shown if x not in REFERENCE_LANGUAGES]
         columns = [(m, me) for m in models for me in methods if ((df.model == m) & (df.method == me)).any()]
         per_seed = df.groupby(["language", "model", "method", "seed"]).value.mean()
-        # Avg row: mean over languages within each seed, then over seeds
-        avg = df.groupby(["model", "method", "seed"]).value.mean()
-        title_rows = rows + ["Avg"]
+        # Avg row: mean over the averaged languages within each seed, then over seeds
+        avg = _mean_over(df, ["model", "method"], averaged)
+        title_rows = rows + ["Avg"] + [x for x in shown if x in REFERENCE_LANGUAGES]
 
         def seeds_of(r, c):
             if r == "Avg":
@@ -136,7 +170,7 @@ def build_table(
         groups = [[i for i, c in enumerate(columns) if c[0] == m] for m in models]
         row_name = "language"
     elif by in ("model", "method"):
-        per_seed = df.groupby(["model", "method", "seed"]).value.mean()  # mean over languages
+        per_seed = _mean_over(df, ["model", "method"], averaged)  # mean over the averaged languages
         if by == "model":
             title_rows, columns = models, [(me,) for me in methods]
 
@@ -157,7 +191,7 @@ def build_table(
 
     label = f"{metric}{'' if metric in NOT_PERCENT else ' (%)'}"
     t = Table(
-        title=f"{label} by {by}, {step} checkpoint",
+        title=f"{label} by {by}, {step} checkpoint; averages over {', '.join(averaged)}",
         row_name=row_name,
         rows=title_rows,
         columns=columns,
@@ -170,17 +204,9 @@ def build_table(
                 continue
             v = np.asarray(vals, dtype=float)
             t.cells[(r, c)] = Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, None, len(v))
-    # delta vs base; in the Avg row, the mean of the per-language deltas (paired: a method trained
-    # on fewer languages than the base was evaluated on is compared on its own languages only)
+    # delta vs base (the Avg row's columns average the same languages, so its delta is paired)
     for (r, c), cell in t.cells.items():
-        if by == "language" and r == "Avg" and c[1] != "base":
-            ds = [
-                t.cells[(x, c)].mean - t.cells[(x, (c[0], "base"))].mean
-                for x in title_rows[:-1]
-                if (x, c) in t.cells and (x, (c[0], "base")) in t.cells
-            ]
-            cell.delta = float(np.mean(ds)) if ds else None
-        elif by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
+        if by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
             cell.delta = cell.mean - t.cells[(r, (c[0], "base"))].mean
         elif by == "model" and c[0] != "base" and (r, ("base",)) in t.cells:
             cell.delta = cell.mean - t.cells[(r, ("base",))].mean
