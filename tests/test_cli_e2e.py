@@ -28,6 +28,11 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
     r = run_cli("sweep", "run", str(small_spec), cwd=workdir)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "4 done, 0 failed" in r.stdout
+    # no terminal: a line per job start and finish (id, label, seconds, headline metric); notes once
+    ids = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("start  ")}
+    done = [line for line in r.stdout.splitlines() if line.startswith("DONE   ")]
+    assert len(ids) == 4 and len(done) == 4 and all("accuracy" in d and "step 0" in d for d in done)
+    assert r.stderr.count("note: rollout engine") == 1 and "FutureWarning" not in r.stderr
     db = workdir / "experiments.db"
     rows = _db_rows(
         db,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -36,10 +37,14 @@ def resolve_engine(engine: str, model) -> str:
         reason = "CUDA graphs need a GPU (on CPU the two engines cost about the same)"
     if reason is None:
         return "fast"
-    if not model.__dict__.get("_copsd_fallback_noted"):
-        model.__dict__["_copsd_fallback_noted"] = True
-        print(f"note: rollout engine 'hf' ({reason})", file=sys.stderr)
+    _note_once(f"note: rollout engine 'hf' ({reason})")
     return "hf"
+
+
+@cache
+def _note_once(message: str) -> None:
+    """Say a note once per process, not once per job or model (a sweep loads many models)."""
+    print(message, file=sys.stderr)
 
 
 @torch.no_grad()

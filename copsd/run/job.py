@@ -26,6 +26,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def quiet_library_warnings() -> None:
+    """Silence library warnings a user cannot act on (they repeat once per job otherwise)."""
+    import warnings
+
+    # peft asks transformers for a deprecated property on every LoRA wrap
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def result_key(job: JobConfig, step: int) -> tuple:
     e = job.eval
     return (e.benchmark, job.language, e.split, step, e.decoding.max_new_tokens)
@@ -54,6 +62,7 @@ def run_job(
     from copsd.models.load import load_model
 
     run = run or NullRunLog()
+    quiet_library_warnings()
     lang = get_language(job.language)
     if lang.missing:
         import warnings

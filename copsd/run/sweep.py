@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,30 @@ class _Heartbeat:
         self._t.join(timeout=5)
 
 
+@dataclass
+class JobOutcome:
+    """What running (or trying to run) one job came to."""
+
+    status: str  # DONE, FAILED or SKIPPED (not claimable)
+    error: str | None = None
+    seconds: float = 0.0
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metrics evaluated now
+
+    def line(self, job: JobConfig) -> str:
+        """One log line: status, id, label, seconds, headline metric (or the error)."""
+        head = f"{self.status:<6} {job.job_id} {job.label} {self.seconds:.0f}s"
+        if self.error:
+            return f"{head}: {self.error}"
+        if self.metrics:
+            step = max(self.metrics)
+            acc = self.metrics[step].get("accuracy")
+            if acc is not None:
+                head += f" accuracy {100 * acc:.1f}% ({job.language}, {job.eval.benchmark}, step {step})"
+        elif self.status == DONE:
+            head += " (results already stored)"
+        return head
+
+
 def make_tracker(opts: RunOptions) -> Tracker:
     return Tracker(opts.workspace.tracking_uri, opts.experiment) if opts.mlflow else NullTracker()
 
@@ -107,15 +132,16 @@ def execute_one(
     sweep: str | None = None,
     on_total=None,
     on_advance=None,
-) -> tuple[str, str | None]:
-    """Claim and run one job. Returns (status, error); status SKIPPED if it was not claimable."""
+) -> JobOutcome:
+    """Claim and run one job; SKIPPED if it was not claimable."""
     from copsd.run.job import run_job
 
     tracker = tracker or NullTracker()
     if not db.claim(
         job.job_id, max_attempts=opts.max_attempts, stale_after_s=opts.stale_after_s, retry_failed=opts.retry_failed
     ):
-        return "SKIPPED", None
+        return JobOutcome("SKIPPED")
+    t0 = time.perf_counter()
     run: RunLog | None = None
     try:
         with _Heartbeat(db, job.job_id, opts.heartbeat_s):
@@ -123,7 +149,7 @@ def execute_one(
             run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
             if run.run_id:
                 db.set_job_mlflow_run(job.job_id, run.run_id)
-            run_job(
+            metrics = run_job(
                 job,
                 db,
                 run=run,
@@ -144,10 +170,10 @@ def execute_one(
         if run is not None:
             run.set_tag("copsd.error", err)
             run.end("FAILED")
-        return FAILED, err
+        return JobOutcome(FAILED, err, time.perf_counter() - t0)
     db.finish(job.job_id, DONE)
     run.end("FINISHED")
-    return DONE, None
+    return JobOutcome(DONE, None, time.perf_counter() - t0, metrics)
 
 
 def _progress(enabled: bool):
@@ -227,9 +253,12 @@ def run_sweep(
 def _run_sequential(todo, db, opts, tracker, parent, name, summary):
     with _progress(opts.progress) as prog:
         overall = prog.add_task(f"sweep {name}", total=len(todo))
+        live = prog.console.is_terminal  # a terminal shows the bars; a log file gets a line per start
         for job in todo:
+            if not live:
+                prog.console.print(f"start  {job.job_id} {job.label}", highlight=False, soft_wrap=True)
             inner = prog.add_task(f"  {job.label}", total=None)
-            status, err = execute_one(
+            outcome = execute_one(
                 job,
                 db,
                 opts,
@@ -240,11 +269,9 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
                 on_advance=lambda n, t=inner: prog.advance(t, n),
             )
             prog.remove_task(inner)
-            _count(summary, job, status, err)
-            if status == FAILED:
-                from rich.markup import escape
-
-                prog.console.print(f"[red]FAILED[/red] {job.label} ({job.job_id}): {escape(err or '')}", soft_wrap=True)
+            _count(summary, job, outcome.status, outcome.error)
+            if outcome.status != "SKIPPED":
+                prog.console.print(outcome.line(job), highlight=False, soft_wrap=True, markup=False)
             prog.advance(overall)
 
 
@@ -271,7 +298,9 @@ def _worker_main(
     try:
         for js in job_jsons:
             job = JobConfig.model_validate_json(js)
-            execute_one(job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name)
+            outcome = execute_one(job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name)
+            if outcome.status != "SKIPPED":
+                print(f"[worker {worker}] {outcome.line(job)}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
     finally:
