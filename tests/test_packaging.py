@@ -28,6 +28,8 @@ def test_wheel_carries_every_resource_and_the_testbed_plugin(tmp_path):
     assert {n for n in names if n.endswith(".py")} == modules  # nothing missing, nothing stale
     assert expected - names == set()
     assert "copsd/resources/train/gsm8k_train.sw" in names and "copsd/resources/benchmarks.yaml" in names
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "copsd" / "testbed" / "model").iterdir()}
+    assert "copsd/testbed/model/model.safetensors" in shipped and shipped <= names  # the shipped testbed model
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[copsd.plugins]" in text and "copsd.testbed.plugin:register" in text

@@ -1,5 +1,5 @@
-"""The synthetic testbed: its world, its languages, and (slow) the method's regression tests on
-the pretrained `builtin:testbed` (built once per test session, ~5 minutes on 2 cores)."""
+"""The synthetic testbed: its world, its languages, the shipped model, and (slow) the method's
+regression tests on `builtin:testbed` and a rebuild of the model from its recipe (~5 minutes)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,54 @@ def test_demo_spec_plans_the_methods_on_the_synthetic_languages():
     assert ("base", "eng") in methods and len(jobs) == 15
 
 
-# ---- regression tests of the method (slow: they need the pretrained testbed) ------------------
+# ---- the shipped model and a rebuild ---------------------------------------------------------------
+# Greedy accuracy (%) of the shipped model on the 200 test problems, measured when it was shipped
+# (docs/testbed.md). Greedy decoding of the same weights can flip a near-tie on another CPU: the
+# tolerance allows 3 of 200 problems.
+SHIPPED_BASE = {"eng": 77.5, "synlo": 41.0, "synvlo": 37.5}
+TOLERANCE = 1.5
+
+
+def test_builtin_testbed_is_the_shipped_model_on_every_machine():
+    from copsd.models import load_model
+    from copsd.models.load import resolve_model_source
+    from copsd.testbed.build import SHIPPED, shipped_path
+
+    assert shipped_path() == SHIPPED and resolve_model_source("builtin:testbed") == str(SHIPPED)
+    lm = load_model("builtin:testbed", dtype="float32", device="cpu")
+    for lang, expected in SHIPPED_BASE.items():
+        assert abs(_accuracy(lm.model, lm.tokenizer, lang) - expected) <= TOLERANCE, lang
+
+
+def test_other_english_prompts_mean_another_testbed_model(tmp_path, monkeypatch):
+    from copsd.data.languages import get_language
+    from copsd.testbed.build import shipped_path, testbed_path
+
+    before = testbed_path()
+    f = tmp_path / "eng.yaml"
+    f.write_text("eng:\n  thinking: 'I will think in English now.'\n")
+    monkeypatch.setenv("COPSD_LANGUAGES", str(f))
+    assert get_language("eng").thinking == "I will think in English now."
+    assert shipped_path() is None and testbed_path() != before  # would be rebuilt, not silently reused
+
+
+@pytest.mark.slow
+def test_a_rebuild_from_the_recipe_lands_near_the_shipped_model():
+    """Pretraining from scratch is not bit-reproducible across CPUs; a rebuild must still make the
+    same kind of model: English within 10 points of the shipped one, each synthetic language clearly
+    learnable (above 5%) and below English."""
+    from copsd.models import load_model
+    from copsd.testbed.build import build_testbed_cached
+
+    path = build_testbed_cached()
+    lm = load_model(str(path), dtype="float32", device="cpu")
+    acc = {lang: _accuracy(lm.model, lm.tokenizer, lang) for lang in SHIPPED_BASE}
+    assert abs(acc["eng"] - SHIPPED_BASE["eng"]) <= 10, acc
+    for lang in ("synlo", "synvlo"):
+        assert 5 <= acc[lang] < acc["eng"], acc
+
+
+# ---- regression tests of the method (slow: each post-trains the testbed model) ---------------------
 
 GREEDY = EvalConfig(
     benchmark="testbed", decoding={"n_samples": 1, "temperature": 0.0, "max_new_tokens": 40}, batch_size=200

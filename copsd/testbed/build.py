@@ -13,8 +13,10 @@ assistant turn, the documented fallback for templates without `<think>`.
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -209,23 +211,70 @@ def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
     model.save_pretrained(out_dir)
 
 
-def testbed_path() -> Path:
-    """Where `builtin:testbed` lives: keyed by its recipe and the English prompt strings it was
-    pretrained with (changing either builds a new one)."""
+# The pretrained model ships with the package (built by `copsd testbed build --ship` from RECIPE),
+# so every machine starts from the same weights: pretraining from scratch is not reproducible
+# across CPUs (different kernels round differently and 1,000 steps amplify it).
+SHIPPED = Path(__file__).resolve().parent / "model"
+KEY_FILE = "testbed_key.json"
+
+
+def testbed_key() -> dict:
+    """What the testbed model is a function of: its recipe, the world, and the English prompt
+    strings it was pretrained with (changing any of them means another model)."""
     from copsd.data.languages import get_language
 
     eng = get_language("eng")
-    key = {**RECIPE, "world": WORLD_VERSION, "instruction": eng.instruction, "thinking": eng.thinking}
-    return cache_dir() / "models" / f"testbed-{recipe_hash(key)}"
+    return {**RECIPE, "world": WORLD_VERSION, "instruction": eng.instruction, "thinking": eng.thinking}
+
+
+def testbed_path() -> Path:
+    """Where a testbed rebuilt on this machine lives (the cache, keyed by `testbed_key`)."""
+    return cache_dir() / "models" / f"testbed-{recipe_hash(testbed_key())}"
+
+
+def shipped_path() -> Path | None:
+    """The shipped model, if it was built from the current key (else None)."""
+    f = SHIPPED / KEY_FILE
+    if not f.is_file() or not (SHIPPED / "config.json").is_file():
+        return None
+    return SHIPPED if json.loads(f.read_text(encoding="utf-8")).get("hash") == recipe_hash(testbed_key()) else None
+
+
+def testbed_model(log=None) -> Path:
+    """`builtin:testbed`: the shipped model, or (when the recipe or English prompts changed) one
+    built on this machine."""
+    import sys
+
+    shipped = shipped_path()
+    if shipped is not None:
+        return shipped
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    say("note: the shipped testbed model was built from another recipe or other English prompts; rebuilding it")
+    return build_testbed_cached(log=say)
 
 
 def build_testbed_cached(log=None) -> Path:
-    """Pretrain the testbed model once per machine (a few minutes on 2 cores), then reuse it."""
+    """Pretrain the testbed model on this machine once (a few minutes on 2 cores), then reuse it."""
     import sys
 
     target = testbed_path()
     if not (target / "config.json").is_file():
         say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-        say(f"building builtin:testbed (once per machine) into {target}")
+        say(f"building the testbed model (once per machine) into {target}")
         atomic_build(target, lambda tmp: build_testbed(tmp, log=say))
     return target
+
+
+def ship(built: Path) -> Path:
+    """Copy a built testbed model into the package (maintainers, from a checkout)."""
+    SHIPPED.mkdir(exist_ok=True)
+    for old in SHIPPED.iterdir():
+        old.unlink()
+    for f in sorted(Path(built).iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, SHIPPED / f.name)  # contents only: the build dir may be private (0600)
+    key = testbed_key()
+    (SHIPPED / KEY_FILE).write_text(
+        json.dumps({"hash": recipe_hash(key), "key": key}, indent=1) + "\n", encoding="utf-8"
+    )
+    return SHIPPED

@@ -37,9 +37,9 @@ def _training_examples(language: str) -> tuple[list[training.TrainExample], str]
 
 
 def _build_model():
-    from copsd.testbed.build import build_testbed_cached
+    from copsd.testbed.build import testbed_model
 
-    return build_testbed_cached()
+    return testbed_model()
 
 
 def register() -> None:
