@@ -53,6 +53,7 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("copsd")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens the runs view
     runs = client.search_runs([exp.experiment_id])
     parents = [x for x in runs if x.data.tags.get("copsd.kind") == "sweep"]
     children = [x for x in runs if x.data.tags.get("copsd.kind") == "job"]

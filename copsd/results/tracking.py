@@ -21,6 +21,9 @@ from copsd.config import JobConfig, flatten
 from copsd.paths import artifact_root
 
 MAX_PARAM_LEN = 500
+# MLflow 3's UI opens an experiment by its kind: model training shows the runs table and charts
+# (without the tag it guesses, and opened ours in the GenAI overview)
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 class RunLog:
@@ -90,7 +93,7 @@ class Tracker:
         if exp is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=artifact_root(tracking_uri)
+                    experiment, artifact_location=artifact_root(tracking_uri), tags={EXPERIMENT_KIND: MODEL_TRAINING}
                 )
             except Exception:  # created meanwhile by another worker
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
@@ -98,6 +101,8 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # made by an older copsd: open it in the runs view too
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
 
     def _alive(self, run_id: str | None) -> bool:
         if not run_id:
