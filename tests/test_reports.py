@@ -119,5 +119,17 @@ def test_curves_plot_is_written(db, tmp_path):
 
     out = plot_curves(db.results_frame("t"), tmp_path / "c.png")
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     with pytest.raises(CopsdError, match="unknown metric"):
         plot_curves(db.results_frame("t"), tmp_path / "d.png", metric="nope")
+
+
+def test_curves_start_from_the_base_and_skip_untrained_languages(db):
+    from copsd.reports.plots import curve_data
+
+    df = db.results_frame("t")
+    data = curve_data(df)
+    line = data["swa"][("M-1B", "copsd")]
+    assert list(line.step) == [0, 5, 10] and list(line["mean"]) == pytest.approx([15.0, 90.0, 35.0])
+    only_swa = curve_data(df[~((df.method == "copsd") & (df.language == "eng"))])
+    assert list(only_swa) == ["swa"]  # English has only the base: no empty panel

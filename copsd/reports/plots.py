@@ -1,5 +1,7 @@
-"""Training-dynamics plots: a metric against the checkpoint step, one panel per language, one
-line per (model, method) (mean over seeds, shaded ± std), the base model as a dashed level."""
+"""Training-dynamics plots: a metric against the checkpoint step, one panel per language that a
+method was trained on, one line per (model, method) (mean over seeds, shaded ± std), the base
+model as a dashed level. Every trained line starts at step 0 from the base model's value (LoRA's
+B starts at zero, so step 0 is the base model), so the curve shows the gain from where it began."""
 
 from __future__ import annotations
 
@@ -11,24 +13,47 @@ from copsd.config import short_model_name
 from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, check_selection
 
 
+def _order(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def curve_data(df: pd.DataFrame, metric: str = "accuracy", benchmark: str | None = None) -> dict[str, dict]:
+    """{language: {(model, method): DataFrame(step, mean, std)}} for the languages with a trained
+    line (all languages when nothing was trained); trained lines get the base model as step 0."""
+    df = check_selection(df, metric, benchmark).copy()
+    df["model"] = df.model.map(short_model_name)
+    df["value"] = df[metric] * (1.0 if metric in NOT_PERCENT else 100.0)
+    trained = set(df[df.method != "base"].language)
+    out: dict[str, dict] = {}
+    for lang in sorted(trained or set(df.language)):
+        sub = df[df.language == lang]
+        lines = {}
+        groups = sorted(sub.groupby(["model", "method"]), key=lambda kv: (kv[0][0], _order(kv[0][1])))
+        for (model, method), g in groups:
+            stats = g.groupby("step").value.agg(["mean", "std"]).reset_index()
+            base = sub[(sub.model == model) & (sub.method == "base")]
+            if method != "base" and 0 not in set(stats.step) and not base.empty:
+                start = pd.DataFrame({"step": [0], "mean": [base.value.mean()], "std": [float("nan")]})
+                stats = pd.concat([start, stats], ignore_index=True)
+            lines[(model, method)] = stats
+        out[lang] = lines
+    return out
+
+
 def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark: str | None = None) -> Path:
-    df = check_selection(df, metric, benchmark)
+    """Write the figure as PNG at `out` and as PDF beside it (for papers); returns `out`."""
+    data = curve_data(df, metric, benchmark)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = df.copy()
-    df["model"] = df.model.map(short_model_name)
-    df["value"] = df[metric] * (1.0 if metric in NOT_PERCENT else 100.0)
-    langs = sorted(df.language.unique())
+    langs = list(data)
     fig, axes = plt.subplots(1, len(langs), figsize=(4.2 * len(langs), 3.4), squeeze=False, sharey=True)
-    order = lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)  # noqa: E731
+    several_models = len({model for lines in data.values() for model, _ in lines}) > 1
     for ax, lang in zip(axes[0], langs):
-        sub = df[df.language == lang]
-        for (model, method), g in sorted(sub.groupby(["model", "method"]), key=lambda kv: (kv[0][0], order(kv[0][1]))):
-            stats = g.groupby("step").value.agg(["mean", "std"]).reset_index()
-            label = f"{model} {method}" if sub.model.nunique() > 1 else method
+        for (model, method), stats in data[lang].items():
+            label = f"{model} {method}" if several_models else method
             if method == "base" or len(stats) == 1:
                 ax.axhline(stats["mean"].iloc[0], linestyle="--", color="grey", label=label)
                 continue
@@ -43,7 +68,7 @@ def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark
                 )
         ax.set(title=lang, xlabel="training step")
     axes[0][0].set_ylabel(metric + ("" if metric in NOT_PERCENT else " (%)"))
-    handles = {}
+    handles: dict = {}
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -51,5 +76,6 @@ def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark
     fig.tight_layout(rect=(0, 0, 0.88, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
+    fig.savefig(out.with_suffix(".pdf"))
     plt.close(fig)
     return out
