@@ -22,7 +22,7 @@ install-dev: install
 demo: install
 	$(PY) -m copsd sweep run demo
 	$(PY) -m copsd report table --by language --sweep demo
-	$(PY) -m copsd report curves --sweep demo
+	$(PY) -m copsd report figures --sweep demo
 
 test: install-dev
 	$(PY) -m pytest

@@ -133,3 +133,23 @@ def test_curves_start_from_the_base_and_skip_untrained_languages(db):
     assert list(line.step) == [0, 5, 10] and list(line["mean"]) == pytest.approx([15.0, 90.0, 35.0])
     only_swa = curve_data(df[~((df.method == "copsd") & (df.language == "eng"))])
     assert list(only_swa) == ["swa"]  # English has only the base: no empty panel
+
+
+def test_figures_are_written_or_skipped_with_a_reason(db, tmp_path):
+    import pandas as pd
+
+    from copsd.reports.figures import pearson_r, write_figures
+
+    df = db.results_frame("t")
+    done = write_figures(df, tmp_path, "t")
+    for name in ("curves", "delta_bars", "format_vs_accuracy", "repetition"):
+        png = done[name].split(" ")[0]
+        assert png.endswith(".png") and open(png, "rb").read(4) == b"\x89PNG", name
+        assert open(png[:-4] + ".pdf", "rb").read(5) == b"%PDF-", name
+    assert done["scaling"].startswith("skipped: results exist at one decoding budget")
+    assert "Pearson" not in done["format_vs_accuracy"]  # every format rate is 0 here: r undefined, not drawn
+    # a second budget: the test-time scaling figure appears
+    more = df.assign(max_new_tokens=512, accuracy=df.accuracy / 2)
+    assert write_figures(pd.concat([df, more]), tmp_path, "u")["scaling"].endswith("u_scaling.png")
+    assert pearson_r([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
+    assert pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)

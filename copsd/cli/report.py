@@ -88,3 +88,19 @@ def curves(
     df, reports_dir = _results(db, sweep)
     path = plot_curves(df, out or reports_dir / f"{sweep or 'all'}_curves_{metric}.png", metric, benchmark)
     console.print(f"written to {path}")
+
+
+@app.command("figures")
+def figures(
+    sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    benchmark: str | None = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="default: reports/ beside the DB"),
+    db: str | None = DB_OPT,
+):
+    """The paper's analysis figures (PNG + PDF): training curves from the base, gain per language,
+    format rate vs accuracy with Pearson r, repetition by method, test-time scaling."""
+    from copsd.reports.figures import write_figures
+
+    df, reports_dir = _results(db, sweep)
+    for name, where in write_figures(df, out_dir or reports_dir, sweep or "all", benchmark).items():
+        console.print(f"{name}: {where}", highlight=False, soft_wrap=True)
