@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from copsd.config import METHODS, TRAINED_METHODS, JobConfig
 from copsd.errors import SpecError
@@ -30,6 +30,16 @@ class RunnerSettings(BaseModel):
     max_attempts: int = Field(3, ge=1, description="a FAILED job is retried until it has failed this often")
     stale_after_s: float = Field(600.0, gt=0, description="a RUNNING job whose heartbeat is older is reclaimed")
     heartbeat_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_well_under_stale(self) -> RunnerSettings:
+        # a live job must refresh its heartbeat several times before anyone may call it stale
+        if self.heartbeat_s * 3 > self.stale_after_s:
+            raise ValueError(
+                f"runner.heartbeat_s ({self.heartbeat_s:g}) must be at most a third of runner.stale_after_s "
+                f"({self.stale_after_s:g}), or live jobs are reclaimed and run twice"
+            )
+        return self
 
 
 class MlflowSettings(BaseModel):
@@ -296,7 +306,15 @@ class Selection:
 def select(spec: str, only: list[str] | None = None) -> Selection:
     path = resolve_spec_path(spec)
     s, jobs = load_jobs(path)
-    return Selection(path, s, jobs, filter_jobs(jobs, only or []))
+    chosen = filter_jobs(jobs, only or [])
+    if only and not chosen:
+        keys = [item.split("=", 1)[0].strip() for item in only]
+        present = {k: sorted({str(_get_path(j.model_dump(mode="json"), k)) for j in jobs}) for k in keys if k != "id"}
+        hint = "; ".join(f"{k}: {', '.join(v[:12])}" for k, v in present.items())
+        raise SpecError(
+            f"--only {' '.join(only)}: matches none of the {len(jobs)} jobs of {path}; values present: {hint}"
+        )
+    return Selection(path, s, jobs, chosen)
 
 
 def eval_job(

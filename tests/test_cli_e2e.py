@@ -118,6 +118,7 @@ def test_failing_jobs_do_not_stop_the_sweep(workdir):
     assert rows["base/builtin:tiny-qwen3/swa"] is None and rows["copsd/builtin:tiny-qwen3/swa"] is None
     again = run_cli("sweep", "run", str(spec), "--max-attempts", "1", "--no-mlflow", cwd=workdir)
     assert "0 done, 0 failed, 8 skipped" in again.stdout  # failed jobs at their cap are not retried
+    assert again.returncode == 1  # ... and the exit code says the sweep is not done
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,7 @@ def db_with_results(tmp_path_factory):
         (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be fetched from the Hub"),
         (["eval", "-m", "builtin:tiny-qwen3", "-l", "swa", "-b", "mgsm", "--engine", "vllm"], "eval.rollout_engine"),
         (["sweep", "run", "no-such-spec.yaml"], "spec file not found"),
+        (["sweep", "run", "demo", "--only", "language=hau"], "matches none of the 15 jobs"),
         (["report", "table", "--sweep", "nope"], "no sweep named 'nope'"),
         (["report", "table", "--metric", "bogus"], "unknown metric 'bogus'"),
     ],

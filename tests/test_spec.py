@@ -182,3 +182,10 @@ def test_cli_spec_error_is_one_line_without_traceback(workdir):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "klingon" in r.stderr and "matrix.language[1]" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_heartbeat_must_be_well_under_the_stale_limit():
+    raw = {"name": "x", "defaults": {"model": "m", "method": "base"}, "matrix": {"language": ["swa"]}}
+    with pytest.raises(SpecError, match=r"runner.heartbeat_s \(600\) must be at most a third of runner.stale_after_s"):
+        parse_spec({**raw, "runner": {"heartbeat_s": 600, "stale_after_s": 600}})
+    assert parse_spec({**raw, "runner": {"heartbeat_s": 30, "stale_after_s": 90}}).runner.heartbeat_s == 30

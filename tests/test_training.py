@@ -180,6 +180,29 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a[n], b[n])
 
 
+class _Hostile:
+    """A pickle that would run code when loaded (creates a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_hostile_checkpoint_state_is_refused_not_run(tmp_path):
+    job = _job(max_steps=1)
+    trainer, _ = _setup(job, tmp_path)
+    trainer.train()
+    state = tmp_path / "run" / "checkpoints" / "step_00001" / "trainer_state.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "payload": _Hostile(marker)}, state)
+    again, _ = _setup(_job(max_steps=2), tmp_path)
+    with pytest.raises(CopsdError, match="not a checkpoint state copsd wrote"):
+        again.train()
+    assert not marker.exists()
+
+
 def test_ema_teacher_lags_the_student(tmp_path):
     trainer, _ = _setup(_job(teacher="ema", ema_decay=0.5, max_steps=1), tmp_path)
     trainer.train()

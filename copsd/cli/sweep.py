@@ -113,7 +113,15 @@ def run(
     )
     for jid, e in summary.errors.items():
         console.print(f"  [red]FAILED[/red] {jid}: {escape(e)}", soft_wrap=True)
-    if summary.failed:
+    # exit 0 only if every selected job is DONE (skipped FAILED or still-RUNNING jobs are not)
+    from copsd.results.db import existing_statuses
+
+    states = existing_statuses(opts.db_url, [j.job_id for j in sel.jobs])
+    left = {jid: st for jid, (st, _, _) in states.items() if st != "DONE"}
+    for jid, st in left.items():
+        if jid not in summary.errors:
+            console.print(f"  {st} {jid}: not done (see `copsd sweep status`)", soft_wrap=True, highlight=False)
+    if summary.failed or left:
         raise typer.Exit(1)
 
 

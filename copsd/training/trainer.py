@@ -202,7 +202,14 @@ class Trainer:
             return 0
         last = steps[-1]
         load_adapter(self.model, self.run_dir, last)
-        state = torch.load(checkpoint_dir(self.run_dir, last) / "trainer_state.pt", weights_only=False)
+        path = checkpoint_dir(self.run_dir, last) / "trainer_state.pt"
+        try:  # tensors and plain containers only: a file placed in runs/ cannot run code
+            state = torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad or hostile file
+            raise CopsdError(
+                f"{path}: not a checkpoint state copsd wrote ({type(exc).__name__}); delete that checkpoint "
+                "directory to resume from the one before"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
