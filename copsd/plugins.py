@@ -39,7 +39,8 @@ def load_plugins() -> list[str]:
             register()
             _loaded.append(name)
     except BaseException:
-        _state["done"] = False
+        _state["done"] = False  # a later call tries again, from the start
+        _loaded.clear()
         raise
     return list(_loaded)
 

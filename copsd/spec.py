@@ -309,7 +309,10 @@ def select(spec: str, only: list[str] | None = None) -> Selection:
     chosen = filter_jobs(jobs, only or [])
     if only and not chosen:
         keys = [item.split("=", 1)[0].strip() for item in only]
-        present = {k: sorted({str(_get_path(j.model_dump(mode="json"), k)) for j in jobs}) for k in keys if k != "id"}
+        dumps = [j.model_dump(mode="json") for j in jobs]
+        present = {
+            k: sorted({str(v) for d in dumps if (v := _get_path(d, k)) is not _MISSING}) for k in keys if k != "id"
+        }
         hint = "; ".join(f"{k}: {', '.join(v[:12])}" for k, v in present.items())
         raise SpecError(
             f"--only {' '.join(only)}: matches none of the {len(jobs)} jobs of {path}; values present: {hint}"

@@ -144,7 +144,7 @@ def build_tiny_qwen3_realvocab() -> Path:
 BUILTINS: dict[str, Callable[[], Path]] = {
     "tiny-qwen3": build_tiny_qwen3,
     "tiny-qwen3-realvocab": build_tiny_qwen3_realvocab,
-    "smollm2-135m-instruct": lambda: build_smollm2(),
+    "smollm2-135m-instruct": build_smollm2,
 }
 
 

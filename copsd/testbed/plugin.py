@@ -21,7 +21,7 @@ def _load_problems(b: benchmarks.Benchmark, language: str, split: str, _data_dir
     from copsd.testbed.world import TEST_SIZE, problems
 
     return [
-        benchmarks.Problem(f"testbed-{language}-{i}", q, str(p.answer))
+        benchmarks.Problem(b.problem_id({}, language, split, i), q, str(p.answer))
         for i, (q, p) in enumerate(problems(language, split, TEST_SIZE))
     ]
 
