@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from copsd.data.benchmarks import all_splits, benchmarks, check_language
-from copsd.data.languages import canonical_code
+from copsd.data.languages import canonical_code, get_language
 
 METHODS = ("base", "copsd", "grpo", "sft")
 TRAINED_METHODS = ("copsd", "grpo", "sft")
@@ -55,6 +55,10 @@ class EvalConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="evaluate only the first N problems")
     thinking: bool = Field(True, description="open the assistant turn with <think> + the language's sentence")
     decoding: Decoding = Decoding()
+    grader: Literal["paper", "lenient"] = Field(
+        "paper",
+        description="paper: the released evaluation's extraction and check; lenient: copsd's (both are stored)",
+    )
     batch_size: int = Field(64, ge=1, description="sequences per generate call (changes the RNG stream)")
     checkpoints: list[int] = Field(
         default_factory=list, description="training steps whose adapters are evaluated (trained methods)"
@@ -91,7 +95,13 @@ class LoraSettings(_Strict):
 class TrainCommon(_Strict):
     """Optimiser and checkpointing shared by every trained method (PAPER.md defaults)."""
 
-    lr: float = Field(5e-6, gt=0.0)
+    lr: float = Field(5e-6, gt=0.0, description="peak learning rate")
+    # The released runs set no scheduler, so transformers' default applies: linear decay from the
+    # peak to 0 over max_steps, no warmup.
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="linear (released default: peak -> 0 over max_steps) | constant | cosine"
+    )
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to the peak")
     max_grad_norm: float = Field(0.1, gt=0.0)
     batch_size: int = Field(32, ge=1, description="prompts per optimizer step (effective batch)")
     micro_batch_size: int = Field(4, ge=1, description="prompts per forward/backward; accumulation fills the rest")
@@ -134,6 +144,11 @@ class GrpoSettings(TrainCommon):
     top_k: int = Field(0, ge=0)
     max_completion_length: int = Field(2048, ge=1)
     epsilon: float = Field(0.2, gt=0.0)
+    loss_type: Literal["dapo", "grpo", "bnpo"] = Field(
+        "dapo",
+        description="dapo: step token mean (TRL 0.26 default, what the released script gets); "
+        "grpo: per-completion mean (OPSD's launch script); bnpo: per-micro-batch token mean",
+    )
     kl_coef: float = Field(0.0, ge=0.0)
     format_reward: float = Field(0.0, ge=0.0)
     student_thinking: bool = True
@@ -208,6 +223,7 @@ class JobConfig(_Strict):
                 d[section].pop(key, None)
         if self.method == "base":
             d["eval"].pop("checkpoints", None)
+        d["prompts"] = get_language(self.language).fingerprint  # the strings in use (COPSD_LANGUAGES)
         return d
 
     def canonical_json(self) -> str:

@@ -1,10 +1,15 @@
 """Answer extraction and equivalence: text in, answers out. A foundation module (it imports
 nothing of copsd) because evaluation, the GRPO reward and the training-data reader all grade.
 
-The answer is the content of the LAST `\\boxed{...}` with balanced braces (PAPER.md). Grading
-normalises plain numbers first (thousands separators, `$`, trailing `.0`) and compares them
-exactly; anything else goes to math-verify (`parse` + `verify`, gold first, as the released
-COPSD evaluation does). math-verify's own timeouts use SIGALRM, which only works on the main
+Two graders (`eval.grader`), both applied to every sample so one evaluation answers both:
+- `paper` reproduces the released evaluation (african_langs_eval/evaluate_math.py) rule for
+  rule: the last `\\boxed` in the whole response, which must be complete and spelt exactly
+  `\\boxed{`; both sides wrapped in `$...$` unless they hold a `$`; math-verify `parse` with its
+  defaults and `verify(gold, pred)`. What it rejects stays rejected (`\\$18`, `1 000`, `\\fbox`,
+  a truncated last box, `18 dollars`).
+- `lenient` (copsd's own): the last non-empty, complete `\\boxed{}`/`\\fbox{}`; plain numbers
+  normalised first (thousands separators, `$`, trailing `.0`) and compared exactly; anything
+  else goes to math-verify (gold first). math-verify's own timeouts use SIGALRM, which only works on the main
 thread, so it is called with them off and bounded by our own thread timeout instead: grading
 works from any thread or worker process.
 """
@@ -112,3 +117,166 @@ def is_equivalent(pred: str | None, gold: str) -> bool:
         except ValueError:
             return False
     return _math_verify(p, g)
+
+
+# ---- the released GRPO reward (multilingual_grpo_train.py), reproduced rule for rule --------------
+_RATIO = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*:\s*(-?\d+(?:\.\d+)?)\s*")
+
+
+def first_box_after_think(text: str | None) -> str | None:
+    """The released GRPO reward's answer: the FIRST `\\boxed{` after the last `</think>` (the whole
+    text when there is none), balanced braces, stripped; None when there is no box or it is cut off.
+    Only the exact characters `\\boxed{` count (no `\\fbox`, no space before the brace); an empty
+    box is the empty string (never correct)."""
+    if not text:
+        return None
+    end = text.rfind("</think>")
+    region = text[end + len("</think>") :] if end != -1 else text
+    i = region.find("\\boxed{")
+    if i == -1:
+        return None
+    start = j = i + len("\\boxed{")
+    depth = 1
+    while j < len(region):
+        if region[j] == "{":
+            depth += 1
+        elif region[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return region[start:j].strip()
+        j += 1
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _released_reward_verify(pred: str, gold: str) -> bool:
+    from math_verify import parse, verify
+
+    def go() -> bool:
+        m = _RATIO.fullmatch(pred)
+        p = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}" if m else pred  # a:b is read as a fraction
+        return bool(verify(parse(gold, parsing_timeout=None), parse(p, parsing_timeout=None), timeout_seconds=None))
+
+    return bool(_run_with_timeout(go, VERIFY_TIMEOUT_S))
+
+
+def grpo_reward_correct(text: str, gold: str) -> bool:
+    """The released GRPO correctness reward: math-verify on the unwrapped strings (gold first), else
+    equality after removing all whitespace and lower-casing (raw prediction, not the fraction form)."""
+    pred = first_box_after_think(text)
+    if pred is None:
+        return False
+    if pred and _released_reward_verify(pred, str(gold)):
+        return True
+    squash = lambda x: re.sub(r"\s+", "", x).lower()  # noqa: E731
+    return bool(squash(pred)) and squash(pred) == squash(str(gold))
+
+
+# ---- the released evaluation's grader (`eval.grader: paper`) ---------------------------------------
+PAPER_EMPTY_VOTE = "[empty box]"  # what an empty `\\boxed{}` votes as in Maj@k (graded wrong)
+
+
+def extract_boxed_paper(text: str | None) -> str | None:
+    """The released evaluation's answer: from the LAST `\\boxed` anywhere (thinking included),
+    brace counting from there; None when that box never closes or is not spelt `\\boxed{...}`;
+    an empty box gives "" (formatted, but never correct)."""
+    if not text:
+        return None
+    idx = text.rfind("\\boxed")
+    if idx < 0:
+        return None
+    depth, close = 0, None
+    for i in range(idx, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                close = i
+                break
+    if close is None:
+        return None
+    box = text[idx : close + 1]
+    return box[len("\\boxed{") : -1].strip() if box.startswith("\\boxed{") else None
+
+
+_FAILED = object()
+
+
+@lru_cache(maxsize=65536)
+def paper_equivalent(pred: str | None, gold: str) -> bool:
+    """The released evaluation's check: `$`-wrap, math-verify defaults, `verify(gold, pred)`; the
+    string fallback (no `$`, no spaces, lower case) only when math-verify raises."""
+    if pred is None:
+        return False
+    from math_verify import parse, verify
+
+    p, g = pred.strip(), str(gold).strip()
+
+    def go() -> bool:
+        pw = p if ("$" in p or "\\boxed{" in p) else f"${p}$"
+        gw = g if ("$" in g or "\\boxed{" in g) else f"${g}$"
+        return bool(verify(parse(gw, parsing_timeout=None), parse(pw, parsing_timeout=None), timeout_seconds=None))
+
+    result: list = []
+
+    def target() -> None:
+        try:
+            result.append(go())
+        except Exception:  # the released fallback
+            result.append(_FAILED)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(VERIFY_TIMEOUT_S)
+    if not result:
+        return False  # math-verify's own 5 s timeout makes verify return False
+    if result[0] is _FAILED:
+        squash = lambda x: x.replace("$", "").replace(" ", "").lower().strip()  # noqa: E731
+        return squash(pred) == squash(str(gold))
+    return bool(result[0])
+
+
+# ---- the two graders behind one interface --------------------------------------------------------
+class Grader:
+    """Extraction, equivalence and the Maj@k vote key of one grading rule."""
+
+    name = ""
+
+    def extract(self, text: str | None) -> str | None:
+        raise NotImplementedError
+
+    def correct(self, pred: str | None, gold: str) -> bool:
+        raise NotImplementedError
+
+    def vote_key(self, pred: str) -> str:
+        raise NotImplementedError
+
+
+class PaperGrader(Grader):
+    name = "paper"
+
+    def extract(self, text: str | None) -> str | None:
+        return extract_boxed_paper(text)
+
+    def correct(self, pred: str | None, gold: str) -> bool:
+        return bool(pred) and paper_equivalent(pred, str(gold))
+
+    def vote_key(self, pred: str) -> str:
+        return pred or PAPER_EMPTY_VOTE  # raw strings: `18` and `18.0` are different votes, as released
+
+
+class LenientGrader(Grader):
+    name = "lenient"
+
+    def extract(self, text: str | None) -> str | None:
+        return extract_boxed(text)
+
+    def correct(self, pred: str | None, gold: str) -> bool:
+        return is_equivalent(pred, gold)
+
+    def vote_key(self, pred: str) -> str:
+        return normalize_answer(pred)
+
+
+GRADERS: dict[str, Grader] = {"paper": PaperGrader(), "lenient": LenientGrader()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.data.benchmarks import benchmarks, get_benchmark, load_problems
+from copsd.data.benchmarks import Problem, benchmarks, get_benchmark, load_problems
 from copsd.data.languages import canonical_code, get_language, registry
 from copsd.errors import CopsdError, DataError, ModelLoadError
 from copsd.models import load_model, load_tokenizer
@@ -86,6 +86,19 @@ def test_afrimgsm_local_dir_and_errors(tmp_path):
     (d / "dev.tsv").write_text("q\ta\nx\t1\n")
     with pytest.raises(DataError, match="needs columns 'question'"):
         load_problems("afrimgsm", "swa", "dev", data_dir=str(tmp_path / "afrimgsm"))
+
+
+def test_afrimgsm_local_copy_reads_like_the_bundled_tsv_reader(tmp_path):
+    """The `datasets` csv builder keeps quotes, commas and answers exactly as our own TSV reader does."""
+    extra = Problem("x", 'Alisema "habari" mara 3, kisha "asante" mara 4. Ni mara ngapi?', "1,000")
+    mgsm = [*load_problems("mgsm", "swa"), extra]
+    d = tmp_path / "swa"
+    d.mkdir()
+    rows = ["question\tanswer_number"] + [f"{p.question}\t{p.answer}" for p in mgsm]
+    (d / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    local = load_problems("afrimgsm", "swa", "test", data_dir=str(tmp_path))
+    assert [(p.question, p.answer) for p in local] == [(p.question, p.answer) for p in mgsm]
+    assert local[-1].question.count('"') == 4  # pandas' default quoting would have eaten these
 
 
 def test_afrimgsm_unreachable_hub_is_one_line(monkeypatch):

@@ -11,7 +11,8 @@ from sqlalchemy import text, update
 from copsd.config import JobConfig
 from copsd.errors import CopsdError
 from copsd.results import DONE, FAILED, PENDING, RUNNING, ResultsDB
-from copsd.results.schema import METRIC_COLUMNS, JobRow, utcnow
+from copsd.results.db import MIGRATIONS
+from copsd.results.schema import GRADER_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, JobRow, utcnow
 
 
 def _jobs(n=3):
@@ -26,7 +27,7 @@ def db(tmp_path):
 
 
 def test_schema_and_wal(db, tmp_path):
-    assert db.schema_version() == 1
+    assert db.schema_version() == SCHEMA_VERSION == 2
     con = sqlite3.connect(tmp_path / "r.db")
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= tables
@@ -103,25 +104,60 @@ def test_results_upsert_and_frame(db):
 
 def test_migrations_run_in_order_on_older_databases(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    ResultsDB(url).close()  # made by "version 1"
+    ResultsDB(url).close()  # made by the current version
     calls = []
-
-    def v2(engine):
-        calls.append(2)
-        with engine.begin() as c:
-            c.execute(text("ALTER TABLE results ADD COLUMN extra_metric FLOAT"))
 
     def v3(engine):
         calls.append(3)
+        with engine.begin() as c:
+            c.execute(text("ALTER TABLE results ADD COLUMN extra_metric FLOAT"))
 
-    newer = ResultsDB(url, migrations={2: v2, 3: v3}, schema_version=3)
-    assert calls == [2, 3] and newer.schema_version() == 3
+    def v4(engine):
+        calls.append(4)
+
+    newer = ResultsDB(url, migrations={**MIGRATIONS, 3: v3, 4: v4}, schema_version=4)
+    assert calls == [3, 4] and newer.schema_version() == 4
     newer.close()
-    again = ResultsDB(url, migrations={2: v2, 3: v3}, schema_version=3)  # nothing left to do
-    assert calls == [2, 3]
+    again = ResultsDB(url, migrations={**MIGRATIONS, 3: v3, 4: v4}, schema_version=4)  # nothing left to do
+    assert calls == [3, 4]
     again.close()
     with pytest.raises(CopsdError, match="newer than this copsd"):
-        ResultsDB(url)  # this copsd knows only v1
+        ResultsDB(url)  # this copsd knows only v2
+
+
+def test_a_version_1_database_is_upgraded_keeping_its_rows(tmp_path):
+    """A DB written before provenance and per-grader columns: the real v2 migration adds them."""
+    path = tmp_path / "v1.db"
+    db = ResultsDB(f"sqlite:///{path}")
+    j = JobConfig(method="base", model="m", language="swa", eval={"benchmark": "mgsm"})
+    db.register_sweep("s", [j])
+    metrics = dict.fromkeys(METRIC_COLUMNS, 0.5)
+    db.add_result(
+        j.job_id,
+        benchmark="mgsm",
+        language="swa",
+        split="test",
+        step=0,
+        max_new_tokens=16,
+        n_samples=1,
+        n_problems=4,
+        metrics=metrics,
+    )
+    db.close()
+    con = sqlite3.connect(path)  # turn it back into the v1 layout
+    con.execute("ALTER TABLE jobs DROP COLUMN provenance_json")
+    for col in GRADER_COLUMNS:
+        con.execute(f"ALTER TABLE results DROP COLUMN {col}")
+    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    up = ResultsDB(f"sqlite:///{path}")
+    assert up.schema_version() == 2
+    df = up.results_frame()
+    assert df.accuracy.iloc[0] == 0.5 and df.accuracy_paper.isna().all()
+    up.set_provenance(j.job_id, {"copsd_version": "x"})
+    assert '"copsd_version"' in up.get_job(j.job_id).provenance_json
+    up.close()
 
 
 def test_missing_database_directory_is_a_clear_error(tmp_path):

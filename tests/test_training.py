@@ -12,7 +12,7 @@ from copsd.data.languages import get_language
 from copsd.data.training import TrainExample, clean_gsm8k_solution, load_training_data
 from copsd.errors import CopsdError, DataError
 from copsd.models import load_model
-from copsd.prompts import teacher_prompt, teacher_user_message, training_student_prompt
+from copsd.prompts import student_prompt, teacher_prompt, teacher_user_message, training_student_prompt
 from copsd.training import TRAINERS
 from copsd.training.adapters import load_adapter, saved_steps, wrap_lora
 from copsd.training.grpo_trainer import final_answer_region, reward
@@ -158,11 +158,18 @@ def test_chunked_and_direct_loss_agree_in_trainer(tmp_path):
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
-    job = _job(max_steps=3)
+    # linear decay with a warmup step: the resumed run must continue the schedule, not restart it
+    job = _job(max_steps=3, warmup_steps=1)
+    assert job.train.lr_scheduler == "linear"
+    lrs: dict[str, dict[int, float]] = {"a": {}, "b": {}}
     straight, _ = _setup(job, tmp_path / "a")
+    straight.log = lambda m, step: lrs["a"].__setitem__(step, m["train/lr"])
     straight.train()
+    # warmup 0 -> peak over 1 step, then linear to 0 at max_steps: multipliers 0, 1, 1/2
+    assert [lrs["a"][s] for s in (1, 2, 3)] == pytest.approx([0.0, 5e-2, 2.5e-2])
 
     crashed, _ = _setup(job, tmp_path / "b")
+    crashed.log = lambda m, step: lrs["b"].__setitem__(step, m["train/lr"])
 
     def boom(step):
         if step == 2:
@@ -173,11 +180,37 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
         crashed.train()
     assert saved_steps(tmp_path / "b" / "run") == [1, 2]
     resumed, _ = _setup(job, tmp_path / "b")
+    resumed.log = lambda m, step: lrs["b"].__setitem__(step, m["train/lr"])
     assert resumed.train() == 3
+    assert lrs["b"] == lrs["a"]
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
     a = {n: p for n, p in straight.model.named_parameters() if "lora_" in n}
     b = {n: p for n, p in resumed.model.named_parameters() if "lora_" in n}
     for n in a:
         torch.testing.assert_close(a[n], b[n])
+
+
+@pytest.mark.parametrize(
+    ("name", "warmup", "expected"),
+    [
+        ("linear", 0, [1.0, 0.75, 0.5, 0.25]),  # the released default: peak -> 0 over max_steps
+        ("constant", 0, [1.0, 1.0, 1.0, 1.0]),
+        ("constant", 2, [0.0, 0.5, 1.0, 1.0]),
+        ("cosine", 0, [1.0, 0.8535534, 0.5, 0.1464466]),
+    ],
+)
+def test_learning_rate_schedules(name, warmup, expected):
+    from copsd.training.trainer import make_scheduler
+
+    cfg = _job(max_steps=4, lr_scheduler=name, warmup_steps=warmup).train
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, cfg)
+    seen = []
+    for _ in range(4):
+        seen.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected)
 
 
 class _Hostile:
@@ -229,7 +262,7 @@ def test_sft_step_trains_lora_and_grpo_logs_its_diagnostics(tmp_path):
 def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
     trainer, lm = _setup(_job("grpo", lr=1e-2), tmp_path)
     tok = lm.tokenizer
-    prompt = tok(training_student_prompt(tok, EX[0].problem, "swa"), add_special_tokens=False)["input_ids"]
+    prompt = tok(trainer.prompt(EX[0]), add_special_tokens=False)["input_ids"]
     good, bad = (
         tok("\\boxed{3}", add_special_tokens=False)["input_ids"],
         tok("no idea", add_special_tokens=False)["input_ids"],
@@ -244,17 +277,44 @@ def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
             return float(chunked_token_logprobs(h, trainer.lm_head, torch.tensor(c)).mean())
 
     g0, b0 = logp(good), logp(bad)
+    trainer._step_tokens, trainer._step_completions = len(good) + len(bad), 2
     for _ in range(3):
         trainer.optimizer.zero_grad()
-        loss, _ = trainer.policy_loss([prompt, prompt], [good, bad], [1.0, -1.0])
+        loss, _ = trainer.policy_loss([prompt, prompt], [good, bad], [1.0, -1.0], 1)
         loss.backward()
         trainer.optimizer.step()
     assert logp(good) > g0 and logp(bad) < b0
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo"])
+def test_grpo_loss_types_aggregate_over_the_whole_step(tmp_path, loss_type):
+    """At the sampling point the ratio is 1, so each token's loss value is -advantage: the step's
+    loss (the mean of the micro-batch losses, as the trainer takes it) has a closed form."""
+    trainer, lm = _setup(_job("grpo", loss_type=loss_type), tmp_path)
+    p = lm.tokenizer(trainer.prompt(EX[0]), add_special_tokens=False)["input_ids"]
+    micro = [([[5, 6, 7], [8, 9, 10, 11, 12]], [1.0, -0.5]), ([[13, 14]], [2.0])]
+    trainer._step_tokens, trainer._step_completions = 10, 3
+    losses = [float(trainer.policy_loss([p] * len(c), c, a, len(micro))[0].detach()) for c, a in micro]
+    step_loss = sum(losses) / len(micro)
+    expected = {
+        "dapo": -(3 * 1.0 + 5 * -0.5 + 2 * 2.0) / 10,  # every token of the step weighs the same
+        "grpo": -(1.0 - 0.5 + 2.0) / 3,  # every completion weighs the same
+        "bnpo": -((3 * 1.0 + 5 * -0.5) / 8 + 2.0) / 2,  # every micro-batch weighs the same
+    }[loss_type]
+    assert step_loss == pytest.approx(expected, abs=1e-6)
+
+
+def test_grpo_trains_on_the_evaluation_prompt_as_released(tmp_path):
+    trainer, lm = _setup(_job("grpo"), tmp_path)
+    text = trainer.prompt(EX[0])
+    assert text == student_prompt(lm.tokenizer, EX[0].problem, "swa")  # no "Problem:" label
+    assert get_language("swa").teacher.problem + ":" not in text
+
+
 def test_grpo_reward_grades_the_answer_after_thinking():
     assert final_answer_region("<think>\\boxed{3}</think> so \\boxed{4}") == " so \\boxed{4}"
     assert reward("<think>\\boxed{4}</think> so \\boxed{5}", "4") == 0.0
+    assert reward("<think>x</think> \\boxed{4} then \\boxed{5}", "4") == 1.0  # the first box after </think>
     assert reward("thinking... \\boxed{4}", "4") == 1.0
     assert reward("no box", "4", format_weight=0.1) == 0.0
     assert reward("\\boxed{5}", "4", format_weight=0.1) == pytest.approx(0.1)

@@ -3,7 +3,8 @@
 The table says, per benchmark, where its files come from, which languages and splits it has and
 which fields hold the question, the answer and the id; this module turns that into `Problem`s.
 Sources: `bundled` (files under `copsd/resources/benchmarks/`, see ATTRIBUTION.md there), `hub`
-(a Hub dataset, or a local copy: `eval.data_dir` / the benchmark's `local_dir_env`), and any
+(a Hub dataset loaded with `datasets.load_dataset`, or a local copy: `eval.data_dir` / the
+benchmark's `local_dir_env`), and any
 source a plugin adds with `register_source` (the testbed generates its problems). Every loader
 returns problems in file order; `limit` takes the first N.
 """
@@ -45,6 +46,7 @@ class Benchmark(BaseModel):
     format: Literal["tsv", "tsv_noheader", "jsonl"] | None = None
     path: str = ""
     hub_id: str | None = None
+    hub_config: str = "{file_code}"
     local_dir_env: str | None = None
     languages: dict[str, str]
     splits: tuple[str, ...] = Field(min_length=1)
@@ -210,13 +212,18 @@ def read_problems(b: Benchmark, path: Path, language: str, split: str) -> list[P
             r["answer"], r["question"] = ans, r[b.question]
     else:
         records = _read_tsv(path, b.format == "tsv", b.question, b.answer)
+    return problems_from_records(b, records, language, split)
+
+
+def problems_from_records(b: Benchmark, records: list[dict], language: str, split: str) -> list[Problem]:
+    """Records with `question` and `answer` -> problems (answer cleaning and ids per the table)."""
     out = []
     for i, r in enumerate(records):
         answer = str(r["answer"])
         if b.after:
             answer = answer.split(b.after)[-1].replace(",", "")
         answer = _clean_answer(answer) if b.clean_answer else answer.strip()
-        out.append(Problem(b.problem_id(r, language, split, i), r["question"], answer))
+        out.append(Problem(b.problem_id(r, language, split, i), str(r["question"]), answer))
     return out
 
 
@@ -239,61 +246,111 @@ register_source(
 
 
 # ---- Hub datasets with a local-copy alternative ------------------------------------------------
+# Both go through the `datasets` library, as the released evaluation loads AfriMGSM:
+# `load_dataset(hub_id, <language config>, split=...)` for the Hub (nothing here assumes a file
+# layout inside the Hub repository) and the `csv` builder for a local copy (<lang>/<split>.tsv).
 def _local_dir(b: Benchmark, data_dir: str | None) -> str | None:
     return data_dir or (os.environ.get(b.local_dir_env) if b.local_dir_env else None) or None
 
 
-def _hub_file(b: Benchmark, language: str, split: str, data_dir: str | None) -> Path:
+def _quiet_datasets() -> None:
+    """No per-call progress bars from `datasets` in sweep logs."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _local_file(b: Benchmark, language: str, split: str, local: str) -> Path:
     code = b.languages[language]
-    rel = b.path.format(file_code=code, split=split)
     env = f" / {b.local_dir_env}" if b.local_dir_env else ""
+    root = Path(local).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"{b.display} directory '{root}' does not exist; set eval.data_dir / --data-dir{env} "
+            f"to a folder with <lang>/{split}.tsv"
+        )
+    rel = b.path.format(file_code=code, split=split)
+    leaf = Path(rel).name
+    for cand in (root / code / leaf, root / rel):
+        if cand.is_file():
+            return cand
+    raise DataError(f"{b.display} file {root / code / leaf} not found (layout: <lang>/{leaf})")
+
+
+def _local_records(b: Benchmark, path: Path) -> list[dict]:
+    """A local TSV copy through the `datasets` csv builder (tab-separated, no quoting, all strings)."""
+    from datasets import Features, Value, load_dataset
+
+    _quiet_datasets()
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\r\n").split("\t")
+    try:
+        ds = load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,  # "NA" is text, not a missing value
+            features=Features({c: Value("string") for c in header}),  # answers stay as written
+        )
+    except Exception as exc:  # noqa: BLE001 - pandas/arrow raise many types for a malformed file
+        raise DataError(f"{path}: cannot read as a tab-separated file ({type(exc).__name__}: {exc})") from None
+    return _with_fields(b, list(ds), str(path))
+
+
+def _with_fields(b: Benchmark, records: list[dict], where: str) -> list[dict]:
+    """Map the table's question/answer field names onto `question`/`answer`."""
+    if not records:
+        return []
+    cols = list(records[0])
+    answer_col = next((a for a in b.answer if a in cols), None)
+    if b.question not in cols or answer_col is None:
+        wanted = " or ".join(repr(a) for a in b.answer)
+        raise DataError(f"{where}: needs columns '{b.question}' and {wanted}; found {cols}")
+    return [{**r, "question": r[b.question], "answer": r[answer_col]} for r in records]
+
+
+def _hub_records(b: Benchmark, language: str, split: str) -> list[dict]:
+    from datasets import load_dataset
+
+    _quiet_datasets()
+    config = b.hub_config.format(file_code=b.languages[language], language=language)
+    env = f" / {b.local_dir_env}" if b.local_dir_env else ""
+    try:
+        ds = load_dataset(b.hub_id, config, split=split)
+    except Exception as exc:  # offline, no cache, gated, unknown config, ...
+        raise DataError(
+            f"{b.display} '{language}/{split}' could not be loaded from the Hub ({b.hub_id}, config '{config}': "
+            f"{type(exc).__name__}); load it once where the Hub is reachable (it is cached) or point "
+            f"eval.data_dir{env} at a local copy laid out as <lang>/{split}.tsv"
+        ) from None
+    return _with_fields(b, list(ds), f"{b.hub_id} ({config}/{split})")
+
+
+def _hub_load(b: Benchmark, language: str, split: str, data_dir: str | None) -> list[Problem]:
     local = _local_dir(b, data_dir)
     if local:
-        root = Path(local).expanduser()
-        if not root.is_dir():
-            raise DataError(
-                f"{b.display} directory '{root}' does not exist; set eval.data_dir / --data-dir{env} "
-                f"to a folder with <lang>/{split}.tsv"
-            )
-        leaf = Path(rel).name
-        for cand in (root / code / leaf, root / rel):
-            if cand.is_file():
-                return cand
-        raise DataError(f"{b.display} file {root / code / leaf} not found (layout: <lang>/{leaf})")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(b.hub_id, rel, repo_type="dataset"))
-    except Exception as exc:  # offline, no cache, gated, ...
-        raise DataError(
-            f"{b.display} '{language}/{split}' could not be fetched from the Hub ({b.hub_id}: "
-            f"{type(exc).__name__}); download it where the Hub is reachable or point eval.data_dir{env} "
-            f"at a local copy laid out as <lang>/{Path(rel).name}"
-        ) from None
+        records = _local_records(b, _local_file(b, language, split, local))
+    else:
+        records = _hub_records(b, language, split)
+    return problems_from_records(b, records, language, split)
 
 
 def _hub_availability(b: Benchmark, language: str, split: str) -> str:
     code = b.languages[language]
-    rel = b.path.format(file_code=code, split=split)
     local = _local_dir(b, None)
-    if local and (Path(local) / code / Path(rel).name).is_file():
+    if local and (Path(local) / code / Path(b.path.format(file_code=code, split=split)).name).is_file():
         return "local"
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import scan_cache_dir
 
-        if isinstance(try_to_load_from_cache(b.hub_id, rel, repo_type="dataset"), str):
+        if any(r.repo_id == b.hub_id for r in scan_cache_dir().repos):
             return "hub-cache"
     except Exception:
         pass
     return "hub"
 
 
-register_source(
-    "hub",
-    Source(
-        load=lambda b, language, split, data_dir: read_problems(
-            b, _hub_file(b, language, split, data_dir), language, split
-        ),
-        availability=_hub_availability,
-    ),
-)
+register_source("hub", Source(load=_hub_load, availability=_hub_availability))

@@ -78,9 +78,21 @@ class Language:
         teacher equals the student instruction."""
         block = dict(self.extra.get("teacher") or {})
         vals = {k: str(block.get(k, v)).replace("{language}", self.name) for k, v in TEACHER_DEFAULTS.items()}
-        return TeacherStrings(
-            **vals, final_instruction=self.instruction, translated=self.code == "eng" or "transition" in block
-        )
+        final = str(block.get("final_instruction", self.instruction))  # an imported released file may set it
+        return TeacherStrings(**vals, final_instruction=final, translated=self.code == "eng" or "transition" in block)
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of every prompt string of this language: part of a job's identity, so results made
+        with different prompt sets (e.g. an imported copy of the released strings) never merge."""
+        import hashlib
+        import json
+
+        strings = {"name": self.name, "instruction": self.instruction, "thinking": self.thinking}
+        strings.update({f"teacher.{k}": v for k, v in vars(self.teacher).items() if isinstance(v, str)})
+        strings["eval_template"] = str(self.extra.get("eval_template", ""))
+        blob = json.dumps(strings, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def _load_yaml(path: Path | str) -> dict:

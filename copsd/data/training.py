@@ -4,7 +4,8 @@ Accepted sources (`train.data_path`; `{language}` in it is replaced by the langu
 - a COPSD JSON/JSONL file with `problem` (English), `solution` (English) and `problem_<lang>`
   (the released training format), or the Hub variant with `problem_translated` + `language`;
 - a directory holding such files (e.g. `translated_<lang>.json`);
-- a Hub dataset id (downloaded with huggingface_hub; JSON, JSONL or parquet files);
+- a Hub dataset id, loaded with `datasets.load_dataset(id, split="train")` (local files go
+  through the same library's json/parquet builders);
 - nothing, for a language with a default source: the bundled GSM8K-train + Swahili translations
   for `swa`, and whatever plugins add with `register_default_source` (the testbed's languages).
 Records whose English problem is an evaluation test problem (GSM8K test, hence MGSM) are dropped:
@@ -95,48 +96,81 @@ def _answer_of(rec: dict, solution: str) -> str:
 
 
 def _records_from_files(files: list[Path]) -> list[dict]:
+    """Records of local JSON/JSONL/parquet files, read with `datasets` (one file at a time: files of
+    different languages have different columns). Where `datasets` cannot read a JSON file, our own
+    reader names the bad line (or reads it, when only column types disagree between records)."""
+    from datasets import load_dataset
+
+    _quiet_datasets()
     recs: list[dict] = []
     for f in files:
+        builder = "parquet" if f.suffix == ".parquet" else "json"
+        kwargs = {"field": "data"} if f.suffix == ".json" and _top_level_is_object(f) else {}
         try:
-            if f.suffix == ".parquet":
-                import pandas as pd
-
-                recs += pd.read_parquet(f).to_dict("records")
-            elif f.suffix == ".jsonl":
-                recs += [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
-            else:
-                data = json.loads(f.read_text(encoding="utf-8"))
-                recs += data if isinstance(data, list) else data.get("data", [])
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise DataError(f"{f}: cannot read training records ({exc})") from None
+            recs += list(load_dataset(builder, data_files=str(f), split="train", **kwargs))
+        except Exception as exc:  # noqa: BLE001 - arrow/json raise many types
+            if builder == "parquet":
+                raise DataError(f"{f}: cannot read training records ({type(exc).__name__})") from None
+            recs += _read_json_records(f)
     return recs
 
 
-def _resolve_files(data_path: str) -> list[Path]:
+def _top_level_is_object(f: Path) -> bool:
+    """A `.json` file holding {"data": [...]} rather than a list of records."""
+    with open(f, encoding="utf-8") as fh:
+        head = fh.read(1).lstrip() or fh.read(4096).lstrip()[:1]
+    return head == "{"
+
+
+def _read_json_records(f: Path) -> list[dict]:
+    text = f.read_text(encoding="utf-8")
+    if f.suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{f}:{i}: invalid JSON ({exc.msg}); fix or delete that line") from None
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{f}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    return data if isinstance(data, list) else data.get("data", [])
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def _load_records(data_path: str) -> list[dict]:
+    """A file, a directory of files, or a Hub dataset id (its train split, via `datasets.load_dataset`)."""
     p = Path(data_path).expanduser()
     if p.is_file():
-        return [p]
+        return _records_from_files([p])
     if p.is_dir():
         files = sorted(x for x in p.rglob("*") if x.suffix in (".json", ".jsonl", ".parquet"))
         if not files:
             raise DataError(f"{p}: no .json/.jsonl/.parquet training files in this directory")
-        return files
+        return _records_from_files(files)
     if data_path.startswith((".", "/", "~")) or data_path.count("/") != 1:
         raise DataError(
             f"training data '{data_path}' not found (give a COPSD JSON file, a directory, or a Hub dataset id)"
         )
-    try:
-        from huggingface_hub import snapshot_download
+    from datasets import load_dataset
 
-        root = Path(
-            snapshot_download(data_path, repo_type="dataset", allow_patterns=["*.json", "*.jsonl", "*.parquet"])
-        )
-    except Exception as exc:
+    _quiet_datasets()
+    try:
+        return list(load_dataset(data_path, split="train"))
+    except Exception as exc:  # offline, no cache, gated, ...
         raise DataError(
-            f"training data '{data_path}' could not be fetched from the Hub ({type(exc).__name__}); "
-            "download it where the Hub is reachable or set train.data_path to a local file"
+            f"training data '{data_path}' could not be loaded from the Hub ({type(exc).__name__}); load it once "
+            "where the Hub is reachable (it is cached) or set train.data_path to a local file"
         ) from None
-    return _resolve_files(str(root))
 
 
 def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExample]:
@@ -201,7 +235,7 @@ def load_training_data(
         examples, source = _DEFAULT_SOURCES[language](language)
     else:
         data_path = data_path.replace("{language}", language)  # e.g. data/translated_{language}.json
-        examples = _to_examples(_records_from_files(_resolve_files(data_path)), language, data_path)
+        examples = _to_examples(_load_records(data_path), language, data_path)
         source = data_path
     tests = test_problem_set()
     examples = [e for e in examples if _norm(e.problem_en) not in tests]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from copsd.config import EvalConfig
 from copsd.data.benchmarks import Problem
 from copsd.evaluation.metrics import Sample, compute_metrics
-from copsd.grading import extract_boxed, is_equivalent
+from copsd.grading import GRADERS
 from copsd.prompts import student_prompt
 from copsd.rollout import SamplingParams, generate
 
@@ -45,25 +45,32 @@ def evaluate(
         on_batch=on_batch,
         engine=cfg.rollout_engine,
     )
-    graded: list[list[Sample]] = []
+    graders = {name: GRADERS[name] for name in (cfg.grader, *sorted(set(GRADERS) - {cfg.grader}))}
+    graded: dict[str, list[list[Sample]]] = {name: [] for name in graders}
     records: list[dict] = []
     for prob, rolls in zip(problems, rollouts):
-        row = []
+        rows: dict[str, list[Sample]] = {name: [] for name in graders}
         for r in rolls:
-            pred = extract_boxed(r.text)
-            ok = is_equivalent(pred, prob.answer)
-            row.append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
-            records.append(
-                {
-                    "problem_id": prob.id,
-                    "sample": r.sample_index,
-                    "gold": prob.answer,
-                    "extracted": pred,
-                    "correct": ok,
-                    "truncated": not r.finished,
-                    "n_tokens": len(r.token_ids),
-                    "response": r.text,
-                }
-            )
-        graded.append(row)
-    return EvalOutput(compute_metrics(graded), records, len(problems))
+            rec = {"problem_id": prob.id, "sample": r.sample_index, "gold": prob.answer}
+            for name, g in graders.items():
+                pred = g.extract(r.text)
+                ok = g.correct(pred, prob.answer)
+                rows[name].append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
+                if name == cfg.grader:  # the job's grader first, under the plain names
+                    rec.update(extracted=pred, correct=ok)
+                else:
+                    rec.update({f"extracted_{name}": pred, f"correct_{name}": ok})
+            rec.update(truncated=not r.finished, n_tokens=len(r.token_ids), response=r.text)
+            records.append(rec)
+        for name in graders:
+            graded[name].append(rows[name])
+    per_grader = {name: compute_metrics(graded[name], g.vote_key) for name, g in graders.items()}
+    metrics = dict(per_grader[cfg.grader])
+    for name, m in per_grader.items():
+        for key in GRADED_METRICS:
+            metrics[f"{key}_{name}"] = m[key]
+    return EvalOutput(metrics, records, len(problems))
+
+
+# the metrics stored per grader (results columns `<metric>_paper`, `<metric>_lenient`)
+GRADED_METRICS = ("accuracy", "pass_at_k", "maj_at_k")

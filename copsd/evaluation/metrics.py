@@ -11,6 +11,7 @@ token ids, n = 2..6, averaged over responses long enough to have an n-gram.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import comb
 
@@ -46,10 +47,14 @@ class Sample:
     token_ids: list[int]
 
 
-def compute_metrics(samples: list[list[Sample]]) -> dict[str, float]:
-    """Metrics over problems (outer list) x samples (inner list, all the same length k)."""
+def compute_metrics(samples: list[list[Sample]], vote_key: Callable[[str], str] | None = None) -> dict[str, float]:
+    """Metrics over problems (outer list) x samples (inner list, all the same length k).
+
+    `vote_key` maps an extracted answer to its Maj@k ballot (the grader's: normalised for
+    `lenient`, the raw string for `paper`, as released)."""
     from copsd.grading import normalize_answer
 
+    vote_key = vote_key or normalize_answer
     k = len(samples[0])
     if any(len(s) != k for s in samples):
         raise ValueError("every problem needs the same number of samples")
@@ -63,7 +68,7 @@ def compute_metrics(samples: list[list[Sample]]) -> dict[str, float]:
         first: dict[str, Sample] = {}
         for s in prob:
             if s.extracted is not None:
-                key = normalize_answer(s.extracted)
+                key = vote_key(s.extracted)
                 votes[key] += 1
                 first.setdefault(key, s)
         if not votes:

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-from sqlalchemy import Engine, and_, create_engine, event, false, or_, select, update
+from sqlalchemy import Engine, and_, create_engine, event, false, inspect, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
@@ -21,6 +21,7 @@ from copsd.paths import db_url, sqlite_path
 from copsd.results.schema import (
     DONE,
     FAILED,
+    GRADER_COLUMNS,
     METRIC_COLUMNS,
     PENDING,
     RUNNING,
@@ -35,8 +36,27 @@ from copsd.results.schema import (
     utcnow,
 )
 
+
+def _add_columns(table: str, columns: dict[str, str]) -> Callable[[Engine], None]:
+    """A migration that adds nullable columns (skipping any a half-finished earlier run added)."""
+
+    def migrate(engine: Engine) -> None:
+        have = {c["name"] for c in inspect(engine).get_columns(table)}
+        with engine.begin() as conn:
+            for name, sql_type in columns.items():
+                if name not in have:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+    return migrate
+
+
+def _v2(engine: Engine) -> None:
+    _add_columns("jobs", {"provenance_json": "TEXT"})(engine)
+    _add_columns("results", dict.fromkeys(GRADER_COLUMNS, "FLOAT"))(engine)
+
+
 # version -> function(engine) that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {}
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -218,6 +238,14 @@ class ResultsDB:
             )
             return res.rowcount
 
+    def set_provenance(self, job_id: str, provenance: dict) -> None:
+        import json
+
+        with self.Session.begin() as s:
+            s.execute(
+                update(JobRow).where(JobRow.id == job_id).values(provenance_json=json.dumps(provenance, sort_keys=True))
+            )
+
     def set_job_mlflow_run(self, job_id: str, run_id: str) -> None:
         with self.Session.begin() as s:
             s.get(JobRow, job_id).mlflow_run_id = run_id
@@ -270,6 +298,8 @@ class ResultsDB:
             row.n_samples, row.n_problems, row.created_at = n_samples, n_problems, utcnow()
             for col in METRIC_COLUMNS:
                 setattr(row, col, float(metrics[col]))
+            for col in GRADER_COLUMNS:
+                setattr(row, col, float(metrics[col]) if col in metrics else None)
 
     def results_frame(self, sweep: str | None = None):
         """Results joined with their jobs, as a pandas DataFrame (one row per result)."""
@@ -288,7 +318,7 @@ class ResultsDB:
             ResultRow.max_new_tokens,
             ResultRow.n_samples,
             ResultRow.n_problems,
-            *[getattr(ResultRow, c) for c in METRIC_COLUMNS],
+            *[getattr(ResultRow, c) for c in (*METRIC_COLUMNS, *GRADER_COLUMNS)],
         ]
         q = select(*cols).join(JobRow, JobRow.id == ResultRow.job_id)
         if sweep is not None:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: jobs.provenance_json; results' per-grader columns
 
 PENDING, RUNNING, DONE, FAILED = "PENDING", "RUNNING", "DONE", "FAILED"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -35,6 +35,16 @@ METRIC_COLUMNS = (
     "repetition_5",
     "repetition_6",
     "repetition_rate",
+)
+# One evaluation grades every sample with both graders (copsd.grading); the columns above hold
+# the job's `eval.grader`, these hold each grader's own values (NULL in rows written before v2).
+GRADER_COLUMNS = (
+    "accuracy_paper",
+    "pass_at_k_paper",
+    "maj_at_k_paper",
+    "accuracy_lenient",
+    "pass_at_k_lenient",
+    "maj_at_k_lenient",
 )
 
 
@@ -82,6 +92,8 @@ class JobRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    # what the job was made with: versions, git commit, device, prompt and data fingerprints
+    provenance_json: Mapped[str | None] = mapped_column(Text)
 
 
 class SweepJob(Base):
@@ -118,4 +130,10 @@ class ResultRow(Base):
     repetition_5: Mapped[float] = mapped_column(Float)
     repetition_6: Mapped[float] = mapped_column(Float)
     repetition_rate: Mapped[float] = mapped_column(Float)
+    accuracy_paper: Mapped[float | None] = mapped_column(Float)
+    pass_at_k_paper: Mapped[float | None] = mapped_column(Float)
+    maj_at_k_paper: Mapped[float | None] = mapped_column(Float)
+    accuracy_lenient: Mapped[float | None] = mapped_column(Float)
+    pass_at_k_lenient: Mapped[float | None] = mapped_column(Float)
+    maj_at_k_lenient: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

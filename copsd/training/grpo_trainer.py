@@ -1,10 +1,24 @@
-"""GRPO baseline: G rollouts per prompt, binary math-verify reward, group-normalised advantages,
-clipped token-level surrogate, optional KL to the base model (adapters disabled).
+"""GRPO baseline, as the released `multilingual_grpo_train.py` runs it on TRL's GRPOTrainer.
+
+- Prompt: the evaluation prompt (problem + instruction, no "Problem:" label) with the thinking
+  prefix, as the released script builds it.
+- Reward: 1 if the FIRST `\\boxed{}` after the last `</think>` (anywhere, without one) is correct
+  by the released reward's check (`copsd.grading.grpo_reward_correct`), else 0; plus the optional
+  `format_reward` (0 by default; the released script has none).
+- Advantages: (r - group mean) / (group std + 1e-4) (TRL's scale_rewards="group").
+- Loss: token-level clipped surrogate (epsilon 0.2), aggregated per `loss_type`:
+    dapo  sum over every completion token of the optimizer step / their number (TRL 0.26's
+          default, which the released script gets: it sets no loss_type in code)
+    grpo  mean over each completion's tokens, then mean over completions (TRL's original; the
+          OPSD repository's GRPO launch script sets it)
+    bnpo  mean over the tokens of each micro-batch, then mean over micro-batches
+  Optional k3 KL to the base model (adapters disabled) with `kl_coef` (TRL's beta; default 0).
 
 `batch_size` counts completions per optimizer step (TRL's convention), so a step covers
-batch_size / num_generations prompts. One gradient step per batch of rollouts (fully on-policy):
-the importance ratio is 1 at the point where the gradient is taken, so the clip (epsilon) bounds
-only the direction, as in TRL with num_iterations = 1.
+batch_size / num_generations prompts. All of a step's groups are sampled first (`prepare_step`,
+as TRL generates the whole batch), so `dapo` can divide by the step's token count. One gradient
+step per batch of rollouts: the importance ratio is 1 where the gradient is taken (TRL with
+num_iterations = 1), so the clip bounds only the direction.
 """
 
 from __future__ import annotations
@@ -12,9 +26,9 @@ from __future__ import annotations
 import torch
 
 from copsd.config import GrpoSettings
-from copsd.grading import extract_boxed, is_equivalent
+from copsd.grading import first_box_after_think, grpo_reward_correct
 from copsd.losses import chunked_token_logprobs
-from copsd.prompts import training_student_prompt
+from copsd.prompts import student_prompt
 from copsd.rollout import SamplingParams
 from copsd.training.forward import completion_hidden, decoder_and_head
 from copsd.training.trainer import StepStats, Trainer
@@ -26,9 +40,9 @@ def final_answer_region(text: str) -> str:
 
 
 def reward(text: str, gold: str, format_weight: float = 0.0) -> float:
-    region = final_answer_region(text)
-    pred = extract_boxed(region)
-    return float(is_equivalent(pred, gold)) + (format_weight if pred is not None else 0.0)
+    """The released correctness reward, plus `format_weight` when a box was found."""
+    has_box = first_box_after_think(text) is not None
+    return float(grpo_reward_correct(text, gold)) + (format_weight if has_box else 0.0)
 
 
 class GrpoTrainer(Trainer):
@@ -37,6 +51,9 @@ class GrpoTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
+        self._groups: list[tuple[list, list[list[int]], list[list[int]], list[float]]] = []
+        self._step_tokens = 0
+        self._step_completions = 0
 
     def prompts_per_step(self) -> int:
         return max(1, self.cfg.batch_size // self.cfg.num_generations)
@@ -44,8 +61,42 @@ class GrpoTrainer(Trainer):
     def prompts_per_micro_batch(self) -> int:
         return max(1, self.cfg.micro_batch_size // self.cfg.num_generations)
 
-    def policy_loss(self, prompt_ids: list[list[int]], comps: list[list[int]], adv: list[float]):
-        """Token-level clipped surrogate (+ k3 KL to the base), averaged over all completion tokens."""
+    def prompt(self, ex) -> str:
+        return student_prompt(self.tok, ex.problem, self.job.language, thinking=self.cfg.student_thinking)
+
+    def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
+        """Sample every group of the step and score it (the rollout seed depends on the micro index)."""
+        cfg = self.cfg
+        params = SamplingParams(
+            n=cfg.num_generations,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_completion_length,
+        )
+        self._groups = []
+        for index, examples in enumerate(micro):
+            prompts = [self.prompt(ex) for ex in examples]
+            groups = self.sample(prompts, params, step, index, stats)
+            prompt_ids, comps, adv = [], [], []
+            for ex, p, g in zip(examples, prompts, groups):
+                p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
+                r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
+                stats.add("reward", *r.tolist())
+                stats.add("zero_std_groups", float(r.std() == 0))
+                a = (r - r.mean()) / (r.std() + 1e-4)
+                for x, ai in zip(g, a.tolist()):
+                    if x.token_ids:
+                        prompt_ids.append(p_ids)
+                        comps.append(x.token_ids)
+                        adv.append(ai)
+            self._groups.append((examples, prompt_ids, comps, adv))
+        self._step_tokens = sum(len(c) for _, _, comps, _ in self._groups for c in comps)
+        self._step_completions = sum(len(comps) for _, _, comps, _ in self._groups)
+
+    def policy_loss(self, prompt_ids: list[list[int]], comps: list[list[int]], adv: list[float], n_micro: int):
+        """The clipped surrogate (+ k3 KL), aggregated so that the mean over micro-batches that the
+        trainer takes equals the `loss_type` aggregate over the whole step."""
         cfg = self.cfg
         h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
         targets = torch.tensor([t for c in comps for t in c], device=self.device)
@@ -64,34 +115,21 @@ class GrpoTrainer(Trainer):
             kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3 estimator, >= 0
             per_token = per_token + cfg.kl_coef * kl
             kl_value = float(kl.mean().detach())
-        return per_token.mean(), kl_value
+        if cfg.loss_type == "dapo":
+            loss = per_token.sum() * n_micro / self._step_tokens
+        elif cfg.loss_type == "grpo":
+            lengths = [len(c) for c in comps]
+            per_seq = torch.stack([t.mean() for t in torch.split(per_token, lengths)])
+            loss = per_seq.sum() * n_micro / self._step_completions
+        else:  # bnpo
+            loss = per_token.mean()
+        return loss, kl_value
 
     def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
-        cfg = self.cfg
-        G = cfg.num_generations
-        prompts = [
-            training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
-            for ex in examples
-        ]
-        params = SamplingParams(
-            n=G, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_completion_length
-        )
-        groups = self.sample(prompts, params, step, index, stats)
-        prompt_ids, comps, adv = [], [], []
-        for ex, p, g in zip(examples, prompts, groups):
-            p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
-            r = torch.tensor([reward(x.text, ex.answer, cfg.format_reward) for x in g])
-            stats.add("reward", *r.tolist())
-            stats.add("zero_std_groups", float(r.std() == 0))
-            a = (r - r.mean()) / (r.std() + 1e-4)
-            for x, ai in zip(g, a.tolist()):
-                if x.token_ids:
-                    prompt_ids.append(p_ids)
-                    comps.append(x.token_ids)
-                    adv.append(ai)
+        _examples, prompt_ids, comps, adv = self._groups[index]
         if not comps:
             return None
-        loss, kl = self.policy_loss(prompt_ids, comps, adv)
+        loss, kl = self.policy_loss(prompt_ids, comps, adv, len(self._groups))
         if kl is not None:
             stats.add("kl", kl)
         return loss

@@ -1,7 +1,7 @@
 """The training loop every method shares (TRL's trainer + config pairing, nanoGPT's one loop).
 
 `Trainer` owns: deterministic batches, the micro-batch accumulation loop, AdamW with a learning-
-rate scheduler (constant), grad-norm clipping, NaN checks, checkpoints every `save_steps`
+rate scheduler (transformers' linear/constant/cosine), grad-norm clipping, NaN checks, checkpoints every `save_steps`
 (adapter + optimizer + scheduler + RNG, so a crashed job resumes exactly) and per-step metrics.
 A method supplies `micro_batch_loss` (the mean loss of one micro-batch, recording what it wants
 in `StepStats`) and, optionally, `step_metrics`, `after_optimizer_step` and extra checkpoint state.
@@ -79,8 +79,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        # constant learning rate (multiplier 1); the scheduler's state is checkpointed with the optimizer's
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _step: 1.0)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)
         self._perm_epoch: int = -1
         self._perm: list[int] = []
 
@@ -92,6 +91,10 @@ class Trainer:
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         """Metrics of one optimizer step beyond the loss, from what `micro_batch_loss` recorded."""
         return {}
+
+    def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
+        """Work over the whole step before any loss (GRPO samples every group first, as TRL does,
+        so its loss can be normalised by the step's total completion tokens)."""
 
     def prompts_per_micro_batch(self) -> int:
         return self.cfg.micro_batch_size
@@ -113,6 +116,7 @@ class Trainer:
         """Forward/backward over micro-batches; gradients accumulate as the mean of their losses."""
         micro = micro_batches(examples, self.prompts_per_micro_batch())
         stats = StepStats()
+        self.prepare_step(micro, step, stats)
         for index, batch in enumerate(micro):
             loss = self.micro_batch_loss(batch, step, index, stats)
             if loss is None:
@@ -257,6 +261,20 @@ class Trainer:
             if self.on_step:
                 self.on_step(step)
         return cfg.max_steps
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCommon) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' own schedules (what the released runs got by default), stepped once per optimizer step.
+
+    Their multipliers are module-level partials, so the state dict holds only numbers and loads with
+    `weights_only=True` on resume.
+    """
+    from transformers import get_scheduler
+
+    name: str = cfg.lr_scheduler
+    if name == "constant" and cfg.warmup_steps:
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps)
 
 
 def micro_batches(items: list, size: int) -> list[list]:
