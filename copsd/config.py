@@ -124,13 +124,18 @@ class CopsdSettings(TrainCommon):
     top_k: int = Field(20, ge=0)
     max_completion_length: int = Field(2048, ge=1)
     divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    beta: float = Field(0.5, ge=0.0, le=1.0, description="teacher weight of the generalized JSD (divergence=jsd)")
+    beta: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="teacher weight of the generalized JSD (divergence=jsd); as released, 0 = forward_kl, 1 = reverse_kl",
+    )
     clip: float | None = Field(0.05, description="divergence cap; null = off")
     clip_mode: Literal["entry", "token_rescale"] = Field(
         "entry", description="entry: clamp each vocabulary entry (paper); token_rescale: scale a token's sum down"
     )
     teacher: Literal["fixed", "live", "ema"] = "fixed"
-    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0, description="teacher: ema (released default 0.999)")
     include_problem_en: bool = True
     include_reference_solution_en: bool = True
     student_thinking: bool = True

@@ -4,6 +4,7 @@ Per vocabulary entry v at each position (logits divided by `temperature` first):
     forward_kl   p_T(v) * (log p_T(v) - log p_S(v))                 = KL(p_T || p_S)   [paper default]
     reverse_kl   p_S(v) * (log p_S(v) - log p_T(v))                 = KL(p_S || p_T)
     jsd          beta * p_T (log p_T - log M) + (1-beta) * p_S (log p_S - log M),  M = beta p_T + (1-beta) p_S
+                 (as released: beta = 0 means forward_kl, beta = 1 means reverse_kl)
 Each entry is clamped from above at `clip` (the released code's per-entry clip, 0.05) BEFORE the
 vocabulary sum, so a clamped entry contributes no gradient. `token_divergence` returns the
 vocabulary sum per position; the trainer averages it over rollout tokens.
@@ -33,8 +34,12 @@ def _entry_divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, kind: str, bet
     if kind == "reverse_kl":
         return s_logp.exp() * (s_logp - t_logp)
     if kind == "jsd":
-        if beta <= 0.0 or beta >= 1.0:  # the mixture degenerates to one side: the divergence is 0
-            return torch.zeros_like(s_logp)
+        # The released generalized JSD special-cases its endpoints (the mixture formula is 0 there):
+        # beta = 0 is KL(p_T || p_S) and beta = 1 is KL(p_S || p_T).
+        if beta <= 0.0:
+            return _entry_divergence(s_logp, t_logp, "forward_kl", beta)
+        if beta >= 1.0:
+            return _entry_divergence(s_logp, t_logp, "reverse_kl", beta)
         m_logp = torch.logsumexp(torch.stack([t_logp + math.log(beta), s_logp + math.log(1.0 - beta)]), dim=0)
         return beta * t_logp.exp() * (t_logp - m_logp) + (1.0 - beta) * s_logp.exp() * (s_logp - m_logp)
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")

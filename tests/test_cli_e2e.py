@@ -47,6 +47,18 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
     ]
     assert all(0.0 <= x[5] <= 1.0 and 0.0 <= x[6] <= 1.0 for x in rows)
     assert {s for (s,) in _db_rows(db, "select status from jobs")} == {"DONE"}
+    # provenance: what each number was made with, in the DB and through `sweep status --job`
+    import json as _json
+
+    job_id, prov_json = _db_rows(db, "select id, provenance_json from jobs order by id")[0]
+    prov = _json.loads(prov_json)
+    for key in ("copsd_version", "torch_version", "transformers_version", "peft_version", "math_verify_version"):
+        assert prov[key], key
+    assert prov["git_commit"] and isinstance(prov["git_dirty"], bool)  # run from this checkout
+    assert prov["device"].startswith("cpu") and len(prov["prompt_fingerprint"]) == 12
+    assert len(prov["eval_data_fingerprint"]) == 16
+    shown = run_cli("sweep", "status", "--job", job_id, cwd=workdir)
+    assert shown.returncode == 0 and prov["eval_data_fingerprint"] in shown.stdout and "git_commit" in shown.stdout
 
     # MLflow: one parent run for the sweep, four nested job runs with params, metrics and artifacts
     from mlflow.tracking import MlflowClient
@@ -58,6 +70,7 @@ def test_small_sweep_end_to_end_and_rerun_does_no_work(workdir, small_spec):
     parents = [x for x in runs if x.data.tags.get("copsd.kind") == "sweep"]
     children = [x for x in runs if x.data.tags.get("copsd.kind") == "job"]
     assert len(parents) == 1 and len(children) == 4
+    assert all(c.data.tags.get("copsd.provenance.prompt_fingerprint") for c in children)
     pid = parents[0].info.run_id
     for ch in children:
         assert ch.data.tags["mlflow.parentRunId"] == pid

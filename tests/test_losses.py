@@ -111,3 +111,13 @@ def test_token_rescale_caps_the_value_and_keeps_the_gradient_direction():
         assert float(cos) > 0.999 and float(g_cap[i].abs().sum()) > 0
     with pytest.raises(ValueError):
         token_divergence(s, t, clip=0.5, clip_mode="nope")
+
+
+@pytest.mark.parametrize(("beta", "same_as"), [(0.0, "forward_kl"), (1.0, "reverse_kl")])
+def test_jsd_endpoints_mean_what_the_released_code_means(beta, same_as):
+    """The released generalized JSD: beta = 0 is KL(p_T || p_S), beta = 1 is KL(p_S || p_T) (not 0)."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(4, 13, generator=g), torch.randn(4, 13, generator=g)
+    got = token_divergence(s, t, kind="jsd", beta=beta, temperature=1.1, clip=0.05)
+    torch.testing.assert_close(got, token_divergence(s, t, kind=same_as, temperature=1.1, clip=0.05))
+    assert float(got.abs().sum()) > 0

@@ -236,13 +236,29 @@ def test_a_hostile_checkpoint_state_is_refused_not_run(tmp_path):
     assert not marker.exists()
 
 
-def test_ema_teacher_lags_the_student(tmp_path):
-    trainer, _ = _setup(_job(teacher="ema", ema_decay=0.5, max_steps=1), tmp_path)
+def test_ema_teacher_as_released(tmp_path):
+    """No EMA copy during step 1 (the live student teaches); the first copy is the weights after
+    step 1, undecayed; then ema <- d * ema + (1 - d) * weights after each step."""
+    trainer, _ = _setup(_job(teacher="ema", ema_decay=0.5, max_steps=2), tmp_path)
+    assert trainer.cfg.teacher == "ema" and trainer.ema is None
+    seen = []
+    trainer.on_step = lambda step: seen.append(
+        (step, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+    )
     trainer.train()
-    live = {n: p.detach() for n, p in trainer.model.named_parameters() if n in trainer.ema}
-    b = [n for n in live if "lora_B" in n][0]
-    assert not torch.equal(trainer.ema[b], live[b])
-    torch.testing.assert_close(trainer.ema[b], 0.5 * live[b])  # EMA of (0 -> live) with decay 0.5
+    (_, after1), (_, after2) = seen
+    b = next(n for n in after1 if "lora_B" in n)
+    assert float(after1[b].abs().max()) > 0
+    torch.testing.assert_close(trainer.ema[b], 0.5 * after1[b] + 0.5 * after2[b])
+    assert _job(teacher="ema").train.ema_decay == 0.999  # the released default
+
+
+def test_ema_teacher_during_step_one_is_the_live_student(tmp_path):
+    trainer, _ = _setup(_job(teacher="ema"), tmp_path)
+    live = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    with trainer.teacher_weights():
+        for n, p in trainer.model.named_parameters():
+            assert torch.equal(p, live[n])
 
 
 def test_sft_step_trains_lora_and_grpo_logs_its_diagnostics(tmp_path):
@@ -365,6 +381,40 @@ def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
         load_training_data("hau", str(tmp_path / "bad.json"), val_size=1)
     with pytest.raises(DataError, match="not found"):
         load_training_data("hau", str(tmp_path / "missing.json"))
+
+
+def test_translation_quality_flag_drops_records_as_released(tmp_path):
+    """`problem_<lang>_ok` present and not exactly true -> dropped; absent -> kept."""
+    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(8)]
+    recs[0]["problem_hau_ok"] = True
+    recs[1]["problem_hau_ok"] = False
+    recs[2]["problem_hau_ok"] = True
+    recs[3]["problem_hau_ok"] = None
+    path = tmp_path / "flags.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    counts: dict = {}
+    train, val = load_training_data("hau", str(path), val_size=1, counts=counts)
+    kept = sorted(e.problem for e in train + val)
+    # datasets reads the flag column for every record: records 4-7 get null there and are dropped,
+    # exactly as the released filter does on the same file
+    assert kept == ["H0", "H2"]
+    assert counts["dropped_quality_flag"] == 6 and counts["records_read"] == 8
+    # a flag written as text is not true either
+    for i, r in enumerate(recs):
+        r["problem_hau_ok"] = "true" if i < 4 else "yes"
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    with pytest.raises(DataError, match="only 0 usable"):
+        load_training_data("hau", str(path), val_size=1)
+
+
+def test_quality_flag_on_some_records_of_a_plain_list(tmp_path):
+    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(6)]
+    path = tmp_path / "noflags.json"
+    path.write_text(json.dumps(recs))
+    counts: dict = {}
+    train, val = load_training_data("hau", str(path), val_size=1, counts=counts)
+    assert len(train) + len(val) == 6 and counts["dropped_quality_flag"] == 0
+    assert counts["train"] == 5 and counts["validation"] == 1 and counts["dropped_test_overlap"] == 0
 
 
 def open_mgsm_en_first() -> str:

@@ -130,8 +130,12 @@ def status(
     spec: str | None = typer.Argument(None, help="spec file or name; default: every sweep in the database"),
     db: str | None = DB_OPT,
     errors: bool = typer.Option(True, "--errors/--no-errors", help="list failed jobs with their last error"),
+    job: str | None = typer.Option(
+        None, "--job", help="one job id: its status and provenance (versions, commit, device, fingerprints)"
+    ),
 ):
-    """Counts of PENDING/RUNNING/DONE/FAILED jobs per sweep, and why jobs failed."""
+    """Counts of PENDING/RUNNING/DONE/FAILED jobs per sweep, and why jobs failed; `--job ID` shows
+    what one job's numbers were made with."""
     from rich.table import Table
 
     from copsd.results.db import ResultsDB, status_counts
@@ -140,6 +144,9 @@ def status(
 
     rdb = ResultsDB(db)
     try:
+        if job:
+            _show_job(rdb, job)
+            return
         names = [select(spec).spec.name] if spec else [s.name for s in rdb.sweeps()]
         if not names:
             console.print("no sweeps in the database yet; run one with `copsd sweep run SPEC`")
@@ -163,6 +170,31 @@ def status(
                 )
     finally:
         rdb.close()
+
+
+def _show_job(rdb, job_id: str) -> None:
+    from rich.table import Table
+
+    row = rdb.get_job(job_id)
+    if row is None:
+        raise CopsdError(f"--job: no job '{job_id}' in {rdb.url}; `copsd sweep plan SPEC` lists job ids")
+    t = Table(title=f"job {row.id}: {row.method}/{row.language}/seed{row.seed}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    for key, value in (
+        ("status", row.status),
+        ("attempts", str(row.attempts)),
+        ("model", row.model),
+        ("mlflow run", row.mlflow_run_id or "-"),
+        ("last error", row.last_error or "-"),
+    ):
+        t.add_row(key, escape(value))
+    prov = json.loads(row.provenance_json) if row.provenance_json else {}
+    for key, value in sorted(prov.items()):
+        t.add_row(key, escape(str(value)))
+    if not prov:
+        t.add_row("provenance", "not recorded yet (the job has not started, or ran before copsd recorded it)")
+    console.print(t)
 
 
 @app.command("reset")

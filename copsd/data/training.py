@@ -173,13 +173,20 @@ def _load_records(data_path: str) -> list[dict]:
         ) from None
 
 
-def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExample]:
+def _to_examples(recs: list[dict], language: str, source: str, counts: dict | None = None) -> list[TrainExample]:
+    """Records -> examples for `language`. As released, a record whose translation-quality flag
+    (`problem_<lang>_ok`) is present and not exactly true is dropped (with `datasets`, a flag
+    column that some records lack reads as null there, so those records are dropped too)."""
     lang = registry()[language]
     keys = [f"problem_{c}" for c in (language, *lang.aliases)]
     names = {language, *lang.aliases, lang.name.lower()}
     out = []
+    dropped = 0
     for i, r in enumerate(recs):
         key = next((k for k in keys if r.get(k)), None)
+        if key is not None and f"{key}_ok" in r and r[f"{key}_ok"] is not True:
+            dropped += 1
+            continue
         if key is not None:
             problem = r[key]
         elif r.get("problem_translated") and str(r.get("language", "")).strip().lower() in names:
@@ -200,6 +207,9 @@ def _to_examples(recs: list[dict], language: str, source: str) -> list[TrainExam
                 _answer_of(r, str(r["solution"])),
             )
         )
+    if counts is not None:
+        counts["records_read"] = len(recs)
+        counts["dropped_quality_flag"] = dropped
     return out
 
 
@@ -221,9 +231,12 @@ def default_source_languages() -> list[str]:
 
 
 def load_training_data(
-    language: str, data_path: str | None = None, *, val_size: int = 32, seed: int = 0
+    language: str, data_path: str | None = None, *, val_size: int = 32, seed: int = 0, counts: dict | None = None
 ) -> tuple[list[TrainExample], list[TrainExample]]:
-    """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out."""
+    """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out.
+
+    `counts`, when given, receives what was read and dropped (logged with the job)."""
+    counts = {} if counts is None else counts
     language = canonical_code(language)
     if data_path is None:
         defaults = default_source_languages()
@@ -235,10 +248,14 @@ def load_training_data(
         examples, source = _DEFAULT_SOURCES[language](language)
     else:
         data_path = data_path.replace("{language}", language)  # e.g. data/translated_{language}.json
-        examples = _to_examples(_load_records(data_path), language, data_path)
+        examples = _to_examples(_load_records(data_path), language, data_path, counts)
         source = data_path
     tests = test_problem_set()
+    before = len(examples)
     examples = [e for e in examples if _norm(e.problem_en) not in tests]
+    counts.setdefault("records_read", before)
+    counts.setdefault("dropped_quality_flag", 0)
+    counts["dropped_test_overlap"] = before - len(examples)
     if len(examples) <= val_size:
         raise DataError(
             f"{source}: only {len(examples)} usable '{language}' training records (need more than val_size={val_size})"
@@ -248,4 +265,5 @@ def load_training_data(
     rng.shuffle(order)
     shuffled = [examples[i] for i in order]
     cut = len(shuffled) - val_size
+    counts["train"], counts["validation"] = cut, val_size
     return shuffled[:cut], shuffled[cut:]

@@ -15,6 +15,7 @@ from copsd.errors import CopsdError
 from copsd.paths import Workspace
 from copsd.results.db import ResultsDB
 from copsd.results.tracking import NullRunLog, RunLog
+from copsd.run import provenance
 
 
 def seed_everything(seed: int) -> None:
@@ -74,15 +75,30 @@ def run_job(
         return {}
     train = job.train
     trained = train is not None  # base jobs have no training block
+    counts: dict = {}
     if train is not None:  # fail fast on missing training data, before loading any weights
         from copsd.data.training import load_training_data
 
-        examples, _val = load_training_data(job.language, train.data_path, val_size=train.val_size, seed=job.seed)
+        examples, _val = load_training_data(
+            job.language, train.data_path, val_size=train.val_size, seed=job.seed, counts=counts
+        )
     if on_total:
         on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)
     seed_everything(job.seed)
     lm = load_model(job.model, dtype=job.dtype, device=device)
     model = lm.model
+    prov = provenance.collect(
+        device=next(model.parameters()).device,
+        prompts=lang.fingerprint,
+        eval_data=provenance.fingerprint(problems),
+        train_data=provenance.fingerprint(examples) if train is not None else None,
+        extra={f"train_{k}": v for k, v in counts.items()},
+    )
+    db.set_provenance(job.job_id, prov)
+    for key, value in prov.items():
+        run.set_tag(f"copsd.provenance.{key}", str(value))
+    if counts:
+        run.log_metrics({f"data/{k}": float(v) for k, v in counts.items()}, step=0)
     run_dir = (runs_dir or Workspace(db.url).runs_dir) / job.job_id
     if train is not None:
         from copsd.training import TRAINERS

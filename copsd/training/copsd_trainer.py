@@ -31,9 +31,9 @@ class CopsdTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
+        # EMA teacher as released: no copy until the end of optimizer step 1 (the teacher is the live
+        # student until then), then ema <- decay * ema + (1 - decay) * weights after every step.
         self.ema: dict[str, torch.Tensor] | None = None
-        if self.cfg.teacher == "ema":
-            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ---- teacher weights ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -44,8 +44,9 @@ class CopsdTrainer(Trainer):
                 yield
         elif self.cfg.teacher == "live":
             yield
+        elif self.ema is None:  # ema, during step 1: no copy yet, the live student teaches
+            yield
         else:  # ema: swap the EMA adapter weights in, then back
-            assert self.ema is not None
             live = {}
             with torch.no_grad():
                 for n, p in self.model.named_parameters():
@@ -61,7 +62,11 @@ class CopsdTrainer(Trainer):
                             p.copy_(live[n])
 
     def after_optimizer_step(self) -> None:
-        if self.ema is not None:
+        if self.cfg.teacher != "ema":
+            return
+        if self.ema is None:  # the first copy, undecayed
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
             d = self.cfg.ema_decay
             with torch.no_grad():
                 for n, p in self.model.named_parameters():
@@ -72,7 +77,7 @@ class CopsdTrainer(Trainer):
         return {"ema": self.ema} if self.ema is not None else {}
 
     def load_extra_state(self, state: dict) -> None:
-        if self.ema is not None and state.get("ema"):
+        if self.cfg.teacher == "ema" and state.get("ema"):
             self.ema = state["ema"]
 
     # ---- prompts ------------------------------------------------------------------------------
