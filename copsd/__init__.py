@@ -1,3 +1,3 @@
 """copsd: Crosslingual On-Policy Self-Distillation experiments (sweeps, training, evaluation, reports)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -111,6 +111,9 @@ class TrainCommon(_Strict):
     lora: LoraSettings = LoraSettings()
     data_path: str | None = Field(None, description="training JSON (local path or Hub id); not hashed")
     val_size: int = Field(32, ge=0, description="training records held out (never trained on) for validation")
+    max_examples: int | None = Field(
+        None, ge=1, description="use only the first N usable records of the data (e.g. the released 500 / 3000)"
+    )
     loss_chunk_size: int = Field(
         256, ge=0, description="positions per LM-head chunk in the loss (0 = direct full-logits path); not hashed"
     )
@@ -162,6 +165,11 @@ class GrpoSettings(TrainCommon):
 class SftSettings(TrainCommon):
     method: Literal["sft"] = "sft"
     max_length: int = Field(2048, ge=1)
+    recipe: Literal["copsd", "opsd"] = Field(
+        "copsd",
+        description="copsd: training prompt -> solution, loss on the solution only; opsd: the OPSD repository's "
+        "recipe (problem + instruction as the user turn, no thinking prefix, loss on every token)",
+    )
     student_thinking: bool = True
 
 

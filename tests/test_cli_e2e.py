@@ -155,7 +155,7 @@ def db_with_results(tmp_path_factory):
             ["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--data-dir", "./no-dir", "--limit", "1"],
             "AfriMGSM directory",
         ),
-        (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be fetched from the Hub"),
+        (["eval", "-m", "builtin:tiny-qwen3", "-l", "hau", "--limit", "1"], "could not be loaded from the Hub"),
         (["eval", "-m", "builtin:tiny-qwen3", "-l", "swa", "-b", "mgsm", "--engine", "vllm"], "eval.rollout_engine"),
         (["sweep", "run", "no-such-spec.yaml"], "spec file not found"),
         (["sweep", "run", "demo", "--only", "language=hau"], "matches none of the 15 jobs"),

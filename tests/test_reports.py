@@ -45,7 +45,17 @@ def db(tmp_path):
             max_new_tokens=1024,
             n_samples=12,
             n_problems=250,
-            metrics={**{c: 0.0 for c in METRIC_COLUMNS}, "accuracy": a},
+            metrics={
+                **{c: 0.0 for c in METRIC_COLUMNS},
+                "accuracy": a,
+                "pass_at_k": min(1.0, 2 * a),
+                "accuracy_paper": a,
+                "pass_at_k_paper": min(1.0, 2 * a),
+                "maj_at_k_paper": a,
+                "accuracy_lenient": a + 0.05,
+                "pass_at_k_lenient": min(1.0, 2 * a + 0.05),
+                "maj_at_k_lenient": a,
+            },
         )
     yield d
     d.close()
@@ -55,6 +65,7 @@ def test_by_language_final_checkpoint(db):
     t = build_table(db.results_frame("t"), by="language", metric="accuracy")
     assert t.rows == ["swa", "Avg", "eng"]  # English apart, below the average of the others
     assert t.title.endswith("averages over swa")
+    assert "final checkpoint (step 10; base: step 0)" in t.title  # the step shown is stated
     assert t.columns == [("M-1B", "base"), ("M-1B", "copsd")]
     base_swa, copsd_swa = t.cells[("swa", ("M-1B", "base"))], t.cells[("swa", ("M-1B", "copsd"))]
     assert base_swa.mean == pytest.approx(15.0) and base_swa.std == pytest.approx(7.0710678)
@@ -67,6 +78,29 @@ def test_by_language_final_checkpoint(db):
     assert t.cells[("Avg", ("M-1B", "base"))].mean == pytest.approx(15.0)  # the same language set in every column
     md = render(t, "markdown")
     assert "| swa | 15.00 ± 7.07 | **35.00 ± 7.07 (+20.00)** |" in md
+
+
+def test_pass_and_avg_side_by_side_and_grader_choice(db):
+    from copsd.reports.tables import side_by_side, with_grader
+
+    df = db.results_frame("t")
+    t = side_by_side(df, ["pass_at_k", "accuracy"], by="language")
+    assert t.columns == [
+        ("M-1B", "base", "Pass@12"),
+        ("M-1B", "base", "Avg@12"),
+        ("M-1B", "copsd", "Pass@12"),
+        ("M-1B", "copsd", "Avg@12"),
+    ]
+    assert t.title.startswith("Pass@12 / Avg@12 (%) by language")
+    assert t.cells[("swa", ("M-1B", "copsd", "Pass@12"))].mean == pytest.approx(70.0)
+    assert t.cells[("swa", ("M-1B", "copsd", "Avg@12"))].mean == pytest.approx(35.0)
+    # "best" compares a metric with itself: copsd wins Pass@12 and Avg@12 on swa
+    assert t.cells[("swa", ("M-1B", "copsd", "Pass@12"))].best and t.cells[("swa", ("M-1B", "copsd", "Avg@12"))].best
+    assert "Pass@12" in render(t, "markdown")
+    lenient = build_table(with_grader(df, "lenient"), by="language")
+    assert lenient.cells[("swa", ("M-1B", "copsd"))].mean == pytest.approx(40.0)
+    with pytest.raises(CopsdError, match="--grader"):
+        with_grader(df, "strict")
 
 
 def test_step_selection(db):

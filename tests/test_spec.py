@@ -30,13 +30,14 @@ def test_main_grid_has_204_unique_stable_ids():
 @pytest.mark.parametrize(
     "spec, first, last, digest",
     [
-        ("main", ["c69b59119644", "32cf94d891aa", "cbff1fcefb20"], "147ecf605be5", "896fb36aa4bb82d6"),
-        ("demo", ["f6e2f85e0e4c", "0d54eab756ab", "cc8578bd82b3"], "8a812dc23a08", "15e1edf3f1e81abe"),
+        ("main", ["5279b9d6ada6", "8967e17f5832", "154588eb78b0"], "ff9db2351c2f", "f9938f181ca92271"),
+        ("demo", ["e240aa65b847", "c5ce816f0c09", "eb4872b1bc14"], "f7f489f09d45", "34b279e3f1db1114"),
     ],
 )
 def test_job_ids_are_pinned(spec, first, last, digest):
-    """Job ids are results' keys: a refactor must not move them (pinned at the layout redesign;
-    a deliberate change of what is hashed updates these and says so in the changelog)."""
+    """Job ids are results' keys: a refactor must not move them (re-pinned in 0.2.0, when the
+    schedule, grader and prompt fingerprint joined the config; a deliberate change of what is
+    hashed updates these and says so in CHANGELOG.md)."""
     import hashlib
 
     _, jobs = load_jobs(ROOT / "sweeps" / f"{spec}.yaml")
@@ -54,6 +55,33 @@ def test_main_grid_uses_paper_settings():
     d = c.eval.decoding
     assert (d.n_samples, d.temperature, d.top_p, d.top_k, d.max_new_tokens) == (12, 1.0, 0.95, 0, 1024)
     assert c.eval.thinking
+
+
+def test_main_grid_follows_the_released_protocol():
+    """Base + steps 5..50 per trained job, linear decay to 0 over 100 steps, the paper grader."""
+    _, jobs = load_jobs(MAIN)
+    for j in jobs:
+        assert j.eval.grader == "paper" and j.eval.benchmark == "afrimgsm" and j.eval.split == "test"
+        if j.method == "base":
+            assert j.eval_steps() == [0]
+        else:
+            assert j.eval_steps() == list(range(5, 51, 5))
+            assert (j.train.lr_scheduler, j.train.warmup_steps, j.train.max_steps) == ("linear", 0, 100)
+    g = next(j for j in jobs if j.method == "grpo")
+    assert (g.train.loss_type, g.train.num_generations, g.train.temperature) == ("dapo", 8, 1.2)
+
+
+def test_polymath_spec_is_the_released_generalization_recipe():
+    _, jobs = load_jobs(ROOT / "sweeps" / "polymath.yaml")
+    assert {j.language for j in jobs} == {"ben", "swa", "tel", "tha", "zho", "spa", "rus", "jpn"}
+    assert {j.method for j in jobs} == {"base", "copsd"} and len(jobs) == 16
+    for j in jobs:
+        assert j.model == "Qwen/Qwen3-4B" and (j.eval.benchmark, j.eval.split) == ("polymath_hub", "low")
+        d = j.eval.decoding
+        assert (d.n_samples, d.temperature, d.top_p, d.max_new_tokens) == (12, 1.0, 0.95, 8192)
+        if j.method == "copsd":
+            assert j.eval_steps() == list(range(5, 51, 5))
+            assert (j.train.max_steps, j.train.max_examples, j.train.max_completion_length) == (100, 3000, 2048)
 
 
 def test_plan_json_is_identical_across_processes(workdir):

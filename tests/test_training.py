@@ -327,6 +327,18 @@ def test_grpo_trains_on_the_evaluation_prompt_as_released(tmp_path):
     assert get_language("swa").teacher.problem + ":" not in text
 
 
+def test_sft_opsd_recipe_trains_on_every_token(tmp_path):
+    ours, lm = _setup(_job("sft"), tmp_path / "a")
+    opsd, _ = _setup(_job("sft", recipe="opsd"), tmp_path / "b")
+    p, c = ours.pair(EX[0])
+    first, targets = opsd.pair(EX[0])
+    solution = lm.tokenizer(EX[0].solution_en, add_special_tokens=False)["input_ids"]
+    assert len(first) == 1 and targets[-len(solution) - 1 : -1] == solution  # prompt tokens are targets too
+    text = lm.tokenizer.decode(first + targets)
+    assert get_language("swa").teacher.problem + ":" not in text and EX[0].problem in text
+    assert len(targets) > len(c)  # more targets than the solution-only recipe
+
+
 def test_grpo_reward_grades_the_answer_after_thinking():
     assert final_answer_region("<think>\\boxed{3}</think> so \\boxed{4}") == " so \\boxed{4}"
     assert reward("<think>\\boxed{4}</think> so \\boxed{5}", "4") == 0.0

@@ -58,5 +58,7 @@ def import_prompts_cmd(
     if not src.is_file():
         raise CopsdError(f"{src}: file not found; pass a local copy of the released language_config.py")
     entries = import_prompts(src, Path(out))
-    console.print(f"wrote {out}: prompt strings for {len(entries)} languages ({', '.join(sorted(entries))})")
-    console.print(f"use them with: COPSD_LANGUAGES={out} copsd sweep run SPEC")
+    console.print(
+        f"wrote {out}: prompt strings for {len(entries)} languages ({', '.join(sorted(entries))})", soft_wrap=True
+    )
+    console.print(f"use them with: COPSD_LANGUAGES={out} copsd sweep run SPEC", soft_wrap=True)

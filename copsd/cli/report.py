@@ -35,7 +35,13 @@ def _results(db: str | None, sweep: str | None):
 def table(
     by: str = typer.Option("language", "--by", help="language (rows) x model/method (columns); or model; or method"),
     metric: str = typer.Option(
-        "accuracy", "--metric", help="accuracy, pass_at_1, pass_at_k, maj_at_k, format_rate, ..."
+        "accuracy",
+        "--metric",
+        help="accuracy (Avg@k), pass_at_k (Pass@k, the paper's headline), maj_at_k, format_rate, ...; "
+        "comma-separated for side by side, e.g. pass_at_k,accuracy",
+    ),
+    grader: str | None = typer.Option(
+        None, "--grader", help="paper or lenient: read accuracy/pass/maj from that grader (default: each job's own)"
     ),
     fmt: str = typer.Option("markdown", "--format", help="markdown, latex, csv or html (the file written)"),
     sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
@@ -54,15 +60,18 @@ def table(
     db: str | None = DB_OPT,
 ):
     """Paper-style comparison table (mean ± std over seeds, (Δ vs base), best per row in bold)."""
-    from copsd.reports.tables import build_table, render, to_rich
+    from copsd.reports.tables import render, side_by_side, to_rich, with_grader
 
     if fmt not in FORMATS:
         raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
     df, reports_dir = _results(db, sweep)
+    df = with_grader(df, grader)
     chosen = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
-    t = build_table(df, by=by, metric=metric, step=step, benchmark=benchmark, budget=budget, languages=chosen)
+    metrics = [m.strip() for m in metric.split(",") if m.strip()]
+    t = side_by_side(df, metrics, by=by, step=step, benchmark=benchmark, budget=budget, languages=chosen)
     text = render(t, fmt)
-    out = out or reports_dir / f"{sweep or 'all'}_by_{by}_{metric}.{FORMATS[fmt]}"
+    name = "_".join(metrics) + (f"_{grader}" if grader else "")
+    out = out or reports_dir / f"{sweep or 'all'}_by_{by}_{name}.{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     if fmt == "csv" and not sys.stdout.isatty():

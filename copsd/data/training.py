@@ -231,7 +231,13 @@ def default_source_languages() -> list[str]:
 
 
 def load_training_data(
-    language: str, data_path: str | None = None, *, val_size: int = 32, seed: int = 0, counts: dict | None = None
+    language: str,
+    data_path: str | None = None,
+    *,
+    val_size: int = 32,
+    seed: int = 0,
+    counts: dict | None = None,
+    max_examples: int | None = None,
 ) -> tuple[list[TrainExample], list[TrainExample]]:
     """(train, validation) for one language; a seeded shuffle, then the last `val_size` held out.
 
@@ -256,6 +262,8 @@ def load_training_data(
     counts.setdefault("records_read", before)
     counts.setdefault("dropped_quality_flag", 0)
     counts["dropped_test_overlap"] = before - len(examples)
+    if max_examples is not None:
+        examples = examples[:max_examples]  # the first N usable records, in file order
     if len(examples) <= val_size:
         raise DataError(
             f"{source}: only {len(examples)} usable '{language}' training records (need more than val_size={val_size})"

@@ -191,7 +191,7 @@ def build_table(
 
     label = f"{metric}{'' if metric in NOT_PERCENT else ' (%)'}"
     t = Table(
-        title=f"{label} by {by}, {step} checkpoint; averages over {', '.join(averaged)}",
+        title=f"{label} by {by}, {step} checkpoint ({steps_shown(df)}); averages over {', '.join(averaged)}",
         row_name=row_name,
         rows=title_rows,
         columns=columns,
@@ -231,6 +231,61 @@ def build_table(
                     for x in present:
                         x.best = math.isclose(x.mean, b)
     return t
+
+
+def steps_shown(df: pd.DataFrame) -> str:
+    """Which checkpoint steps the table's trained cells come from, e.g. 'step 50; base: step 0'."""
+    trained = sorted(int(x) for x in df[df.method != "base"].step.unique())
+    if not trained:
+        return "step 0"
+    shown = f"step {trained[0]}" if len(trained) == 1 else "steps " + ", ".join(map(str, trained))
+    return shown + ("; base: step 0" if (df.method == "base").any() else "")
+
+
+def metric_label(metric: str, k: int | None) -> str:
+    """The paper's names: accuracy = Avg@k, pass_at_k = Pass@k, maj_at_k = Maj@k."""
+    names = {"accuracy": "Avg@{k}", "pass_at_k": "Pass@{k}", "maj_at_k": "Maj@{k}"}
+    return names[metric].format(k=k or "k") if metric in names else metric
+
+
+def with_grader(df: pd.DataFrame, grader: str | None) -> pd.DataFrame:
+    """Read accuracy / pass_at_k / maj_at_k from one grader's columns (`--grader`)."""
+    if grader is None:
+        return df
+    if grader not in ("paper", "lenient"):
+        raise CopsdError(f"--grader must be paper or lenient, not '{grader}'")
+    df = df.copy()
+    for m in ("accuracy", "pass_at_k", "maj_at_k"):
+        col = f"{m}_{grader}"
+        if col not in df or df[col].isna().any():
+            raise CopsdError(
+                f"--grader {grader}: some results predate per-grader columns (copsd < 0.2); re-evaluate them or drop --grader"
+            )
+        df[m] = df[col]
+    return df
+
+
+def side_by_side(df: pd.DataFrame, metrics: list[str], **kwargs) -> Table:
+    """One table per metric, merged so each column shows every metric next to each other
+    (e.g. Pass@12 and Avg@12 under each model/method)."""
+    if len(metrics) == 1:
+        return build_table(df, metric=metrics[0], **kwargs)
+    k = int(df.n_samples.max()) if "n_samples" in df and len(df) else None
+    parts = [(metric_label(m, k), build_table(df, metric=m, **kwargs)) for m in metrics]
+    first = parts[0][1]
+    columns = [(*c, name) for c in first.columns for name, _ in parts]
+    merged = Table(
+        title=" / ".join(name for name, _ in parts) + " (%)" + first.title[first.title.index(" by ") :],
+        row_name=first.row_name,
+        rows=first.rows,
+        columns=columns,
+    )
+    for name, t in parts:
+        for (r, c), cell in t.cells.items():
+            merged.cells[(r, (*c, name))] = cell
+    width = len(parts)
+    merged.groups = [[i * width + j for i in g] for g in first.groups for j in range(width)]
+    return merged
 
 
 def _fmt(cell: Cell | None, digits: int = 2) -> str:

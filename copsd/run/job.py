@@ -80,7 +80,12 @@ def run_job(
         from copsd.data.training import load_training_data
 
         examples, _val = load_training_data(
-            job.language, train.data_path, val_size=train.val_size, seed=job.seed, counts=counts
+            job.language,
+            train.data_path,
+            val_size=train.val_size,
+            seed=job.seed,
+            counts=counts,
+            max_examples=train.max_examples,
         )
     if on_total:
         on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)

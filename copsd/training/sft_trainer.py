@@ -1,5 +1,10 @@
-"""SFT baseline: target-language problem prompt -> English reference solution, cross-entropy on
-the completion tokens only (the prompt is context, not a target)."""
+"""SFT baseline: target-language problem prompt -> English reference solution.
+
+`recipe: copsd` (default): the COPSD training prompt (label, thinking prefix), cross-entropy on
+the solution tokens only (the prompt is context, not a target). `recipe: opsd`: the OPSD
+repository's SFT recipe (TRL SFTTrainer on a chat-formatted text field): the user turn is the
+problem + instruction, the assistant turn the solution, no thinking prefix, and the loss covers
+every token of the sequence, prompt included."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import torch
 
 from copsd.config import SftSettings
 from copsd.losses import chunked_token_logprobs
-from copsd.prompts import training_student_prompt
+from copsd.prompts import student_prompt, training_student_prompt
 from copsd.training.forward import completion_hidden, decoder_and_head
 from copsd.training.trainer import StepStats, Trainer
 
@@ -25,6 +30,13 @@ class SftTrainer(Trainer):
         )
 
     def pair(self, ex) -> tuple[list[int], list[int]]:
+        """(context tokens, target tokens); the loss is on the targets."""
+        if self.cfg.recipe == "opsd":
+            prompt = student_prompt(self.tok, ex.problem, self.job.language, thinking=False)
+            ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
+            ids += self.tok(ex.solution_en, add_special_tokens=False)["input_ids"] + [self.eos]
+            ids = ids[: self.cfg.max_length]
+            return ids[:1], ids[1:]  # every token after the first is a target, as a plain LM loss
         prompt = training_student_prompt(self.tok, ex.problem, self.job.language, thinking=self.cfg.student_thinking)
         p = self.tok(prompt, add_special_tokens=False)["input_ids"]
         sep = "\n" if self.cfg.student_thinking else ""
