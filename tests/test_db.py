@@ -27,7 +27,7 @@ def db(tmp_path):
 
 
 def test_schema_and_wal(db, tmp_path):
-    assert db.schema_version() == SCHEMA_VERSION == 2
+    assert db.schema_version() == SCHEMA_VERSION == 3
     con = sqlite3.connect(tmp_path / "r.db")
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= tables
@@ -107,22 +107,22 @@ def test_migrations_run_in_order_on_older_databases(tmp_path):
     ResultsDB(url).close()  # made by the current version
     calls = []
 
-    def v3(engine):
-        calls.append(3)
+    def v4(engine):
+        calls.append(4)
         with engine.begin() as c:
             c.execute(text("ALTER TABLE results ADD COLUMN extra_metric FLOAT"))
 
-    def v4(engine):
-        calls.append(4)
+    def v5(engine):
+        calls.append(5)
 
-    newer = ResultsDB(url, migrations={**MIGRATIONS, 3: v3, 4: v4}, schema_version=4)
-    assert calls == [3, 4] and newer.schema_version() == 4
+    newer = ResultsDB(url, migrations={**MIGRATIONS, 4: v4, 5: v5}, schema_version=5)
+    assert calls == [4, 5] and newer.schema_version() == 5
     newer.close()
-    again = ResultsDB(url, migrations={**MIGRATIONS, 3: v3, 4: v4}, schema_version=4)  # nothing left to do
-    assert calls == [3, 4]
+    again = ResultsDB(url, migrations={**MIGRATIONS, 4: v4, 5: v5}, schema_version=5)  # nothing left to do
+    assert calls == [4, 5]
     again.close()
     with pytest.raises(CopsdError, match="newer than this copsd"):
-        ResultsDB(url)  # this copsd knows only v2
+        ResultsDB(url)  # this copsd knows only v3
 
 
 def test_a_version_1_database_is_upgraded_keeping_its_rows(tmp_path):
@@ -146,13 +146,14 @@ def test_a_version_1_database_is_upgraded_keeping_its_rows(tmp_path):
     db.close()
     con = sqlite3.connect(path)  # turn it back into the v1 layout
     con.execute("ALTER TABLE jobs DROP COLUMN provenance_json")
+    con.execute("ALTER TABLE jobs DROP COLUMN owner")
     for col in GRADER_COLUMNS:
         con.execute(f"ALTER TABLE results DROP COLUMN {col}")
     con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     con.commit()
     con.close()
     up = ResultsDB(f"sqlite:///{path}")
-    assert up.schema_version() == 2
+    assert up.schema_version() == 3 and up.get_job(j.job_id).owner is None
     df = up.results_frame()
     assert df.accuracy.iloc[0] == 0.5 and df.accuracy_paper.isna().all()
     up.set_provenance(j.job_id, {"copsd_version": "x"})

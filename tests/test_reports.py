@@ -187,3 +187,22 @@ def test_figures_are_written_or_skipped_with_a_reason(db, tmp_path):
     assert write_figures(pd.concat([df, more]), tmp_path, "u")["scaling"].endswith("u_scaling.png")
     assert pearson_r([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
     assert pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_reports_escape_what_they_print():
+    from copsd.reports.tables import Cell, Table
+
+    t = Table(
+        title="acc (%) by language & more",
+        row_name="language",
+        rows=["x|y_z"],
+        columns=[("M_1B", "a&b<i>")],
+        cells={("x|y_z", ("M_1B", "a&b<i>")): Cell(12.5, 1.0)},
+    )
+    md = render(t, "markdown")
+    assert "| x\\|y_z |" in md and "12.50 ± 1.00" in md
+    tex = render(t, "latex")
+    assert r"x|y\_z" in tex and r"M\_1B a\&b<i>" in tex and r"acc (\%) by language \& more" in tex
+    assert r"12.50 $\pm$ 1.00" in tex
+    html = render(t, "html")
+    assert "a&amp;b&lt;i&gt;" in html and "<i>" not in html

@@ -457,6 +457,16 @@ def test_nan_loss_is_a_clear_error(tmp_path):
         trainer.train()
 
 
+@pytest.mark.parametrize("method", ["copsd", "sft"])
+def test_an_exploding_run_stops_with_the_reason_and_a_hint(tmp_path, method):
+    """A real blow-up (a huge learning rate), not a patched loss: the step that goes non-finite
+    stops the job with a one-line reason; checkpoints before it are kept. (GRPO on a random model
+    earns no reward, so its loss is exactly 0 and cannot blow up here; it shares the same check.)"""
+    trainer, _ = _setup(_job(method, lr=1e12, max_steps=6), tmp_path)
+    with pytest.raises(CopsdError, match=r"non-finite (loss|gradient norm) .*lower train\.lr"):
+        trainer.train()
+
+
 def test_training_with_the_fast_engine_follows_each_optimizer_step(tmp_path):
     from copsd.rollout import SamplingParams, fast, hf
 

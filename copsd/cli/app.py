@@ -8,6 +8,7 @@ the `copsd.commands` entry points (the testbed's `copsd testbed ...`).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -59,16 +60,24 @@ def main() -> None:
 
         if isinstance(exc, SweepInterrupted):
             err_console.print(str(exc))
-            sys.exit(130)
+            sys.exit(128 + int(exc.signum))
         for errors in _click_exception_modules():
-            if isinstance(exc, errors.ClickException):
+            if isinstance(exc, getattr(errors, "ClickException", ())):
                 exc.show()
                 sys.exit(exc.exit_code)
             if isinstance(exc, getattr(errors, "Exit", ())):
                 sys.exit(getattr(exc, "exit_code", 1))
-            if isinstance(exc, errors.Abort):
+            if isinstance(exc, getattr(errors, "Abort", ())):
                 sys.exit(130)
-        raise
+        if os.environ.get("COPSD_DEBUG"):
+            raise
+        err_console.print(
+            f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
+            "(a bug: please report it; COPSD_DEBUG=1 shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 def _click_exception_modules() -> list:

@@ -18,10 +18,11 @@ FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 def _results(db: str | None, sweep: str | None):
     """The results frame (of one sweep, if named) and where reports go by default."""
+    from copsd.cli.common import existing_db_url
     from copsd.paths import Workspace
     from copsd.results.db import ResultsDB
 
-    rdb = ResultsDB(db)
+    rdb = ResultsDB(existing_db_url(db))
     try:
         if sweep and rdb.get_sweep(sweep) is None:
             known = ", ".join(s.name for s in rdb.sweeps()) or "none"

@@ -138,11 +138,12 @@ def status(
     what one job's numbers were made with."""
     from rich.table import Table
 
+    from copsd.cli.common import existing_db_url
     from copsd.results.db import ResultsDB, status_counts
     from copsd.results.schema import FAILED, STATUSES
     from copsd.spec import select
 
-    rdb = ResultsDB(db)
+    rdb = ResultsDB(existing_db_url(db))
     try:
         if job:
             _show_job(rdb, job)
@@ -201,18 +202,44 @@ def _show_job(rdb, job_id: str) -> None:
 def reset(
     spec: str = typer.Argument(..., help="spec file or embedded spec name"),
     only: list[str] | None = typer.Option(None, "--only", help=ONLY_HELP),
-    status: str = typer.Option("FAILED", "--status", help="reset jobs in this status (FAILED, DONE or PENDING)"),
+    status: str = typer.Option(
+        "FAILED", "--status", help="reset jobs in this status (FAILED, DONE, PENDING or RUNNING)"
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="RUNNING: reset even jobs whose worker may be alive (another host, or a live process here)",
+    ),
     db: str | None = DB_OPT,
 ):
-    """Make jobs PENDING again with a fresh attempt count (results already stored are kept)."""
-    from copsd.results.db import ResultsDB
+    """Make jobs PENDING again with a fresh attempt count (results already stored are kept).
+
+    RUNNING jobs are reset only when their worker is a process on this host that no longer
+    exists; jobs held by a live process, or by another host (which cannot be checked from here),
+    need --force (a worker that is in fact alive then stops at its next heartbeat without writing).
+    """
+    from copsd.results.db import ResultsDB, owner_is_dead_here
+    from copsd.results.schema import RUNNING, STATUSES
     from copsd.spec import select
 
+    wanted = status.upper()
+    if wanted not in STATUSES:
+        raise CopsdError(f"--status must be one of {', '.join(STATUSES)}, not '{status}'")
     sel = select(spec, only)
     rdb = ResultsDB(db)
+    kept: list[str] = []
     try:
-        ids = [j.id for j in rdb.jobs(ids=[j.job_id for j in sel.jobs]) if j.status == status.upper()]
-        n = rdb.reset(ids)
+        rows = [j for j in rdb.jobs(ids=[j.job_id for j in sel.jobs]) if j.status == wanted]
+        if wanted == RUNNING and not force:
+            kept = [j.id for j in rows if not owner_is_dead_here(j.owner)]
+            rows = [j for j in rows if j.id not in kept]
+        n = rdb.reset([j.id for j in rows], running=wanted == RUNNING)
     finally:
         rdb.close()
-    console.print(f"reset {n} {status.upper()} job(s) of sweep '{sel.spec.name}' to PENDING")
+    console.print(f"reset {n} {wanted} job(s) of sweep '{sel.spec.name}' to PENDING")
+    if kept:
+        console.print(
+            f"left {len(kept)} RUNNING job(s) whose worker may be alive ({', '.join(kept)}): "
+            "check them, then use --force",
+            soft_wrap=True,
+        )

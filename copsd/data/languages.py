@@ -95,11 +95,18 @@ class Language:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _load_yaml(path: Path | str) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise CopsdError(f"{path}: a language file must map language codes to entries")
+def _load_yaml(path: Path | str, what: str = "language file") -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CopsdError(f"{what} {path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    except UnicodeDecodeError:
+        raise CopsdError(f"{what} {path}: not UTF-8 text; save it as UTF-8") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+        raise CopsdError(f"{what} {path}: must map language codes to entries (name, instruction, thinking, ...)")
     return data
 
 
@@ -109,7 +116,7 @@ def _registry(override: str | None) -> dict[str, Language]:
     if override:
         if not Path(override).is_file():
             raise CopsdError(f"COPSD_LANGUAGES={override}: file not found")
-        for code, entry in _load_yaml(override).items():
+        for code, entry in _load_yaml(override, "COPSD_LANGUAGES file").items():
             raw[code] = {**raw.get(code, {}), **(entry or {})}
     for source in _SOURCES:
         for code, entry in source(dict(raw)).items():
@@ -119,7 +126,10 @@ def _registry(override: str | None) -> dict[str, Language]:
     for code, entry in raw.items():
         for key in ("name", "instruction", "thinking"):
             if key not in entry:
-                raise CopsdError(f"language registry: entry '{code}' lacks '{key}'")
+                where = f"COPSD_LANGUAGES file {override}" if override else "language registry"
+                raise CopsdError(
+                    f"{where}: entry '{code}' lacks '{key}' (new languages need name, instruction, thinking)"
+                )
         langs[code] = Language(
             code=code,
             name=entry["name"],

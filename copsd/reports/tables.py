@@ -233,6 +233,25 @@ def build_table(
     return t
 
 
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Names and titles as LaTeX text (model names carry `_`, titles `%`, users anything)."""
+    return "".join(_LATEX.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$")
+
+
 def steps_shown(df: pd.DataFrame) -> str:
     """Which checkpoint steps the table's trained cells come from, e.g. 'step 50; base: step 0'."""
     trained = sorted(int(x) for x in df[df.method != "base"].step.unique())
@@ -331,12 +350,13 @@ def render(t: Table, fmt: str = "markdown") -> str:
         return bold(s) if cell is not None and cell.best else s
 
     if fmt == "markdown":
-        out = [f"**{t.title}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        md = lambda x: str(x).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")  # noqa: E731
+        out = [f"**{md(t.title)}**", "", "| " + " | ".join(md(h) for h in heads) + " |", "|" + "---|" * len(heads)]
         for r in t.rows:
-            out.append("| " + " | ".join([r] + [cell_text(r, c, lambda s: f"**{s}**") for c in t.columns]) + " |")
+            out.append("| " + " | ".join([md(r)] + [cell_text(r, c, lambda s: f"**{s}**") for c in t.columns]) + " |")
         return "\n".join(out) + "\n"
     if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
+        esc = latex_escape
         out = [
             r"\begin{table}[t]",
             r"\centering",
@@ -349,7 +369,9 @@ def render(t: Table, fmt: str = "markdown") -> str:
             if r == "Avg":
                 out.append(r"\midrule")
             out.append(
-                " & ".join([esc(r)] + [esc(cell_text(r, c, lambda s: r"\textbf{" + s + "}")) for c in t.columns])
+                " & ".join([esc(r)] + [cell_text(r, c, lambda x: r"\textbf{" + x + "}") for c in t.columns]).replace(
+                    "±", r"$\pm$"
+                )
                 + r" \\"
             )
         out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(t.title) + "}", r"\end{table}"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from sqlalchemy import Engine, and_, create_engine, event, false, inspect, or_, select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 from copsd.errors import CopsdError
@@ -55,8 +57,64 @@ def _v2(engine: Engine) -> None:
     _add_columns("results", dict.fromkeys(GRADER_COLUMNS, "FLOAT"))(engine)
 
 
+def _v3(engine: Engine) -> None:
+    _add_columns("jobs", {"owner": "VARCHAR(255)"})(engine)
+
+
 # version -> function(engine) that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2}
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2, 3: _v3}
+
+
+def _db_error_hint(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", exc))
+    low = text.lower()
+    if "not a database" in low or "malformed" in low:
+        return f"{text} (not an SQLite results database, or damaged: point --db/COPSD_DB elsewhere)"
+    if "readonly" in low or "read-only" in low or "unable to open" in low:
+        return f"{text} (check that the file and its directory are writable)"
+    return text
+
+
+def _is_race(exc: Exception) -> bool:
+    """An error another process starting at the same moment causes, which a retry resolves."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return any(w in text for w in ("locked", "already exists", "duplicate", "unique", "busy"))
+
+
+class LostOwnership(CopsdError):
+    """This worker's claim on a job was taken over (it was paused past stale_after_s)."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def new_owner_token() -> str:
+    """host|pid|process start|random: unique per claim, and says whether its process is alive."""
+    return f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid()) or '-'}|{uuid.uuid4().hex[:12]}"
+
+
+def owner_is_dead_here(owner: str | None) -> bool:
+    """True only when the owner ran on this host and its process is gone (or the pid was reused)."""
+    if not owner or owner.count("|") != 3:
+        return False
+    host, pid_s, start, _ = owner.split("|")
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return False
+    pid = int(pid_s)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    now_start = _process_start(pid)
+    return start != "-" and now_start is not None and now_start != start
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -91,24 +149,36 @@ class ResultsDB:
 
     # ---- schema ----------------------------------------------------------------------------
     def _migrate(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
-        try:
-            Base.metadata.create_all(self.engine)  # new tables only; never alters existing ones
-            with self.Session.begin() as s:
-                row = s.get(Meta, "schema_version")
-                current = int(row.value) if row else None
-                if current is None:
-                    s.add(Meta(key="schema_version", value=str(target)))
-                    return
-        except OperationalError as exc:
-            raise CopsdError(f"cannot open database '{self.url}': {exc.orig}") from None
+        """Create tables and run migrations; safe when several processes start on one DB at once
+        (a race on table creation, the version row or a column shows up as an error that a retry
+        resolves, since every step re-checks what exists)."""
+        for attempt in range(20):
+            try:
+                self._migrate_once(migrations, target)
+                return
+            except (OperationalError, IntegrityError, ProgrammingError, DatabaseError) as exc:
+                if not _is_race(exc) or attempt == 19:
+                    raise CopsdError(f"cannot open database '{self.url}': {_db_error_hint(exc)}") from None
+                time.sleep(0.05 * (attempt + 1))
+
+    def _migrate_once(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
+        Base.metadata.create_all(self.engine)  # new tables only; never alters existing ones
+        with self.Session.begin() as s:
+            row = s.get(Meta, "schema_version")
+            current = int(row.value) if row else None
+            if current is None:
+                s.add(Meta(key="schema_version", value=str(target)))
+                return
         if current > target:
             raise CopsdError(
                 f"database '{self.url}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
             )
         for version in range(current + 1, target + 1):
-            migrations[version](self.engine)
+            migrations[version](self.engine)  # idempotent: re-checks the columns it adds
             with self.Session.begin() as s:
-                s.merge(Meta(key="schema_version", value=str(version)))
+                row = s.get(Meta, "schema_version")
+                if row is None or int(row.value) < version:
+                    s.merge(Meta(key="schema_version", value=str(version)))
 
     def schema_version(self) -> int:
         with self.Session() as s:
@@ -124,8 +194,21 @@ class ResultsDB:
         spec_path: str | None = None,
         spec_yaml: str | None = None,
     ) -> None:
-        """Create/refresh the sweep row and add its jobs (new ones PENDING); existing jobs keep their state."""
+        """Create/refresh the sweep row and add its jobs (new ones PENDING); existing jobs keep their
+        state. Idempotent, and safe when several processes register the same sweep at once."""
         jobs = list(jobs)
+        for attempt in range(20):
+            try:
+                self._register_once(name, jobs, description, spec_path, spec_yaml)
+                return
+            except (IntegrityError, OperationalError) as exc:
+                if not _is_race(exc) or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _register_once(
+        self, name: str, jobs: list, description: str, spec_path: str | None, spec_yaml: str | None
+    ) -> None:
         with self.Session.begin() as s:
             sw = s.get(SweepRow, name)
             if sw is None:
@@ -161,9 +244,16 @@ class ResultsDB:
         with self.Session() as s:
             return list(s.scalars(select(SweepRow).order_by(SweepRow.created_at)))
 
-    def set_sweep_mlflow_run(self, name: str, run_id: str) -> None:
+    def set_sweep_mlflow_run(self, name: str, run_id: str, *, only_if_unset: bool = False) -> str:
+        """Record the sweep's MLflow run; with `only_if_unset`, the first process to record one wins
+        and every process gets the winner's id back (processes starting together share one run)."""
         with self.Session.begin() as s:
-            s.get(SweepRow, name).mlflow_run_id = run_id
+            q = update(SweepRow).where(SweepRow.name == name)
+            if only_if_unset:
+                q = q.where(SweepRow.mlflow_run_id.is_(None))
+            s.execute(q.values(mlflow_run_id=run_id))
+        row = self.get_sweep(name)
+        return (row.mlflow_run_id if row else None) or run_id
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self.Session() as s:
@@ -182,15 +272,21 @@ class ResultsDB:
                 q = q.where(JobRow.id.in_(list(ids)))
             return list(s.scalars(q))
 
-    def claim(self, job_id: str, *, max_attempts: int, stale_after_s: float, retry_failed: bool = True) -> bool:
-        """Atomically move a runnable job to RUNNING; False if another worker has it or it is finished."""
+    def claim(self, job_id: str, *, max_attempts: int, stale_after_s: float, retry_failed: bool = True) -> str | None:
+        """Atomically move a runnable job to RUNNING; returns the new owner token, or None if another
+        worker has it or it is finished. A RUNNING job is runnable when its heartbeat is stale, or
+        at once when its owner was a process on this host that no longer exists (an orphan)."""
         now = utcnow()
-        runnable = or_(
-            JobRow.status == PENDING,
-            and_(JobRow.status == FAILED, JobRow.attempts < max_attempts) if retry_failed else false(),
-            and_(JobRow.status == RUNNING, JobRow.heartbeat_at < now - timedelta(seconds=stale_after_s)),
-        )
+        token = new_owner_token()
         with self.Session.begin() as s:
+            current = s.get(JobRow, job_id)
+            orphan = current is not None and current.status == RUNNING and owner_is_dead_here(current.owner)
+            runnable = or_(
+                JobRow.status == PENDING,
+                and_(JobRow.status == FAILED, JobRow.attempts < max_attempts) if retry_failed else false(),
+                and_(JobRow.status == RUNNING, JobRow.heartbeat_at < now - timedelta(seconds=stale_after_s)),
+                and_(JobRow.status == RUNNING, JobRow.owner == current.owner) if orphan and current else false(),
+            )
             res = s.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, runnable)
@@ -199,43 +295,59 @@ class ResultsDB:
                     attempts=JobRow.attempts + 1,
                     host=socket.gethostname(),
                     pid=os.getpid(),
+                    owner=token,
                     started_at=now,
                     heartbeat_at=now,
                     ended_at=None,
                 )
             )
+            return token if res.rowcount == 1 else None
+
+    @staticmethod
+    def _mine(job_id: str, owner: str | None):
+        """The WHERE clause of a fenced update (owner None = unfenced, for tools and tests)."""
+        cond = [JobRow.id == job_id]
+        if owner is not None:
+            cond += [JobRow.owner == owner, JobRow.status == RUNNING]
+        return and_(*cond)
+
+    def heartbeat(self, job_id: str, owner: str | None = None) -> bool:
+        """Refresh the heartbeat; False when `owner` no longer holds the job."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                update(JobRow).where(self._mine(job_id, owner), JobRow.status == RUNNING).values(heartbeat_at=utcnow())
+            )
             return res.rowcount == 1
 
-    def heartbeat(self, job_id: str) -> None:
-        with self.Session.begin() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == RUNNING).values(heartbeat_at=utcnow()))
-
-    def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+    def finish(self, job_id: str, status: str, error: str | None = None, owner: str | None = None) -> bool:
+        """Set DONE/FAILED; with `owner`, only if it still holds the job (False otherwise)."""
         assert status in (DONE, FAILED)
-        with self.Session.begin() as s:
-            s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id)
-                .values(status=status, ended_at=utcnow(), last_error=error if status == FAILED else None)
-            )
-
-    def release(self, job_id: str) -> None:
-        """Ctrl-C: give the job back (PENDING) without counting the interrupted attempt."""
-        with self.Session.begin() as s:
-            s.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == RUNNING)
-                .values(status=PENDING, attempts=JobRow.attempts - 1, ended_at=utcnow(), last_error="interrupted")
-            )
-
-    def reset(self, job_ids: Iterable[str]) -> int:
-        """Make jobs PENDING again with a fresh attempt count (`copsd sweep reset`)."""
         with self.Session.begin() as s:
             res = s.execute(
                 update(JobRow)
-                .where(JobRow.id.in_(list(job_ids)), JobRow.status != RUNNING)
-                .values(status=PENDING, attempts=0, last_error=None)
+                .where(self._mine(job_id, owner))
+                .values(status=status, ended_at=utcnow(), last_error=error if status == FAILED else None)
             )
+            return res.rowcount == 1
+
+    def release(self, job_id: str, owner: str | None = None, reason: str = "interrupted") -> bool:
+        """Give a job back (PENDING) without counting the interrupted attempt (Ctrl-C, SIGTERM)."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(self._mine(job_id, owner), JobRow.status == RUNNING)
+                .values(status=PENDING, attempts=JobRow.attempts - 1, ended_at=utcnow(), last_error=reason, owner=None)
+            )
+            return res.rowcount == 1
+
+    def reset(self, job_ids: Iterable[str], *, running: bool = False) -> int:
+        """Make jobs PENDING again with a fresh attempt count (`copsd sweep reset`). RUNNING jobs
+        only with `running=True` (the caller has checked their owners are dead, or was forced)."""
+        cond = JobRow.id.in_(list(job_ids))
+        if not running:
+            cond = and_(cond, JobRow.status != RUNNING)
+        with self.Session.begin() as s:
+            res = s.execute(update(JobRow).where(cond).values(status=PENDING, attempts=0, last_error=None, owner=None))
             return res.rowcount
 
     def set_provenance(self, job_id: str, provenance: dict) -> None:
@@ -272,9 +384,15 @@ class ResultsDB:
         n_samples: int,
         n_problems: int,
         metrics: dict[str, float],
+        owner: str | None = None,
     ) -> None:
-        """Insert or replace the row for this (job, benchmark, language, split, step, budget)."""
+        """Insert or replace the row for this (job, benchmark, language, split, step, budget);
+        with `owner`, only while it still holds the job (else LostOwnership, nothing written)."""
         with self.Session.begin() as s:
+            if owner is not None:
+                held = s.execute(select(JobRow.id).where(self._mine(job_id, owner))).first()
+                if held is None:
+                    raise LostOwnership(f"job {job_id} was reclaimed by another worker; this worker stops")
             row = s.scalars(
                 select(ResultRow).where(
                     ResultRow.job_id == job_id,

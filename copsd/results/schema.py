@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2  # v2: jobs.provenance_json; results' per-grader columns
+SCHEMA_VERSION = 3  # v2: jobs.provenance_json, results' per-grader columns; v3: jobs.owner
 
 PENDING, RUNNING, DONE, FAILED = "PENDING", "RUNNING", "DONE", "FAILED"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -94,6 +94,9 @@ class JobRow(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     # what the job was made with: versions, git commit, device, prompt and data fingerprints
     provenance_json: Mapped[str | None] = mapped_column(Text)
+    # the claim's owner token (host|pid|process start|random): heartbeats, results and the final
+    # status are written only while it still matches (a fenced update)
+    owner: Mapped[str | None] = mapped_column(String(255))
 
 
 class SweepJob(Base):

@@ -11,13 +11,17 @@ nothing, so code that logs needs no "is tracking on?" checks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from copsd.config import JobConfig, flatten
+from copsd.errors import CopsdError
 from copsd.paths import artifact_root
 
 MAX_PARAM_LEN = 500
@@ -29,21 +33,32 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 class RunLog:
     """One MLflow run: what a sweep or a job logs to."""
 
-    def __init__(self, client: Any, run_id: str):
+    def __init__(self, client: Any, run_id: str, resumed: bool = False):
         self.client, self.run_id = client, run_id
+        # a resumed run already holds steps up to the crash: a step is logged once per key, so
+        # steps a resumed job recomputes (after its last checkpoint) are not logged twice
+        self._resumed = resumed
+        self._last_step: dict[str, int] = {}
+
+    def _already_logged(self, key: str, step: int) -> bool:
+        if not self._resumed:
+            return False
+        if key not in self._last_step:
+            history = self.client.get_metric_history(self.run_id, key)
+            self._last_step[key] = max((m.step for m in history), default=-1)
+        return step <= self._last_step[key]
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if not self._already_logged(k, step)]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+            chunk = batch[i : i + 1000]
+            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LEN])
+        _retry(lambda: self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LEN]))
 
     def log_jsonl(self, records: list[dict], name: str, artifact_path: str = "generations") -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -80,6 +95,53 @@ class NullRunLog(RunLog):
         pass
 
 
+def _retry(call, attempts: int = 5) -> None:
+    """An MLflow write that collided with another process's write to the same run (processes
+    started together share the sweep's run) is retried; tracking never stops a sweep."""
+    for i in range(attempts):
+        try:
+            call()
+            return
+        except Exception as exc:  # noqa: BLE001 - MlflowException wraps the store's errors
+            if i == attempts - 1:
+                logging.getLogger("copsd").warning("MLflow write failed, skipped: %s", str(exc).splitlines()[0])
+                return
+            time.sleep(0.05 * (i + 1))
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str):
+    """An exclusive lock beside a local SQLite MLflow store while it is set up (creating the file
+    runs MLflow's migrations, which are not safe to run from several processes at once)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(tracking_uri[len("sqlite:///") :])
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if not path.exists():
+                _create_store_atomically(path)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _create_store_atomically(path: Path) -> None:
+    """Build a new SQLite MLflow store under a temp name and rename it into place: MLflow's schema
+    migrations are not one transaction, so a process killed while they run would otherwise leave
+    a half-made store that every later run fails to open."""
+    from mlflow.tracking import MlflowClient
+
+    for old in path.parent.glob(f".{path.name}.init-*"):  # a killed earlier attempt
+        old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # runs the migrations
+    os.replace(tmp, path)
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str = "copsd"):
         from mlflow.tracking import MlflowClient
@@ -88,8 +150,22 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        if tracking_uri.startswith(("http://", "https://")):
+            # fail in seconds, not after minutes of retries, when the server is down (user's env wins)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        with _store_lock(tracking_uri):  # MLflow's own schema setup races when processes start together
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                exp = self.client.get_experiment_by_name(experiment)
+            except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors
+                raise CopsdError(
+                    f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}); start it, fix "
+                    "MLFLOW_TRACKING_URI, or run with --no-mlflow"
+                ) from None
+            self._init_experiment(exp, experiment, tracking_uri)
+
+    def _init_experiment(self, exp, experiment: str, tracking_uri: str) -> None:
         if exp is None:
             try:
                 self.experiment_id = self.client.create_experiment(
@@ -123,13 +199,21 @@ class Tracker:
         )
         return RunLog(self.client, run.info.run_id)
 
+    def adopt(self, mine: RunLog, winner: str) -> RunLog:
+        """Drop the sweep run this process just made in favour of the one recorded first."""
+        with contextlib.suppress(Exception):
+            self.client.delete_run(mine.run_id)
+        return RunLog(self.client, winner)
+
     def job_run(
         self, job: JobConfig, parent_run_id: str | None, existing: str | None = None, sweep: str | None = None
     ) -> RunLog:
         """The job's nested run (reused across retries, so curves continue in one place)."""
+        if not (existing and self._alive(existing)):
+            existing = self._find_job_run(job.job_id)  # a crash between creating the run and recording it
         if existing and self._alive(existing):
             self.client.update_run(existing, status="RUNNING")
-            return RunLog(self.client, existing)
+            return RunLog(self.client, existing, resumed=True)
         tags = {
             "copsd.kind": "job",
             "copsd.job_id": job.job_id,
@@ -151,6 +235,16 @@ class Tracker:
             p.write_text(job.to_yaml(), encoding="utf-8")
             self.client.log_artifact(rid, str(p))
         return RunLog(self.client, rid)
+
+    def _find_job_run(self, job_id: str) -> str | None:
+        """The job's run, if one exists that the results DB does not know of (one run per job)."""
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`copsd.job_id` = '{job_id}'", max_results=1
+            )
+        except Exception:
+            return None
+        return runs[0].info.run_id if runs else None
 
     def _log_params(self, run_id: str, job: JobConfig) -> None:
         from mlflow.entities import Param

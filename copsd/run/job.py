@@ -55,8 +55,15 @@ def run_job(
     runs_dir: Path | None = None,
     on_total: Callable[[int], None] | None = None,
     on_advance: Callable[[int], None] | None = None,
+    owner: str | None = None,
+    check_alive: Callable[[], None] | None = None,
 ) -> dict[int, dict[str, float]]:
-    """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now."""
+    """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now.
+
+    `owner` fences result writes (nothing is written once another worker reclaimed the job);
+    `check_alive` is called after every training step and before every evaluation and raises to
+    stop a job whose claim was lost."""
+    check_alive = check_alive or (lambda: None)
     from copsd.data.benchmarks import load_problems
     from copsd.data.languages import get_language
     from copsd.evaluation.evaluate import evaluate
@@ -112,7 +119,9 @@ def run_job(
         model = wrap_lora(model, train.lora, job.seed)
         if next(model.parameters()).device.type == "cuda":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainer = TRAINERS[job.method](job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics)
+        trainer = TRAINERS[job.method](
+            job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics, on_step=lambda _step: check_alive()
+        )
         trainer.train()
         model.eval()
     from copsd.rollout import resolve_engine
@@ -120,6 +129,7 @@ def run_job(
     run.set_tag("copsd.rollout_engine", resolve_engine(job.eval.rollout_engine, model))  # what `auto` became here
     done: dict[int, dict[str, float]] = {}
     for step in steps:
+        check_alive()
         if trained:
             from copsd.training.adapters import load_adapter
 
@@ -145,6 +155,7 @@ def run_job(
             n_samples=e.decoding.n_samples,
             n_problems=out.n_problems,
             metrics=out.metrics,
+            owner=owner,
         )
         run.log_metrics({f"eval/{job.language}/{k}": v for k, v in out.metrics.items()}, step=step)
         if log_generations:

@@ -8,8 +8,10 @@ stops the sweep, and Ctrl-C gives the current job back (PENDING) before exiting.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -18,14 +20,45 @@ from dataclasses import dataclass, field
 from copsd.config import JobConfig
 from copsd.errors import one_line
 from copsd.paths import Workspace
-from copsd.results.db import ResultsDB
+from copsd.results.db import LostOwnership, ResultsDB
 from copsd.results.schema import DONE, FAILED, PENDING, RUNNING
 from copsd.results.tracking import NullTracker, RunLog, Tracker
 from copsd.spec import SweepSpec
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C during a sweep; the database has been left consistent."""
+    """Ctrl-C or SIGTERM during a sweep; the database has been left consistent."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
+class Terminated(BaseException):
+    """SIGTERM (SLURM's timeout and preemption signal), raised in the main thread like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def signals_return_jobs():
+    """SIGTERM and SIGINT interrupt the running job, which goes back to PENDING; a second signal
+    exits at once (exit status 128 + signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum, _frame):
+        if seen:
+            os._exit(128 + signum)
+        seen.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 @dataclass
@@ -72,18 +105,26 @@ class SweepSummary:
 
 
 class _Heartbeat:
-    """Refreshes a RUNNING job's heartbeat from a background thread while it runs."""
+    """Refreshes a RUNNING job's heartbeat from a background thread while it runs; notices when
+    the claim was lost (the fenced update matches nothing) so the job can stop without writing."""
 
-    def __init__(self, db: ResultsDB, job_id: str, every_s: float):
+    def __init__(self, db: ResultsDB, job_id: str, owner: str, every_s: float):
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, args=(db, job_id, every_s), daemon=True)
+        self.lost = threading.Event()
+        self._t = threading.Thread(target=self._loop, args=(db, job_id, owner, every_s), daemon=True)
 
-    def _loop(self, db, job_id, every_s):
+    def _loop(self, db, job_id, owner, every_s):
         while not self._stop.wait(every_s):
             try:
-                db.heartbeat(job_id)
+                if not db.heartbeat(job_id, owner):
+                    self.lost.set()
+                    return
             except Exception:
                 pass
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LostOwnership("this worker's claim was taken over by another worker")
 
     def __enter__(self):
         self._t.start()
@@ -132,19 +173,23 @@ def execute_one(
     sweep: str | None = None,
     on_total=None,
     on_advance=None,
+    on_start=None,
 ) -> JobOutcome:
-    """Claim and run one job; SKIPPED if it was not claimable."""
+    """Claim and run one job; SKIPPED if it was not claimable. `on_start()` runs once claimed."""
     from copsd.run.job import run_job
 
     tracker = tracker or NullTracker()
-    if not db.claim(
+    owner = db.claim(
         job.job_id, max_attempts=opts.max_attempts, stale_after_s=opts.stale_after_s, retry_failed=opts.retry_failed
-    ):
+    )
+    if owner is None:
         return JobOutcome("SKIPPED")
+    if on_start:
+        on_start()
     t0 = time.perf_counter()
     run: RunLog | None = None
     try:
-        with _Heartbeat(db, job.job_id, opts.heartbeat_s):
+        with _Heartbeat(db, job.job_id, owner, opts.heartbeat_s) as beat:
             row = db.get_job(job.job_id)
             run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
             if run.run_id:
@@ -158,20 +203,25 @@ def execute_one(
                 runs_dir=opts.workspace.runs_dir,
                 on_total=on_total,
                 on_advance=on_advance,
+                owner=owner,
+                check_alive=beat.check,
             )
-    except KeyboardInterrupt:
-        db.release(job.job_id)
+            beat.check()
+    except (KeyboardInterrupt, Terminated):
+        db.release(job.job_id, owner)  # back to PENDING, attempt not counted
         if run is not None:
             run.end("KILLED")
         raise
+    except LostOwnership as exc:  # another worker runs it now: write nothing, leave its MLflow run alone
+        return JobOutcome("LOST", one_line(exc), time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded and the sweep goes on
         err = one_line(exc)
-        db.finish(job.job_id, FAILED, err)
-        if run is not None:
+        if db.finish(job.job_id, FAILED, err, owner=owner) and run is not None:
             run.set_tag("copsd.error", err)
             run.end("FAILED")
         return JobOutcome(FAILED, err, time.perf_counter() - t0)
-    db.finish(job.job_id, DONE)
+    if not db.finish(job.job_id, DONE, owner=owner):
+        return JobOutcome("LOST", "the claim was taken over before the job could be marked DONE")
     run.end("FINISHED")
     return JobOutcome(DONE, None, time.perf_counter() - t0, metrics)
 
@@ -211,6 +261,7 @@ def run_sweep(
     spec_yaml: str | None = None,
 ) -> SweepSummary:
     """Run `jobs` (a subset of the sweep's `all_jobs` when filtered with --only)."""
+    tracker = make_tracker(opts)  # first: an unreachable MLflow server fails before the DB is touched
     db = ResultsDB(opts.db_url)
     db.register_sweep(name, all_jobs or jobs, description=description, spec_path=spec_path, spec_yaml=spec_yaml)
     summary = SweepSummary()
@@ -224,25 +275,30 @@ def run_sweep(
 
     todo = [j for j in jobs if runnable(j)]
     summary.skipped = len(jobs) - len(todo)
-    if not todo:  # nothing to do: do not even open MLflow
+    if not todo:  # nothing to do: no sweep run in MLflow
         db.close()
         return summary
-    tracker = make_tracker(opts)
     sw = db.get_sweep(name)
     sweep_run = tracker.sweep_run(name, sw.mlflow_run_id if sw else None, description)
-    if sweep_run.run_id:
-        db.set_sweep_mlflow_run(name, sweep_run.run_id)
+    if sweep_run.run_id and sweep_run.run_id != (sw.mlflow_run_id if sw else None):
+        winner = db.set_sweep_mlflow_run(name, sweep_run.run_id, only_if_unset=not (sw and sw.mlflow_run_id))
+        if winner != sweep_run.run_id:  # another process started at the same moment recorded its run first
+            sweep_run = tracker.adopt(sweep_run, winner)
     parent = sweep_run.run_id or None
     try:
-        if opts.workers <= 1 or len(todo) <= 1:
-            _run_sequential(todo, db, opts, tracker, parent, name, summary)
-        else:
-            _run_parallel(todo, opts, parent, name, summary)
-    except KeyboardInterrupt:
+        with signals_return_jobs():
+            if opts.workers <= 1 or len(todo) <= 1:
+                _run_sequential(todo, db, opts, tracker, parent, name, summary)
+            else:
+                _run_parallel(todo, opts, parent, name, summary)
+    except (KeyboardInterrupt, Terminated) as exc:
         sweep_run.end("KILLED")
+        db.close()
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         raise SweepInterrupted(
-            f"interrupted: {summary.done} job(s) finished, the running one was returned to PENDING; "
-            "run the same command again to resume"
+            f"{'terminated (SIGTERM)' if signum == signal.SIGTERM else 'interrupted'}: {summary.done} job(s) "
+            "finished, the running one was returned to PENDING; run the same command again to resume",
+            signum,
         ) from None
     sweep_run.set_tag("copsd.failed_jobs", str(summary.failed))
     sweep_run.end("FINISHED")
@@ -254,9 +310,9 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
     with _progress(opts.progress) as prog:
         overall = prog.add_task(f"sweep {name}", total=len(todo))
         live = prog.console.is_terminal  # a terminal shows the bars; a log file gets a line per start
-        for job in todo:
-            if not live:
-                prog.console.print(f"start  {job.job_id} {job.label}", highlight=False, soft_wrap=True)
+        counted: set[str] = set()
+
+        def run_one(job: JobConfig) -> JobOutcome:
             inner = prog.add_task(f"  {job.label}", total=None)
             outcome = execute_one(
                 job,
@@ -267,12 +323,45 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
                 sweep=name,
                 on_total=lambda n, t=inner: prog.update(t, total=n),
                 on_advance=lambda n, t=inner: prog.advance(t, n),
+                on_start=(lambda: None)
+                if live
+                else lambda: prog.console.print(f"start  {job.job_id} {job.label}", highlight=False, soft_wrap=True),
             )
             prog.remove_task(inner)
+            if outcome.status == "SKIPPED":
+                return outcome
             _count(summary, job, outcome.status, outcome.error)
-            if outcome.status != "SKIPPED":
-                prog.console.print(outcome.line(job), highlight=False, soft_wrap=True, markup=False)
-            prog.advance(overall)
+            prog.console.print(outcome.line(job), highlight=False, soft_wrap=True, markup=False)
+            if job.job_id not in counted and outcome.status in (DONE, FAILED):
+                counted.add(job.job_id)
+                prog.advance(overall)
+            return outcome
+
+        for job in todo:
+            run_one(job)
+        _wait_for_others(todo, db, opts, run_one, prog.console.print)
+        prog.update(overall, completed=len(todo))
+
+
+def _wait_for_others(todo, db: ResultsDB, opts: RunOptions, run_one, say) -> None:
+    """Jobs another worker holds (or gave back): wait for them, taking over any that come free
+    (given back by a signal, orphaned by a dead process, or stale). FAILED jobs are not retried here."""
+    by_id = {j.job_id: j for j in todo}
+    announced = False
+    while True:
+        rows = db.jobs(ids=list(by_id))
+        waiting = [by_id[r.id] for r in rows if r.status in (PENDING, RUNNING)]
+        if not waiting:
+            return
+        progressed = False
+        for job in waiting:
+            if run_one(job).status != "SKIPPED":
+                progressed = True
+        if not progressed:
+            if not announced:
+                say(f"waiting for {len(waiting)} job(s) that other workers are running", highlight=False)
+                announced = True
+            time.sleep(min(opts.heartbeat_s, 2.0))
 
 
 def _count(summary: SweepSummary, job: JobConfig, status: str, err: str | None) -> None:
@@ -296,13 +385,20 @@ def _worker_main(
     db = ResultsDB(opts.db_url)
     tracker = make_tracker(opts)
     try:
-        for js in job_jsons:
-            job = JobConfig.model_validate_json(js)
-            outcome = execute_one(job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name)
-            if outcome.status != "SKIPPED":
-                print(f"[worker {worker}] {outcome.line(job)}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        pass
+        with signals_return_jobs():
+            jobs = [JobConfig.model_validate_json(js) for js in job_jsons]
+
+            def run_one(job: JobConfig) -> JobOutcome:
+                outcome = execute_one(job, db, opts, tracker=tracker, parent_run_id=parent, sweep=name)
+                if outcome.status != "SKIPPED":
+                    print(f"[worker {worker}] {outcome.line(job)}", file=sys.stderr, flush=True)
+                return outcome
+
+            for job in jobs:
+                run_one(job)
+            _wait_for_others(jobs, db, opts, run_one, lambda *a, **k: None)
+    except (KeyboardInterrupt, Terminated):
+        pass  # the running job was given back (PENDING)
     finally:
         db.close()
 
@@ -342,11 +438,14 @@ def _run_parallel(todo, opts, parent, name, summary):
                 time.sleep(1.0)
             for p in procs:
                 p.join()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
+        for p in procs:  # pass the signal on: each worker gives its running job back
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
-                p.terminate()
+                p.kill()
         raise
     for r in db.jobs(ids=ids):
         if r.attempts > before.get(r.id, 0) and r.status == DONE:

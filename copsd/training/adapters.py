@@ -3,6 +3,9 @@ and loading a saved step back (step 0 = zero LoRA = the base model)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -37,15 +40,59 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"{CKPT_PREFIX}{step:05d}"
 
 
+_COMPLETE = re.compile(rf"^{CKPT_PREFIX}(\d+)$")  # a finished checkpoint; temp dirs never match
+
+
 def saved_steps(run_dir: Path) -> list[int]:
+    """Steps with a complete checkpoint (renamed into place with its trainer state)."""
     d = run_dir / "checkpoints"
     if not d.is_dir():
         return []
-    return sorted(
-        int(p.name[len(CKPT_PREFIX) :])
-        for p in d.iterdir()
-        if p.name.startswith(CKPT_PREFIX) and (p / "trainer_state.pt").is_file()
-    )
+    out = []
+    for p in d.iterdir():
+        m = _COMPLETE.match(p.name)
+        if m and p.is_dir() and (p / "trainer_state.pt").is_file() and (p / "adapter_model.safetensors").is_file():
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Delete what a killed checkpoint write left behind (temp dirs, incomplete step dirs)."""
+    d = run_dir / "checkpoints"
+    if not d.is_dir():
+        return []
+    complete = set(saved_steps(run_dir))
+    removed = []
+    for p in d.iterdir():
+        m = _COMPLETE.match(p.name)
+        if m and int(m.group(1)) in complete:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a directory's files and the directory entries to disk (before the rename publishes it)."""
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_adapter(model, run_dir: Path, step: int) -> None:

@@ -24,7 +24,14 @@ import torch
 from copsd.config import JobConfig, TrainCommon
 from copsd.errors import CopsdError
 from copsd.rollout import Rollout, SamplingParams, generate
-from copsd.training.adapters import checkpoint_dir, load_adapter, saved_steps
+from copsd.training.adapters import (
+    checkpoint_dir,
+    fsync_dir,
+    fsync_tree,
+    load_adapter,
+    remove_leftovers,
+    saved_steps,
+)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -180,8 +187,10 @@ class Trainer:
         return self._perm
 
     def save(self, step: int) -> None:
+        """Write to a temp dir, fsync, rename: a checkpoint directory exists only when complete,
+        and a kill at any moment leaves at worst a temp dir that `resume` deletes."""
         d = checkpoint_dir(self.run_dir, step)
-        tmp = d.with_name(d.name + ".tmp")
+        tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         self.model.save_pretrained(str(tmp))
@@ -196,11 +205,14 @@ class Trainer:
             },
             tmp / "trainer_state.pt",
         )
+        fsync_tree(tmp)
         if d.exists():
             shutil.rmtree(d)
-        os.replace(tmp, d)  # a checkpoint directory exists only when complete
+        os.replace(tmp, d)  # atomic on one filesystem
+        fsync_dir(d.parent)
 
     def resume(self) -> int:
+        remove_leftovers(self.run_dir)  # temp dirs of a write that was killed
         steps = saved_steps(self.run_dir)
         if not steps:
             return 0
