@@ -71,6 +71,11 @@ def normalize_answer(ans: str) -> str:
     return s
 
 
+class _TimedOut(Exception):
+    """math-verify took longer than VERIFY_TIMEOUT_S; raised (not returned) so that `lru_cache`
+    does not remember a verdict that load, not the answer, decided."""
+
+
 def _run_with_timeout(fn, timeout: float):
     result: list = []
 
@@ -83,7 +88,21 @@ def _run_with_timeout(fn, timeout: float):
     t = threading.Thread(target=target, daemon=True)
     t.start()
     t.join(timeout)
-    return result[0] if result else None
+    if not result:
+        raise _TimedOut()
+    return result[0]
+
+
+def _uncached_on_timeout(fn):
+    """Call a cached grading function; a timeout is "not equivalent" this time, and not cached."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except _TimedOut:
+            return False
+
+    return call
 
 
 def _wrap(s: str) -> str:
@@ -91,7 +110,7 @@ def _wrap(s: str) -> str:
 
 
 @lru_cache(maxsize=65536)
-def _math_verify(pred: str, gold: str) -> bool:
+def _math_verify_cached(pred: str, gold: str) -> bool:
     from math_verify import parse, verify
 
     def go() -> bool:
@@ -102,6 +121,9 @@ def _math_verify(pred: str, gold: str) -> bool:
         return bool(verify(g, p, timeout_seconds=None))
 
     return bool(_run_with_timeout(go, VERIFY_TIMEOUT_S))
+
+
+_math_verify = _uncached_on_timeout(_math_verify_cached)
 
 
 def is_equivalent(pred: str | None, gold: str) -> bool:
@@ -149,7 +171,7 @@ def first_box_after_think(text: str | None) -> str | None:
 
 
 @lru_cache(maxsize=65536)
-def _released_reward_verify(pred: str, gold: str) -> bool:
+def _released_reward_verify_cached(pred: str, gold: str) -> bool:
     from math_verify import parse, verify
 
     def go() -> bool:
@@ -158,6 +180,9 @@ def _released_reward_verify(pred: str, gold: str) -> bool:
         return bool(verify(parse(gold, parsing_timeout=None), parse(p, parsing_timeout=None), timeout_seconds=None))
 
     return bool(_run_with_timeout(go, VERIFY_TIMEOUT_S))
+
+
+_released_reward_verify = _uncached_on_timeout(_released_reward_verify_cached)
 
 
 def grpo_reward_correct(text: str, gold: str) -> bool:
@@ -204,7 +229,7 @@ _FAILED = object()
 
 
 @lru_cache(maxsize=65536)
-def paper_equivalent(pred: str | None, gold: str) -> bool:
+def _paper_equivalent_cached(pred: str | None, gold: str) -> bool:
     """The released evaluation's check: `$`-wrap, math-verify defaults, `verify(gold, pred)`; the
     string fallback (no `$`, no spaces, lower case) only when math-verify raises."""
     if pred is None:
@@ -230,11 +255,14 @@ def paper_equivalent(pred: str | None, gold: str) -> bool:
     t.start()
     t.join(VERIFY_TIMEOUT_S)
     if not result:
-        return False  # math-verify's own 5 s timeout makes verify return False
+        raise _TimedOut()  # "not equivalent" (as math-verify's own 5 s timeout), but not cached
     if result[0] is _FAILED:
         squash = lambda x: x.replace("$", "").replace(" ", "").lower().strip()  # noqa: E731
         return squash(pred) == squash(str(gold))
     return bool(result[0])
+
+
+paper_equivalent = _uncached_on_timeout(_paper_equivalent_cached)
 
 
 # ---- the two graders behind one interface --------------------------------------------------------

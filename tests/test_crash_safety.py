@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from sqlalchemy import update
 
 from copsd.config import JobConfig
 from copsd.results import DONE, PENDING, RUNNING, ResultsDB
-from copsd.results.db import LostOwnership, _process_start, owner_is_dead_here
+from copsd.results.db import LostOwnership, _host, _process_start, owner_is_dead_here
 from copsd.results.schema import METRIC_COLUMNS, JobRow, utcnow
 
 KEY = dict(benchmark="mgsm", language="swa", split="test", step=0, max_new_tokens=16, n_samples=1, n_problems=1)
@@ -66,7 +65,7 @@ def test_a_reclaimed_jobs_old_worker_can_write_nothing(db):
 def test_an_orphan_on_this_host_is_reclaimed_at_once_a_live_owner_is_not(db):
     j, k = _job(0), _job(1)
     db.register_sweep("s", [j, k])
-    host = socket.gethostname()
+    host = _host()
     with db.Session.begin() as s:  # j: RUNNING with a fresh heartbeat, owned by a process that exited
         s.execute(
             update(JobRow)
@@ -232,7 +231,7 @@ def test_reset_running_only_dead_owners_unless_forced(workdir, small_spec):
     sel = select(str(small_spec))
     d = ResultsDB(db_url)
     d.register_sweep("small", sel.jobs)
-    host = socket.gethostname()
+    host = _host()
     dead, alive = sel.jobs[0].job_id, sel.jobs[1].job_id
     with d.Session.begin() as s:
         s.execute(update(JobRow).where(JobRow.id == dead).values(status=RUNNING, owner=f"{host}|{_dead_pid()}|1|a"))

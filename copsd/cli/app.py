@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -63,8 +64,9 @@ def main() -> None:
             sys.exit(128 + int(exc.signum))
         for errors in _click_exception_modules():
             if isinstance(exc, getattr(errors, "ClickException", ())):
-                exc.show()
-                sys.exit(exc.exit_code)
+                click_exc: Any = exc
+                click_exc.show()
+                sys.exit(click_exc.exit_code)
             if isinstance(exc, getattr(errors, "Exit", ())):
                 sys.exit(getattr(exc, "exit_code", 1))
             if isinstance(exc, getattr(errors, "Abort", ())):

@@ -232,8 +232,10 @@ def reset(
         rows = [j for j in rdb.jobs(ids=[j.job_id for j in sel.jobs]) if j.status == wanted]
         if wanted == RUNNING and not force:
             kept = [j.id for j in rows if not owner_is_dead_here(j.owner)]
-            rows = [j for j in rows if j.id not in kept]
-        n = rdb.reset([j.id for j in rows], running=wanted == RUNNING)
+            # only while the dead owner still holds it (a worker may have taken it over meanwhile)
+            n = sum(rdb.reset_orphan(j.id, j.owner) for j in rows if j.id not in kept)
+        else:
+            n = rdb.reset([j.id for j in rows], running=wanted == RUNNING)
     finally:
         rdb.close()
     console.print(f"reset {n} {wanted} job(s) of sweep '{sel.spec.name}' to PENDING")

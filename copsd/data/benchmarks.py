@@ -47,6 +47,7 @@ class Benchmark(BaseModel):
     path: str = ""
     hub_id: str | None = None
     hub_config: str = "{file_code}"
+    hub_splits: dict[str, str] = Field(default_factory=dict)  # our split name -> the Hub dataset's
     local_dir_env: str | None = None
     languages: dict[str, str]
     splits: tuple[str, ...] = Field(min_length=1)
@@ -319,7 +320,7 @@ def _hub_records(b: Benchmark, language: str, split: str) -> list[dict]:
     config = b.hub_config.format(file_code=b.languages[language], language=language)
     env = f" / {b.local_dir_env}" if b.local_dir_env else ""
     try:
-        ds = load_dataset(b.hub_id, config, split=split)
+        ds = load_dataset(b.hub_id, config, split=b.hub_splits.get(split, split))
     except Exception as exc:  # offline, no cache, gated, unknown config, ...
         raise DataError(
             f"{b.display} '{language}/{split}' could not be loaded from the Hub ({b.hub_id}, config '{config}': "

@@ -200,7 +200,7 @@ def _to_examples(recs: list[dict], language: str, source: str, counts: dict | No
             sol, _ = clean_gsm8k_solution(sol)
         out.append(
             TrainExample(
-                str(r.get("id", f"{source}-{i}")),
+                str(r.get("id") or f"{source}-{i}"),  # datasets fills a missing id with None
                 str(problem),
                 str(r["problem"]),
                 sol,

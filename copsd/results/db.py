@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 
-from sqlalchemy import Engine, and_, create_engine, event, false, inspect, or_, select, text, update
+from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, false, inspect, or_, select, text, update
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
@@ -65,6 +65,11 @@ def _v3(engine: Engine) -> None:
 MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2, 3: _v3}
 
 
+def _rowcount(result) -> int:
+    """Rows an UPDATE matched (CursorResult.rowcount; typed loosely by SQLAlchemy's stubs)."""
+    return int(getattr(result, "rowcount", 0))
+
+
 def _db_error_hint(exc: Exception) -> str:
     text = str(getattr(exc, "orig", exc))
     low = text.lower()
@@ -94,9 +99,18 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _host() -> str:
+    """This host, and its pid namespace: containers that share a hostname do not share pids."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}/{ns}"
+
+
 def new_owner_token() -> str:
-    """host|pid|process start|random: unique per claim, and says whether its process is alive."""
-    return f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid()) or '-'}|{uuid.uuid4().hex[:12]}"
+    """host/pid-namespace|pid|process start|random: unique per claim, and says whether its process is alive."""
+    return f"{_host()}|{os.getpid()}|{_process_start(os.getpid()) or '-'}|{uuid.uuid4().hex[:12]}"
 
 
 def owner_is_dead_here(owner: str | None) -> bool:
@@ -104,7 +118,7 @@ def owner_is_dead_here(owner: str | None) -> bool:
     if not owner or owner.count("|") != 3:
         return False
     host, pid_s, start, _ = owner.split("|")
-    if host != socket.gethostname() or not pid_s.isdigit():
+    if host != _host() or not pid_s.isdigit():
         return False
     pid = int(pid_s)
     try:
@@ -301,7 +315,7 @@ class ResultsDB:
                     ended_at=None,
                 )
             )
-            return token if res.rowcount == 1 else None
+            return token if _rowcount(res) == 1 else None
 
     @staticmethod
     def _mine(job_id: str, owner: str | None):
@@ -317,7 +331,7 @@ class ResultsDB:
             res = s.execute(
                 update(JobRow).where(self._mine(job_id, owner), JobRow.status == RUNNING).values(heartbeat_at=utcnow())
             )
-            return res.rowcount == 1
+            return _rowcount(res) == 1
 
     def finish(self, job_id: str, status: str, error: str | None = None, owner: str | None = None) -> bool:
         """Set DONE/FAILED; with `owner`, only if it still holds the job (False otherwise)."""
@@ -328,7 +342,7 @@ class ResultsDB:
                 .where(self._mine(job_id, owner))
                 .values(status=status, ended_at=utcnow(), last_error=error if status == FAILED else None)
             )
-            return res.rowcount == 1
+            return _rowcount(res) == 1
 
     def release(self, job_id: str, owner: str | None = None, reason: str = "interrupted") -> bool:
         """Give a job back (PENDING) without counting the interrupted attempt (Ctrl-C, SIGTERM)."""
@@ -338,17 +352,27 @@ class ResultsDB:
                 .where(self._mine(job_id, owner), JobRow.status == RUNNING)
                 .values(status=PENDING, attempts=JobRow.attempts - 1, ended_at=utcnow(), last_error=reason, owner=None)
             )
-            return res.rowcount == 1
+            return _rowcount(res) == 1
+
+    def reset_orphan(self, job_id: str, owner: str | None) -> bool:
+        """Reset a RUNNING job only if it is still held by `owner` (checked dead by the caller)."""
+        with self.Session.begin() as s:
+            res = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.owner == owner)
+                .values(status=PENDING, attempts=0, last_error=None, owner=None)
+            )
+            return _rowcount(res) == 1
 
     def reset(self, job_ids: Iterable[str], *, running: bool = False) -> int:
         """Make jobs PENDING again with a fresh attempt count (`copsd sweep reset`). RUNNING jobs
         only with `running=True` (the caller has checked their owners are dead, or was forced)."""
-        cond = JobRow.id.in_(list(job_ids))
+        cond: ColumnElement[bool] = JobRow.id.in_(list(job_ids))
         if not running:
             cond = and_(cond, JobRow.status != RUNNING)
         with self.Session.begin() as s:
             res = s.execute(update(JobRow).where(cond).values(status=PENDING, attempts=0, last_error=None, owner=None))
-            return res.rowcount
+            return _rowcount(res)
 
     def set_provenance(self, job_id: str, provenance: dict) -> None:
         import json
@@ -389,9 +413,9 @@ class ResultsDB:
         """Insert or replace the row for this (job, benchmark, language, split, step, budget);
         with `owner`, only while it still holds the job (else LostOwnership, nothing written)."""
         with self.Session.begin() as s:
-            if owner is not None:
-                held = s.execute(select(JobRow.id).where(self._mine(job_id, owner))).first()
-                if held is None:
+            if owner is not None:  # a write first: it takes the write lock, so the check holds until commit
+                held = s.execute(update(JobRow).where(self._mine(job_id, owner)).values(heartbeat_at=utcnow()))
+                if _rowcount(held) != 1:
                     raise LostOwnership(f"job {job_id} was reclaimed by another worker; this worker stops")
             row = s.scalars(
                 select(ResultRow).where(

@@ -44,7 +44,10 @@ class RunLog:
         if not self._resumed:
             return False
         if key not in self._last_step:
-            history = self.client.get_metric_history(self.run_id, key)
+            try:
+                history = self.client.get_metric_history(self.run_id, key)
+            except Exception:  # noqa: BLE001 - tracking never fails a job: log it (again) rather than not
+                history = []
             self._last_step[key] = max((m.step for m in history), default=-1)
         return step <= self._last_step[key]
 
@@ -66,7 +69,7 @@ class RunLog:
             with open(p, "w", encoding="utf-8") as fh:
                 for r in records:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-            self.client.log_artifact(self.run_id, str(p), artifact_path)
+            _retry(lambda: self.client.log_artifact(self.run_id, str(p), artifact_path), attempts=2)
 
     def end(self, status: str = "FINISHED") -> None:
         """status: FINISHED, FAILED or KILLED."""
@@ -110,6 +113,24 @@ def _retry(call, attempts: int = 5) -> None:
 
 
 @contextlib.contextmanager
+def _fail_fast(tracking_uri: str):
+    """During the first request to a tracking server: no retries, a 10 s timeout, so a server that
+    is down fails in seconds, not minutes (values the user set win; restored afterwards, so later
+    logging keeps MLflow's patient defaults)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        yield
+        return
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    set_here = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in set_here})
+    try:
+        yield
+    finally:
+        for k in set_here:
+            os.environ.pop(k, None)
+
+
+@contextlib.contextmanager
 def _store_lock(tracking_uri: str):
     """An exclusive lock beside a local SQLite MLflow store while it is set up (creating the file
     runs MLflow's migrations, which are not safe to run from several processes at once)."""
@@ -150,11 +171,7 @@ class Tracker:
             logging.getLogger(name).setLevel(logging.WARNING)
 
         self.uri = tracking_uri
-        if tracking_uri.startswith(("http://", "https://")):
-            # fail in seconds, not after minutes of retries, when the server is down (user's env wins)
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        with _store_lock(tracking_uri):  # MLflow's own schema setup races when processes start together
+        with _store_lock(tracking_uri), _fail_fast(tracking_uri):  # MLflow's schema setup races at a common start
             self.client = MlflowClient(tracking_uri=tracking_uri)
             try:
                 exp = self.client.get_experiment_by_name(experiment)
@@ -163,7 +180,7 @@ class Tracker:
                     f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}); start it, fix "
                     "MLFLOW_TRACKING_URI, or run with --no-mlflow"
                 ) from None
-            self._init_experiment(exp, experiment, tracking_uri)
+        self._init_experiment(exp, experiment, tracking_uri)
 
     def _init_experiment(self, exp, experiment: str, tracking_uri: str) -> None:
         if exp is None:

@@ -39,12 +39,15 @@ class Terminated(BaseException):
 
 
 @contextlib.contextmanager
-def signals_return_jobs():
+def signals_return_jobs(ignore_sigint: bool = False):
     """SIGTERM and SIGINT interrupt the running job, which goes back to PENDING; a second signal
-    exits at once (exit status 128 + signal)."""
+    exits at once (exit status 128 + signal). Worker processes ignore SIGINT (`ignore_sigint`):
+    their parent turns a Ctrl-C into one SIGTERM each."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     seen: list[int] = []
 
     def handler(signum, _frame):
@@ -53,7 +56,8 @@ def signals_return_jobs():
         seen.append(signum)
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sigs = (signal.SIGTERM,) if ignore_sigint else (signal.SIGTERM, signal.SIGINT)
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield
     finally:
@@ -184,11 +188,11 @@ def execute_one(
     )
     if owner is None:
         return JobOutcome("SKIPPED")
-    if on_start:
-        on_start()
     t0 = time.perf_counter()
     run: RunLog | None = None
     try:
+        if on_start:
+            on_start()
         with _Heartbeat(db, job.job_id, owner, opts.heartbeat_s) as beat:
             row = db.get_job(job.job_id)
             run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
@@ -208,15 +212,17 @@ def execute_one(
             )
             beat.check()
     except (KeyboardInterrupt, Terminated):
-        db.release(job.job_id, owner)  # back to PENDING, attempt not counted
-        if run is not None:
+        # back to PENDING, attempt not counted; a job another worker took over is left to it
+        if db.release(job.job_id, owner) and run is not None:
             run.end("KILLED")
         raise
     except LostOwnership as exc:  # another worker runs it now: write nothing, leave its MLflow run alone
         return JobOutcome("LOST", one_line(exc), time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded and the sweep goes on
         err = one_line(exc)
-        if db.finish(job.job_id, FAILED, err, owner=owner) and run is not None:
+        if not db.finish(job.job_id, FAILED, err, owner=owner):
+            return JobOutcome("LOST", f"claim taken over (then: {err})", time.perf_counter() - t0)
+        if run is not None:
             run.set_tag("copsd.error", err)
             run.end("FAILED")
         return JobOutcome(FAILED, err, time.perf_counter() - t0)
@@ -383,9 +389,10 @@ def _worker_main(
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     db = ResultsDB(opts.db_url)
+    ignore_sigint = True  # Ctrl-C reaches the whole process group; the parent passes it on as one SIGTERM
     tracker = make_tracker(opts)
     try:
-        with signals_return_jobs():
+        with signals_return_jobs(ignore_sigint=ignore_sigint):
             jobs = [JobConfig.model_validate_json(js) for js in job_jsons]
 
             def run_one(job: JobConfig) -> JobOutcome:
@@ -416,6 +423,9 @@ def _run_parallel(todo, opts, parent, name, summary):
     ctx = mp.get_context("spawn")
     gpus = _gpu_count()
     job_jsons = [j.model_dump_json() for j in todo]
+    db = ResultsDB(opts.db_url)
+    ids = [j.job_id for j in todo]
+    before = {j.id: j.attempts for j in db.jobs(ids=ids)}  # before any worker can claim
     procs = []
     for w in range(opts.workers):
         # every worker walks the whole list (rotated so they start apart); claims make it exactly-once
@@ -425,9 +435,6 @@ def _run_parallel(todo, opts, parent, name, summary):
         )
         p.start()
         procs.append(p)
-    db = ResultsDB(opts.db_url)
-    ids = [j.job_id for j in todo]
-    before = {j.id: j.attempts for j in db.jobs(ids=ids)}
     try:
         with _progress(opts.progress) as prog:
             task = prog.add_task(f"sweep {name} ({opts.workers} workers)", total=len(todo))
@@ -439,11 +446,16 @@ def _run_parallel(todo, opts, parent, name, summary):
             for p in procs:
                 p.join()
     except (KeyboardInterrupt, Terminated):
-        for p in procs:  # pass the signal on: each worker gives its running job back
+        # workers that got the signal themselves (SLURM signals every process) are giving their
+        # jobs back; the others (Ctrl-C reaches only us: workers ignore SIGINT) get one SIGTERM
+        deadline = time.time() + 5
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.time()))
+        for p in procs:
             if p.is_alive() and p.pid:
                 os.kill(p.pid, signal.SIGTERM)
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=60)
             if p.is_alive():
                 p.kill()
         raise

@@ -130,7 +130,8 @@ class Trainer:
                 continue
             (loss / len(micro)).backward()
             stats.add("loss", loss.detach())
-        return {"loss": stats.mean("loss"), **self.step_metrics(stats)}
+        # what the gradient is of: the sum over micro-batches / their number (empty ones add 0)
+        return {"loss": stats.sum("loss") / len(micro), **self.step_metrics(stats)}
 
     # ---- rollouts (COPSD, GRPO) -----------------------------------------------------------------
     def rollout_seed(self, step: int, micro: int) -> int:
@@ -142,15 +143,23 @@ class Trainer:
         """On-policy rollouts from the current weights, timed; lengths and stops go into `stats`."""
         t0 = time.perf_counter()
         self.model.eval()
-        groups = generate(
-            self.model,
-            self.tok,
-            prompts,
-            params,
-            batch_size=len(prompts) * params.n,
-            seed=self.rollout_seed(step, micro),
-            engine=self.cfg.rollout_engine,
-        )
+        try:
+            groups = generate(
+                self.model,
+                self.tok,
+                prompts,
+                params,
+                batch_size=len(prompts) * params.n,
+                seed=self.rollout_seed(step, micro),
+                engine=self.cfg.rollout_engine,
+            )
+        except RuntimeError as exc:
+            if "inf" not in str(exc) and "nan" not in str(exc):
+                raise
+            raise CopsdError(
+                f"the model's outputs became non-finite before training step {step} of {self.job.label} "
+                f"(rollouts cannot be sampled: the last update exploded); lower train.lr (now {self.cfg.lr})"
+            ) from None
         self.model.train()
         if stats is not None:
             stats.add("rollout_time_s", time.perf_counter() - t0)
@@ -261,6 +270,11 @@ class Trainer:
                 raise CopsdError(f"non-finite gradient norm at training step {step}; lower train.lr (now {cfg.lr})")
             lr = float(self.scheduler.get_last_lr()[0])  # the rate this step is taken with
             self.optimizer.step()
+            if not all(bool(torch.isfinite(p).all()) for p in self.params):
+                raise CopsdError(
+                    f"the adapter weights became non-finite at training step {step} of {self.job.label} "
+                    f"(the loss exploded); lower train.lr (now {cfg.lr})"
+                )
             self.scheduler.step()
             self.after_optimizer_step()
             metrics["grad_norm"] = float(grad_norm)
