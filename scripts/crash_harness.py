@@ -91,15 +91,20 @@ def check(work: Path) -> dict:
     return out
 
 
-def kill_trial(work: Path, spec: Path, rng: random.Random, max_delay: float) -> dict:
-    """Start the sweep, kill -9 it at a random moment, rerun once, check."""
-    proc = subprocess.Popen(
+def _spawn(work: Path, spec: Path) -> subprocess.Popen:
+    """`copsd sweep run` in its own process group (so a kill reaches every process of it)."""
+    return subprocess.Popen(
         _cli("sweep", "run", str(spec)),
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def kill_trial(work: Path, spec: Path, rng: random.Random, max_delay: float) -> dict:
+    """Start the sweep, kill -9 it at a random moment, rerun once, check."""
+    proc = _spawn(work, spec)
     delay = rng.uniform(0.5, max_delay)
     time.sleep(delay)
     finished_first = proc.poll() is not None
@@ -124,13 +129,7 @@ def kill_trial(work: Path, spec: Path, rng: random.Random, max_delay: float) -> 
 
 def checkpoint_kill_trial(work: Path, spec: Path, timeout: float = 120.0) -> dict:
     """Kill -9 the moment a checkpoint write is under way (a `step_N.tmp-PID` dir exists), rerun, check."""
-    proc = subprocess.Popen(
-        _cli("sweep", "run", str(spec)),
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _spawn(work, spec)
     runs = work / "runs"
     deadline = time.time() + timeout
     caught = None

@@ -183,7 +183,8 @@ def _read_tsv(
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """JSON Lines, blank lines skipped; a bad line is a one-line error naming it."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     out = []
@@ -193,7 +194,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{i}: invalid JSON ({exc.msg})") from None
+                    raise DataError(f"{path}:{i}: invalid JSON ({exc.msg}); fix or delete that line") from None
     return out
 
 
@@ -205,7 +206,7 @@ def _clean_answer(a: str) -> str:
 def read_problems(b: Benchmark, path: Path, language: str, split: str) -> list[Problem]:
     """One benchmark file -> problems, per the table's format and field names."""
     if b.format == "jsonl":
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
         for r in records:
             ans = next((r[a] for a in b.answer if a in r), None)
             if b.question not in r or ans is None:

@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from copsd.data.benchmarks import read_jsonl
 from copsd.data.languages import canonical_code, registry
 from copsd.errors import DataError
 from copsd.grading import extract_boxed
@@ -123,18 +124,10 @@ def _top_level_is_object(f: Path) -> bool:
 
 
 def _read_json_records(f: Path) -> list[dict]:
-    text = f.read_text(encoding="utf-8")
     if f.suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{f}:{i}: invalid JSON ({exc.msg}); fix or delete that line") from None
-        return out
+        return read_jsonl(f)
     try:
-        data = json.loads(text)
+        data = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{f}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     return data if isinstance(data, list) else data.get("data", [])
