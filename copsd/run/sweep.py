@@ -38,6 +38,44 @@ class Terminated(BaseException):
     """SIGTERM (SLURM's timeout and preemption signal), raised in the main thread like Ctrl-C."""
 
 
+class _SignalState:
+    """The signal this process received, if any. A handler's exception can be lost (Python ignores
+    exceptions raised inside a garbage-collector callback, where a signal may happen to land), so
+    the runner also checks this flag at safe points: every training step, evaluation batch and job."""
+
+    pending: int | None = None
+
+
+_SIGNALS = _SignalState()  # per process, like the signal handlers themselves
+
+
+def _alive_check(beat: _Heartbeat):
+    """After every training step / before every evaluation: a signal received, or a lost claim, stops the job."""
+
+    def check() -> None:
+        raise_if_signalled()
+        beat.check()
+
+    return check
+
+
+def _checked(on_advance):
+    """The progress callback, with a look at the signal flag on every evaluation batch."""
+
+    def advance(n: int) -> None:
+        raise_if_signalled()
+        if on_advance:
+            on_advance(n)
+
+    return advance
+
+
+def raise_if_signalled() -> None:
+    sig = _SIGNALS.pending
+    if sig is not None:
+        raise Terminated() if sig == signal.SIGTERM else KeyboardInterrupt()
+
+
 @contextlib.contextmanager
 def signals_return_jobs(ignore_sigint: bool = False):
     """SIGTERM and SIGINT interrupt the running job, which goes back to PENDING; a second signal
@@ -48,12 +86,11 @@ def signals_return_jobs(ignore_sigint: bool = False):
         return
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    seen: list[int] = []
 
     def handler(signum, _frame):
-        if seen:
+        if _SIGNALS.pending is not None:
             os._exit(128 + signum)
-        seen.append(signum)
+        _SIGNALS.pending = signum
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     sigs = (signal.SIGTERM,) if ignore_sigint else (signal.SIGTERM, signal.SIGINT)
@@ -63,6 +100,7 @@ def signals_return_jobs(ignore_sigint: bool = False):
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        _SIGNALS.pending = None
 
 
 @dataclass
@@ -206,10 +244,11 @@ def execute_one(
                 log_generations=opts.log_generations,
                 runs_dir=opts.workspace.runs_dir,
                 on_total=on_total,
-                on_advance=on_advance,
+                on_advance=_checked(on_advance),
                 owner=owner,
-                check_alive=beat.check,
+                check_alive=_alive_check(beat),
             )
+            raise_if_signalled()
             beat.check()
     except (KeyboardInterrupt, Terminated):
         # back to PENDING, attempt not counted; a job another worker took over is left to it
@@ -344,6 +383,7 @@ def _run_sequential(todo, db, opts, tracker, parent, name, summary):
             return outcome
 
         for job in todo:
+            raise_if_signalled()
             run_one(job)
         _wait_for_others(todo, db, opts, run_one, prog.console.print)
         prog.update(overall, completed=len(todo))
@@ -361,6 +401,7 @@ def _wait_for_others(todo, db: ResultsDB, opts: RunOptions, run_one, say) -> Non
             return
         progressed = False
         for job in waiting:
+            raise_if_signalled()
             if run_one(job).status != "SKIPPED":
                 progressed = True
         if not progressed:
@@ -402,6 +443,7 @@ def _worker_main(
                 return outcome
 
             for job in jobs:
+                raise_if_signalled()
                 run_one(job)
             _wait_for_others(jobs, db, opts, run_one, lambda *a, **k: None)
     except (KeyboardInterrupt, Terminated):
