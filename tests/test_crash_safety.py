@@ -326,3 +326,27 @@ def test_a_training_file_with_a_bad_line_names_that_line(tmp_path):
     path.write_text("\n".join([good, good, '{"problem": "P", "solution": oops}', good]) + "\n")
     with pytest.raises(DataError, match=r"bad\.jsonl:3: invalid JSON"):
         load_training_data("hau", str(path), val_size=1)
+
+
+def test_a_signal_that_lands_in_a_gc_callback_is_not_lost(tmp_path):
+    """Python drops an exception raised inside a weakref/GC callback (it happened in CI: SQLAlchemy's
+    `_collection_gced`); the flag carries the signal to the next check, silently."""
+    code = (
+        "import gc, os, signal, time, weakref\n"
+        "from copsd.run.sweep import Terminated, signals_return_jobs, raise_if_signalled\n"
+        "class A: pass\n"
+        "with signals_return_jobs():\n"
+        "    a = A()\n"
+        "    def cb(_ref):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.05)\n"
+        "    r = weakref.ref(a, cb)\n"
+        "    try:\n"
+        "        del a; gc.collect(); time.sleep(0.2)\n"
+        "        print('still running', flush=True)\n"
+        "        raise_if_signalled()\n"
+        "    except Terminated:\n"
+        "        print('terminated via the flag', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.stdout.split("\n")[:2] == ["still running", "terminated via the flag"], (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr

@@ -93,13 +93,23 @@ def signals_return_jobs(ignore_sigint: bool = False):
         _SIGNALS.pending = signum
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
+    def unraisable(info) -> None:
+        # our exception was raised where Python cannot propagate it (a GC callback): the flag
+        # carries the signal to the next safe point, so Python's "Exception ignored" report is noise
+        if isinstance(info.exc_value, (Terminated, KeyboardInterrupt)) and _SIGNALS.pending is not None:
+            return
+        previous_hook(info)
+
     sigs = (signal.SIGTERM,) if ignore_sigint else (signal.SIGTERM, signal.SIGINT)
     old = {sig: signal.signal(sig, handler) for sig in sigs}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        sys.unraisablehook = previous_hook
         _SIGNALS.pending = None
 
 
