@@ -76,14 +76,15 @@ class _TimedOut(Exception):
     does not remember a verdict that load, not the answer, decided."""
 
 
-def _run_with_timeout(fn, timeout: float):
+def _run_with_timeout(fn, timeout: float, on_error=None):
+    """fn() in a thread, bounded by `timeout` (raises _TimedOut); `on_error` if fn raises."""
     result: list = []
 
     def target():
         try:
             result.append(fn())
-        except Exception:  # math-verify raising counts as "not equivalent"
-            result.append(None)
+        except Exception:  # by default math-verify raising counts as "not equivalent"
+            result.append(on_error)
 
     t = threading.Thread(target=target, daemon=True)
     t.start()
@@ -243,23 +244,12 @@ def _paper_equivalent_cached(pred: str | None, gold: str) -> bool:
         gw = g if ("$" in g or "\\boxed{" in g) else f"${g}$"
         return bool(verify(parse(gw, parsing_timeout=None), parse(pw, parsing_timeout=None), timeout_seconds=None))
 
-    result: list = []
-
-    def target() -> None:
-        try:
-            result.append(go())
-        except Exception:  # the released fallback
-            result.append(_FAILED)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(VERIFY_TIMEOUT_S)
-    if not result:
-        raise _TimedOut()  # "not equivalent" (as math-verify's own 5 s timeout), but not cached
-    if result[0] is _FAILED:
+    # a timeout raises _TimedOut: "not equivalent" (as math-verify's own 5 s timeout), but not cached
+    verdict = _run_with_timeout(go, VERIFY_TIMEOUT_S, on_error=_FAILED)
+    if verdict is _FAILED:  # the released fallback, only when math-verify raises
         squash = lambda x: x.replace("$", "").replace(" ", "").lower().strip()  # noqa: E731
         return squash(pred) == squash(str(gold))
-    return bool(result[0])
+    return bool(verdict)
 
 
 paper_equivalent = _uncached_on_timeout(_paper_equivalent_cached)

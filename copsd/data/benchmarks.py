@@ -255,7 +255,7 @@ def _local_dir(b: Benchmark, data_dir: str | None) -> str | None:
     return data_dir or (os.environ.get(b.local_dir_env) if b.local_dir_env else None) or None
 
 
-def _quiet_datasets() -> None:
+def quiet_datasets() -> None:
     """No per-call progress bars from `datasets` in sweep logs."""
     import datasets
 
@@ -284,7 +284,7 @@ def _local_records(b: Benchmark, path: Path) -> list[dict]:
     """A local TSV copy through the `datasets` csv builder (tab-separated, no quoting, all strings)."""
     from datasets import Features, Value, load_dataset
 
-    _quiet_datasets()
+    quiet_datasets()
     with open(path, encoding="utf-8") as fh:
         header = fh.readline().rstrip("\r\n").split("\t")
     try:
@@ -317,7 +317,7 @@ def _with_fields(b: Benchmark, records: list[dict], where: str) -> list[dict]:
 def _hub_records(b: Benchmark, language: str, split: str) -> list[dict]:
     from datasets import load_dataset
 
-    _quiet_datasets()
+    quiet_datasets()
     config = b.hub_config.format(file_code=b.languages[language], language=language)
     env = f" / {b.local_dir_env}" if b.local_dir_env else ""
     try:

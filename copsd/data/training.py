@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from copsd.data.benchmarks import read_jsonl
+from copsd.data.benchmarks import quiet_datasets, read_jsonl
 from copsd.data.languages import canonical_code, registry
 from copsd.errors import DataError
 from copsd.grading import extract_boxed
@@ -102,7 +102,7 @@ def _records_from_files(files: list[Path]) -> list[dict]:
     reader names the bad line (or reads it, when only column types disagree between records)."""
     from datasets import load_dataset
 
-    _quiet_datasets()
+    quiet_datasets()
     recs: list[dict] = []
     for f in files:
         builder = "parquet" if f.suffix == ".parquet" else "json"
@@ -119,8 +119,7 @@ def _records_from_files(files: list[Path]) -> list[dict]:
 def _top_level_is_object(f: Path) -> bool:
     """A `.json` file holding {"data": [...]} rather than a list of records."""
     with open(f, encoding="utf-8") as fh:
-        head = fh.read(1).lstrip() or fh.read(4096).lstrip()[:1]
-    return head == "{"
+        return fh.read(4096).lstrip().startswith("{")
 
 
 def _read_json_records(f: Path) -> list[dict]:
@@ -131,13 +130,6 @@ def _read_json_records(f: Path) -> list[dict]:
     except json.JSONDecodeError as exc:
         raise DataError(f"{f}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     return data if isinstance(data, list) else data.get("data", [])
-
-
-def _quiet_datasets() -> None:
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
 
 
 def _load_records(data_path: str) -> list[dict]:
@@ -156,7 +148,7 @@ def _load_records(data_path: str) -> list[dict]:
         )
     from datasets import load_dataset
 
-    _quiet_datasets()
+    quiet_datasets()
     try:
         return list(load_dataset(data_path, split="train"))
     except Exception as exc:  # offline, no cache, gated, ...
