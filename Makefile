@@ -23,6 +23,7 @@ demo: install
 	$(PY) -m copsd sweep run demo
 	$(PY) -m copsd report table --by language --sweep demo
 	$(PY) -m copsd report figures --sweep demo
+	$(PY) -m copsd report html --sweep demo
 
 test: install-dev
 	$(PY) -m pytest

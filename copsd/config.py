@@ -31,6 +31,9 @@ UNHASHED_PATHS = (
     ("train", "data_path"),
     ("train", "loss_chunk_size"),
     ("train", "rollout_engine"),
+    # memory bounds: they change how a step is split into forwards, never what it computes
+    ("train", "gradient_checkpointing"),
+    ("train", "max_tokens_per_forward"),
 )
 ENGINE_HELP = "auto (fast on a GPU for Llama/Qwen models, else hf) | fast | hf; not hashed"
 
@@ -63,8 +66,29 @@ class EvalConfig(_Strict):
     checkpoints: list[int] = Field(
         default_factory=list, description="training steps whose adapters are evaluated (trained methods)"
     )
+    # Test-time scaling without decoding twice: a sample of budget b is the first b tokens of the
+    # same sample at the full budget (same seed, same batch), so each budget is graded by cutting.
+    budgets: list[int] = Field(
+        default_factory=list,
+        description="smaller decoding budgets also graded (test-time scaling), each < decoding.max_new_tokens",
+    )
     data_dir: str | None = Field(None, description="local AfriMGSM copy (<lang>/test.tsv); not hashed")
     rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
+
+    @model_validator(mode="after")
+    def _budgets_below_max(self) -> EvalConfig:
+        top = self.decoding.max_new_tokens
+        bad = [b for b in self.budgets if not 1 <= b < top]
+        if bad:
+            raise ValueError(
+                f"budgets {bad} must be between 1 and decoding.max_new_tokens - 1 ({top - 1}): "
+                "raise decoding.max_new_tokens to the largest budget"
+            )
+        return self
+
+    def all_budgets(self) -> list[int]:
+        """Every decoding budget graded, ascending; the last is decoding.max_new_tokens."""
+        return sorted({*self.budgets, self.decoding.max_new_tokens})
 
     @field_validator("benchmark")
     @classmethod
@@ -116,6 +140,18 @@ class TrainCommon(_Strict):
     )
     loss_chunk_size: int = Field(
         256, ge=0, description="positions per LM-head chunk in the loss (0 = direct full-logits path); not hashed"
+    )
+    gradient_checkpointing: bool = Field(
+        True,
+        description="recompute each decoder layer in backward instead of keeping its activations (as the "
+        "released runs); memory only, not hashed",
+    )
+    max_tokens_per_forward: int = Field(
+        0,
+        ge=0,
+        description="cap on padded tokens (sequences x longest) per forward: a micro-batch's sequences are split "
+        "into sub-batches under it, gradients weighted so the step is unchanged (0 = no cap; a longer "
+        "sequence goes alone); memory only, not hashed",
     )
     rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
 
@@ -236,6 +272,10 @@ class JobConfig(_Strict):
                 d[section].pop(key, None)
         if self.method == "base":
             d["eval"].pop("checkpoints", None)
+        if not d["eval"].get("budgets"):  # absent = the ids of specs written before budgets existed
+            d["eval"].pop("budgets", None)
+        else:
+            d["eval"]["budgets"] = sorted(set(d["eval"]["budgets"]))
         d["prompts"] = get_language(self.language).fingerprint  # the strings in use (COPSD_LANGUAGES)
         return d
 

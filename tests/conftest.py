@@ -44,6 +44,29 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for this test session (started on first use; tests/services.py)."""
+    import shutil
+    import tempfile
+
+    from services import PostgresServer
+
+    root = Path(tempfile.mkdtemp(prefix="copsd-pg-"))  # under /tmp: the postgres user must reach it
+    server = PostgresServer(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty results database on each backend the results DB supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'r.db'}"
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
 def tiny_model(_offline_env):
     from copsd.models import load_model
 

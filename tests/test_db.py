@@ -1,4 +1,5 @@
-"""The results database: schema, WAL, job claims, retries, stale heartbeats, migrations."""
+"""The results database on SQLite and on a real PostgreSQL server (every test runs on both):
+schema, job claims, retries, stale heartbeats, results, migrations."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sqlite3
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import inspect, text, update
 
 from copsd.config import JobConfig
 from copsd.errors import CopsdError
@@ -20,20 +21,24 @@ def _jobs(n=3):
 
 
 @pytest.fixture
-def db(tmp_path):
-    d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+def db(db_url):
+    d = ResultsDB(db_url)
     yield d
     d.close()
 
 
-def test_schema_and_wal(db, tmp_path):
+def test_schema(db):
     assert db.schema_version() == SCHEMA_VERSION == 3
-    con = sqlite3.connect(tmp_path / "r.db")
-    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
-    assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= tables
-    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
-    cols = {r[1] for r in con.execute("pragma table_info(results)")}
+    insp = inspect(db.engine)
+    assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= set(insp.get_table_names())
+    cols = {c["name"] for c in insp.get_columns("results")}
     assert set(METRIC_COLUMNS) <= cols and {"step", "max_new_tokens", "split", "benchmark"} <= cols
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    ResultsDB(f"sqlite:///{tmp_path / 'r.db'}").close()
+    con = sqlite3.connect(tmp_path / "r.db")
+    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
     con.close()
 
 
@@ -102,8 +107,8 @@ def test_results_upsert_and_frame(db):
     assert db.result_keys(j.job_id) == {("mgsm", "swa", "test", 0, 16)}
 
 
-def test_migrations_run_in_order_on_older_databases(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_migrations_run_in_order_on_older_databases(db_url):
+    url = db_url
     ResultsDB(url).close()  # made by the current version
     calls = []
 
@@ -125,10 +130,9 @@ def test_migrations_run_in_order_on_older_databases(tmp_path):
         ResultsDB(url)  # this copsd knows only v3
 
 
-def test_a_version_1_database_is_upgraded_keeping_its_rows(tmp_path):
+def test_a_version_1_database_is_upgraded_keeping_its_rows(db_url):
     """A DB written before provenance and per-grader columns: the real v2 migration adds them."""
-    path = tmp_path / "v1.db"
-    db = ResultsDB(f"sqlite:///{path}")
+    db = ResultsDB(db_url)
     j = JobConfig(method="base", model="m", language="swa", eval={"benchmark": "mgsm"})
     db.register_sweep("s", [j])
     metrics = dict.fromkeys(METRIC_COLUMNS, 0.5)
@@ -143,16 +147,14 @@ def test_a_version_1_database_is_upgraded_keeping_its_rows(tmp_path):
         n_problems=4,
         metrics=metrics,
     )
+    with db.engine.begin() as con:  # turn it back into the v1 layout
+        con.execute(text("ALTER TABLE jobs DROP COLUMN provenance_json"))
+        con.execute(text("ALTER TABLE jobs DROP COLUMN owner"))
+        for col in GRADER_COLUMNS:
+            con.execute(text(f"ALTER TABLE results DROP COLUMN {col}"))
+        con.execute(text("UPDATE meta SET value='1' WHERE key='schema_version'"))
     db.close()
-    con = sqlite3.connect(path)  # turn it back into the v1 layout
-    con.execute("ALTER TABLE jobs DROP COLUMN provenance_json")
-    con.execute("ALTER TABLE jobs DROP COLUMN owner")
-    for col in GRADER_COLUMNS:
-        con.execute(f"ALTER TABLE results DROP COLUMN {col}")
-    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    con.commit()
-    con.close()
-    up = ResultsDB(f"sqlite:///{path}")
+    up = ResultsDB(db_url)
     assert up.schema_version() == 3 and up.get_job(j.job_id).owner is None
     df = up.results_frame()
     assert df.accuracy.iloc[0] == 0.5 and df.accuracy_paper.isna().all()

@@ -1,4 +1,4 @@
-"""`copsd report table|curves`: paper-style tables and figures from the results DB."""
+"""`copsd report table|curves|figures|html`: paper-style tables, figures and a one-page report."""
 
 from __future__ import annotations
 
@@ -114,3 +114,29 @@ def figures(
     df, reports_dir = _results(db, sweep)
     for name, where in write_figures(df, out_dir or reports_dir, sweep or "all", benchmark).items():
         console.print(f"{name}: {where}", highlight=False, soft_wrap=True)
+
+
+@app.command("html")
+def html_report(
+    sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
+    out: Path | None = typer.Option(None, "--out", help="default: reports/<sweep>_report.html beside the DB"),
+    db: str | None = DB_OPT,
+):
+    """One static page with the sweep's tables, figures, jobs and provenance (self-contained:
+    figures embedded, opens offline in any browser)."""
+    from copsd.cli.common import existing_db_url
+    from copsd.reports.html_report import write_html_report
+    from copsd.results.db import ResultsDB
+
+    df, reports_dir = _results(db, sweep)
+    rdb = ResultsDB(existing_db_url(db))
+    try:
+        jobs = rdb.jobs(sweep=sweep)
+        row = rdb.get_sweep(sweep) if sweep else None
+        source = rdb.url
+    finally:
+        rdb.close()
+    title = f"copsd sweep '{sweep}'" if sweep else "copsd results"
+    out = out or reports_dir / f"{sweep or 'all'}_report.html"
+    path = write_html_report(df, jobs, out, title=title, description=row.description if row else "", source=source)
+    console.print(f"written to {path} (open it in a browser)", highlight=False, soft_wrap=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copsd.config import EvalConfig
 from copsd.data.benchmarks import Problem
 from copsd.evaluation.metrics import Sample, compute_metrics
 from copsd.grading import GRADERS
 from copsd.prompts import student_prompt
-from copsd.rollout import SamplingParams, generate
+from copsd.rollout import Rollout, SamplingParams, at_budget, generate
 
 
 @dataclass
@@ -18,6 +18,7 @@ class EvalOutput:
     metrics: dict[str, float]
     records: list[dict]  # one per (problem, sample): for the generations artifact
     n_problems: int
+    by_budget: dict[int, dict[str, float]] = field(default_factory=dict)  # eval.budgets (test-time scaling)
 
 
 def evaluate(
@@ -45,7 +46,17 @@ def evaluate(
         on_batch=on_batch,
         engine=cfg.rollout_engine,
     )
-    graders = {name: GRADERS[name] for name in (cfg.grader, *sorted(set(GRADERS) - {cfg.grader}))}
+    metrics, records = _grade(problems, rollouts, cfg.grader)
+    by_budget = {
+        b: _grade(problems, [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts], cfg.grader)[0]
+        for b in cfg.budgets
+    }
+    return EvalOutput(metrics, records, len(problems), by_budget)
+
+
+def _grade(problems: list[Problem], rollouts: list[list[Rollout]], grader: str) -> tuple[dict[str, float], list[dict]]:
+    """Metrics of every grader (the job's own under the plain names) and one record per sample."""
+    graders = {name: GRADERS[name] for name in (grader, *sorted(set(GRADERS) - {grader}))}
     graded: dict[str, list[list[Sample]]] = {name: [] for name in graders}
     records: list[dict] = []
     for prob, rolls in zip(problems, rollouts):
@@ -56,7 +67,7 @@ def evaluate(
                 pred = g.extract(r.text)
                 ok = g.correct(pred, prob.answer)
                 rows[name].append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
-                if name == cfg.grader:  # the job's grader first, under the plain names
+                if name == grader:  # the job's grader first, under the plain names
                     rec.update(extracted=pred, correct=ok)
                 else:
                     rec.update({f"extracted_{name}": pred, f"correct_{name}": ok})
@@ -65,11 +76,11 @@ def evaluate(
         for name in graders:
             graded[name].append(rows[name])
     per_grader = {name: compute_metrics(graded[name], g.vote_key) for name, g in graders.items()}
-    metrics = dict(per_grader[cfg.grader])
+    metrics = dict(per_grader[grader])
     for name, m in per_grader.items():
         for key in GRADED_METRICS:
             metrics[f"{key}_{name}"] = m[key]
-    return EvalOutput(metrics, records, len(problems))
+    return metrics, records
 
 
 # the metrics stored per grader (results columns `<metric>_paper`, `<metric>_lenient`)

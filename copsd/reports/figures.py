@@ -5,7 +5,7 @@
   Pearson's r (the paper reports their correlation);
 - `repetition`: repetition rate for n = 2..6 by method (final checkpoint, mean over languages);
 - `scaling`: accuracy against the decoding budget (test-time scaling), when results exist at
-  more than one `max_new_tokens`;
+  more than one budget (`eval.budgets`);
 - `curves`: the training dynamics (`plots.plot_curves`).
 A figure whose data is missing is skipped with the reason, never drawn empty.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from copsd.reports.plots import plot_curves
-from copsd.reports.tables import METHOD_ORDER, build_table, check_selection, select_rows
+from copsd.reports.tables import METHOD_ORDER, at_full_budget, build_table, check_selection, select_rows
 from copsd.results.schema import METRIC_COLUMNS
 
 
@@ -76,7 +76,7 @@ def delta_bars(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Pat
 
 
 def format_vs_accuracy(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> tuple[Path, float | None]:
-    df = check_selection(df, "accuracy", benchmark)
+    df = at_full_budget(check_selection(df, "accuracy", benchmark))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for method in _methods(df):
@@ -105,29 +105,72 @@ def repetition(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Pat
 
 
 def scaling(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path | str:
+    """Accuracy at each decoding budget of the final checkpoint, averaged over the languages every
+    method has (English left out when others remain), so each line averages the same set."""
     df = check_selection(df, "accuracy", benchmark)
     df = df[df.step == df.groupby("job_id").step.transform("max")]
     if df.max_new_tokens.nunique() < 2:
-        return "results exist at one decoding budget only (add eval.decoding.max_new_tokens values to the spec)"
+        return "results exist at one decoding budget only (add eval.budgets to the spec)"
+    langs = set.intersection(*(set(g.language) for _, g in df.groupby("method")))
+    langs = langs - {"eng"} or langs
+    if not langs:
+        return "no language has results for every method"
+    df = df[df.language.isin(langs)]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for method in _methods(df):
         g = df[df.method == method].groupby("max_new_tokens").accuracy.mean()
         ax.plot(g.index, 100 * g.values, marker="o", label=method, color=COLORS.get(method))
-    ax.set(xscale="log", xlabel="generation budget (tokens)", ylabel="accuracy (%)", title="test-time scaling")
+    ax.set(
+        xscale="log",
+        xlabel="generation budget (tokens)",
+        ylabel="accuracy (%)",
+        title=f"test-time scaling ({', '.join(sorted(langs))})",
+    )
     ax.legend(fontsize=8)
     return _save(fig, out)
 
 
-def write_figures(df: pd.DataFrame, out_dir: Path, prefix: str, benchmark: str | None = None) -> dict[str, str]:
-    """Every figure the data supports, under `out_dir`; {name: path or the reason it was skipped}."""
-    done: dict[str, str] = {}
-    done["curves"] = str(plot_curves(df, out_dir / f"{prefix}_curves_accuracy.png", "accuracy", benchmark))
+def job_figures(df: pd.DataFrame, job_id: str, out_dir: Path) -> list[Path]:
+    """The figures of one job, for its MLflow run: its curve from the base model (step 0) and, with
+    several budgets, its test-time scaling. `df` holds the job's rows and may hold others of the
+    same model and language: only base-model rows evaluated the same way are drawn beside it."""
+    mine = df[df.job_id == job_id]
+    if mine.empty:
+        return []
+    first = mine.iloc[0]
+    same_eval = (df.benchmark == first.benchmark) & (df.split == first.split) & (df.n_samples == first.n_samples)
+    base = df[(df.method == "base") & (df.model == first.model) & (df.language == first.language) & same_eval]
+    df = pd.concat([mine, base[base.job_id != job_id]], ignore_index=True)
+    out: list[Path] = []
+    if first.method != "base":
+        out.append(plot_curves(df, out_dir / "curves_accuracy.png", "accuracy"))
+    sc = scaling(df, out_dir / "scaling.png")
+    if not isinstance(sc, str):
+        out.append(sc)
+    return out
+
+
+def figure_set(
+    df: pd.DataFrame, out_dir: Path, prefix: str, benchmark: str | None = None
+) -> dict[str, tuple[Path | None, str]]:
+    """Every figure the data supports, under `out_dir`: {name: (PNG path, note)}, or (None, the
+    reason it was skipped)."""
+    done: dict[str, tuple[Path | None, str]] = {}
+    done["curves"] = (plot_curves(df, out_dir / f"{prefix}_curves_accuracy.png", "accuracy", benchmark), "")
     bars = delta_bars(df, out_dir / f"{prefix}_delta_bars.png", benchmark)
-    done["delta_bars"] = f"skipped: {bars}" if isinstance(bars, str) else str(bars)
+    done["delta_bars"] = (None, bars) if isinstance(bars, str) else (bars, "")
     path, r = format_vs_accuracy(df, out_dir / f"{prefix}_format_vs_accuracy.png", benchmark)
-    done["format_vs_accuracy"] = f"{path} (Pearson r = {r:.3f})" if r is not None else str(path)
-    done["repetition"] = str(repetition(df, out_dir / f"{prefix}_repetition.png", benchmark))
+    done["format_vs_accuracy"] = (path, f"(Pearson r = {r:.3f})" if r is not None else "")
+    done["repetition"] = (repetition(df, out_dir / f"{prefix}_repetition.png", benchmark), "")
     sc = scaling(df, out_dir / f"{prefix}_scaling.png", benchmark)
-    done["scaling"] = f"skipped: {sc}" if isinstance(sc, str) else str(sc)
+    done["scaling"] = (None, sc) if isinstance(sc, str) else (sc, "")
     return done
+
+
+def write_figures(df: pd.DataFrame, out_dir: Path, prefix: str, benchmark: str | None = None) -> dict[str, str]:
+    """`figure_set` as lines to print: {name: "path [note]" or "skipped: reason"}."""
+    return {
+        name: f"skipped: {note}" if path is None else f"{path} {note}".strip()
+        for name, (path, note) in figure_set(df, out_dir, prefix, benchmark).items()
+    }

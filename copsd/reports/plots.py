@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from copsd.config import short_model_name
-from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, check_selection
+from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, at_full_budget, check_selection
 
 
 def _order(method: str) -> int:
@@ -20,7 +20,7 @@ def _order(method: str) -> int:
 def curve_data(df: pd.DataFrame, metric: str = "accuracy", benchmark: str | None = None) -> dict[str, dict]:
     """{language: {(model, method): DataFrame(step, mean, std)}} for the languages with a trained
     line (all languages when nothing was trained); trained lines get the base model as step 0."""
-    df = check_selection(df, metric, benchmark).copy()
+    df = at_full_budget(check_selection(df, metric, benchmark)).copy()
     df["model"] = df.model.map(short_model_name)
     df["value"] = df[metric] * (1.0 if metric in NOT_PERCENT else 100.0)
     trained = set(df[df.method != "base"].language)

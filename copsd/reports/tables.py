@@ -77,6 +77,11 @@ def check_selection(df: pd.DataFrame, metric: str, benchmark: str | None) -> pd.
     return df
 
 
+def at_full_budget(df: pd.DataFrame) -> pd.DataFrame:
+    """Each job's rows at its largest decoding budget (the smaller ones serve test-time scaling)."""
+    return df[df.max_new_tokens == df.groupby("job_id").max_new_tokens.transform("max")]
+
+
 def select_rows(
     df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None, budget: int | None = None
 ) -> pd.DataFrame:
@@ -85,7 +90,7 @@ def select_rows(
     if budget:
         df = df[df.max_new_tokens == budget]
     else:
-        df = df[df.max_new_tokens == df.groupby(["job_id"]).max_new_tokens.transform("max")]
+        df = at_full_budget(df)
     if df.empty:
         raise CopsdError("no results match --benchmark/--budget")
     if step == "final":

@@ -71,7 +71,7 @@ def _rowcount(result) -> int:
 
 
 def _db_error_hint(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", exc))
+    text = " ".join(str(getattr(exc, "orig", exc)).split())  # a server's multi-line message on one line
     low = text.lower()
     if "not a database" in low or "malformed" in low:
         return f"{text} (not an SQLite results database, or damaged: point --db/COPSD_DB elsewhere)"
@@ -154,6 +154,9 @@ class ResultsDB:
             raise CopsdError(f"database directory '{path.parent}' does not exist (from --db/COPSD_DB '{self.url}')")
         try:
             self.engine = create_engine(self.url, connect_args={"timeout": 30} if path is not None else {})
+        except ModuleNotFoundError as exc:
+            hint = " (pip install 'copsd[postgres]' and use postgresql+psycopg://...)" if "postgres" in self.url else ""
+            raise CopsdError(f"cannot open database '{self.url}': no driver {exc.name!r}{hint}") from None
         except Exception as exc:
             raise CopsdError(f"cannot open database '{self.url}': {exc}") from None
         if self.url.startswith("sqlite"):
@@ -443,8 +446,9 @@ class ResultsDB:
             for col in GRADER_COLUMNS:
                 setattr(row, col, float(metrics[col]) if col in metrics else None)
 
-    def results_frame(self, sweep: str | None = None):
-        """Results joined with their jobs, as a pandas DataFrame (one row per result)."""
+    def results_frame(self, sweep: str | None = None, *, model: str | None = None, language: str | None = None):
+        """Results joined with their jobs, as a pandas DataFrame (one row per result); narrowed to
+        a sweep, a model or a language when given."""
         import pandas as pd
 
         cols = [
@@ -465,6 +469,10 @@ class ResultsDB:
         q = select(*cols).join(JobRow, JobRow.id == ResultRow.job_id)
         if sweep is not None:
             q = q.join(SweepJob, SweepJob.job_id == JobRow.id).where(SweepJob.sweep_name == sweep)
+        if model is not None:
+            q = q.where(JobRow.model == model)
+        if language is not None:
+            q = q.where(ResultRow.language == language)
         with self.engine.connect() as conn:
             return pd.read_sql(q, conn)
 

@@ -6,7 +6,7 @@ method use.
 * `auto` -- `fast` where supported (CUDA, Llama/Qwen family), else `hf` with a one-line note.
 """
 
-from copsd.rollout.api import ENGINES, generate, resolve_engine
+from copsd.rollout.api import ENGINES, at_budget, generate, resolve_engine
 from copsd.rollout.types import Rollout, SamplingParams, stop_token_ids
 
-__all__ = ["ENGINES", "Rollout", "SamplingParams", "generate", "resolve_engine", "stop_token_ids"]
+__all__ = ["ENGINES", "at_budget", "Rollout", "SamplingParams", "generate", "resolve_engine", "stop_token_ids"]

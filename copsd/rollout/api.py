@@ -80,3 +80,15 @@ def generate(
         if on_batch:
             on_batch(len(batch))
     return out  # type: ignore[return-value]
+
+
+def at_budget(r: Rollout, budget: int, tokenizer) -> Rollout:
+    """The rollout as a decode with `max_new_tokens=budget` would have returned it: every engine
+    samples step by step from a per-batch seed, so a shorter budget gives a prefix of the same
+    sample (tests/test_budgets.py checks this against real decodes)."""
+    if len(r.token_ids) <= budget:
+        return r
+    toks = r.token_ids[:budget]
+    return Rollout(
+        r.prompt_index, r.sample_index, r.prompt_ids, toks, tokenizer.decode(toks, skip_special_tokens=True), False
+    )

@@ -35,14 +35,16 @@ def quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-def result_key(job: JobConfig, step: int) -> tuple:
+def result_key(job: JobConfig, step: int, budget: int | None = None) -> tuple:
     e = job.eval
-    return (e.benchmark, job.language, e.split, step, e.decoding.max_new_tokens)
+    return (e.benchmark, job.language, e.split, step, budget or e.decoding.max_new_tokens)
 
 
 def pending_steps(job: JobConfig, db: ResultsDB) -> list[int]:
+    """Checkpoints still missing a result row at some decoding budget."""
     have = db.result_keys(job.job_id)
-    return [s for s in job.eval_steps() if result_key(job, s) not in have]
+    budgets = job.eval.all_budgets()
+    return [s for s in job.eval_steps() if any(result_key(job, s, b) not in have for b in budgets)]
 
 
 def run_job(
@@ -116,9 +118,7 @@ def run_job(
         from copsd.training import TRAINERS
         from copsd.training.adapters import wrap_lora
 
-        model = wrap_lora(model, train.lora, job.seed)
-        if next(model.parameters()).device.type == "cuda":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = wrap_lora(model, train.lora, job.seed)  # the trainer turns on gradient checkpointing
         trainer = TRAINERS[job.method](
             job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics, on_step=lambda _step: check_alive()
         )
@@ -145,20 +145,39 @@ def run_job(
                 ) from None
             raise
         e = job.eval
-        db.add_result(
-            job.job_id,
-            benchmark=e.benchmark,
-            language=job.language,
-            split=e.split,
-            step=step,
-            max_new_tokens=e.decoding.max_new_tokens,
-            n_samples=e.decoding.n_samples,
-            n_problems=out.n_problems,
-            metrics=out.metrics,
-            owner=owner,
-        )
+        # smaller budgets first: the full budget's row is the one that marks a checkpoint complete
+        for budget, metrics in [*sorted(out.by_budget.items()), (e.decoding.max_new_tokens, out.metrics)]:
+            db.add_result(
+                job.job_id,
+                benchmark=e.benchmark,
+                language=job.language,
+                split=e.split,
+                step=step,
+                max_new_tokens=budget,
+                n_samples=e.decoding.n_samples,
+                n_problems=out.n_problems,
+                metrics=metrics,
+                owner=owner,
+            )
         run.log_metrics({f"eval/{job.language}/{k}": v for k, v in out.metrics.items()}, step=step)
+        for budget, metrics in out.by_budget.items():
+            run.log_metrics({f"eval_budget{budget}/{job.language}/{k}": v for k, v in metrics.items()}, step=step)
         if log_generations:
             run.log_jsonl(out.records, f"step{step:05d}_{e.benchmark}_{job.language}_{e.split}.jsonl")
         done[step] = out.metrics
+    if run.run_id and done:
+        _log_job_figures(job, db, run, run_dir / "figures")
     return done
+
+
+def _log_job_figures(job: JobConfig, db: ResultsDB, run: RunLog, out_dir: Path) -> None:
+    """The job's figures as artifacts of its MLflow run (`figures/`); a figure never fails a job."""
+    import logging
+
+    from copsd.reports.figures import job_figures
+
+    try:
+        paths = job_figures(db.results_frame(model=job.model, language=job.language), job.job_id, out_dir)
+        run.log_files([q for p in paths for q in (p, p.with_suffix(".pdf"))], "figures")
+    except Exception as exc:  # noqa: BLE001 - the numbers are stored; a plot is a convenience
+        logging.getLogger("copsd").warning("figures of job %s skipped: %s", job.job_id, str(exc).splitlines()[0])
