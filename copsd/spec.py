@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,6 +30,11 @@ class RunnerSettings(BaseModel):
     max_attempts: int = Field(3, ge=1, description="a FAILED job is retried until it has failed this often")
     stale_after_s: float = Field(600.0, gt=0, description="a RUNNING job whose heartbeat is older is reclaimed")
     heartbeat_s: float = Field(30.0, gt=0)
+    isolate: bool = Field(
+        True,
+        description="run each job in its own child process: a job killed by the kernel (out of memory) or "
+        "crashing in native code is FAILED with the cause, and the sweep goes on (CLI: --no-isolate)",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_well_under_stale(self) -> RunnerSettings:
@@ -48,6 +53,69 @@ class MlflowSettings(BaseModel):
     log_generations: bool = True
 
 
+class ParamSpace(BaseModel):
+    """One searched job field: a float or int range (optionally log-scaled) or a list of choices."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="sample on a log scale (learning rates)")
+    step: float | None = Field(None, description="grid step of a float/int range")
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs 'choices' (a non-empty list)")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs 'low' < 'high'")
+        elif self.log and self.low <= 0:
+            raise ValueError("'log: true' needs 'low' > 0")
+        return self
+
+    def example(self) -> Any:
+        """A value inside the space (used to validate the field path before any trial runs)."""
+        if self.type == "categorical":
+            return self.choices[0]  # type: ignore[index]
+        return int(self.low) if self.type == "int" else self.low  # type: ignore[arg-type]
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field("accuracy", description="a results column: accuracy, pass_at_k, maj_at_k, format_rate, ...")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    split: str | None = Field(None, description="evaluate the trials on this split (e.g. dev); default: the spec's")
+    languages: list[str] | None = Field(None, description="average over these languages; default: every one")
+    step: Literal["final", "best"] = Field("final", description="the final checkpoint, or each job's best")
+
+
+class SearchSettings(BaseModel):
+    """`copsd tune`: an Optuna study over job fields; each trial runs the spec's jobs with the
+    trial's values (ordinary hashed jobs in the results DB), the study lives in the same DB."""
+
+    model_config = ConfigDict(extra="forbid")
+    params: dict[str, ParamSpace] = Field(..., min_length=1, description="dotted job field -> its space")
+    objective: Objective = Objective()
+    n_trials: int = Field(20, ge=1, description="trials in the study (finished or pruned), over all workers")
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, description="the sampler's seed")
+    pruner: Literal["median", "successive_halving", "threshold", "none"] = Field(
+        "median",
+        description="median: stop a trial whose checkpoint evaluations trail the others'; threshold: stop "
+        "one whose value is worse than `threshold` (e.g. a collapsed run)",
+    )
+    threshold: float | None = Field(None, description="the threshold pruner's bound (below it when maximizing)")
+    n_startup_trials: int = Field(2, ge=0, description="trials that are never pruned (the pruner's baseline)")
+
+    @model_validator(mode="after")
+    def _threshold_given(self) -> SearchSettings:
+        if (self.pruner == "threshold") != (self.threshold is not None):
+            raise ValueError("'threshold' is needed with 'pruner: threshold', and only then")
+        return self
+
+
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -58,6 +126,7 @@ class SweepSpec(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     runner: RunnerSettings = RunnerSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    search: SearchSettings | None = None  # only `copsd tune` reads it
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
@@ -371,3 +440,12 @@ def eval_job(
         return JobConfig.model_validate(raw)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, "copsd eval", JobConfig)) from None
+
+
+def with_values(spec: SweepSpec, values: dict[str, Any]) -> SweepSpec:
+    """The spec with each given field fixed to one value (a one-point matrix axis): a tuning
+    trial's jobs; the objective's split, if any, replaces the evaluation split."""
+    matrix = {**spec.matrix, **{k: [v] for k, v in values.items()}}
+    if spec.search is not None and spec.search.objective.split:
+        matrix["eval.split"] = [spec.search.objective.split]
+    return spec.model_copy(update={"matrix": matrix})

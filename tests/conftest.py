@@ -105,3 +105,18 @@ def small_spec(workdir) -> Path:
     p = workdir / "small.yaml"
     p.write_text(SMALL_SPEC)
     return p
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A real single-node SLURM for this test session (munged, slurmctld, slurmd; tests/services.py)."""
+    import shutil
+    import tempfile
+
+    from services import SlurmCluster
+
+    root = Path(tempfile.mkdtemp(prefix="copsd-slurm-"))
+    cluster = SlurmCluster(root).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)

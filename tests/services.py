@@ -87,3 +87,158 @@ class PostgresServer:
         with psycopg.connect(host=str(self.sock), user="postgres", dbname="postgres", autocommit=True) as con:
             con.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://postgres@/{name}?host={self.sock}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlurmCluster:
+    """A real single-node SLURM: Debian `slurm-wlm` and `munge`, a temporary slurm.conf (this host
+    as the one node, its real CPUs and memory; no cgroups, no accounting), `munged`, `slurmctld`
+    and `slurmd` started as root in the background on free localhost ports. `env` is what a
+    client (sbatch, squeue, submitit) needs: SLURM_CONF pointing at the temporary config."""
+
+    PARTITION = "debug"
+
+    def __init__(self, root) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("a test SLURM needs root (slurmd runs jobs as their users)")
+        for binary, package in (
+            ("munged", "munge"),
+            ("slurmctld", "slurmctld"),
+            ("slurmd", "slurmd"),
+            ("sbatch", "slurm-client"),
+        ):
+            if not shutil.which(binary):
+                debian_tool(binary, "slurm-wlm" if package != "munge" else "munge")
+        self.root = root
+        self.conf = root / "slurm.conf"
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self._procs: list[subprocess.Popen] = []
+
+    def _node_line(self) -> str:
+        """`slurmd -C`: this host's real CPUs, sockets, cores and memory, as a NodeName line."""
+        out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, timeout=60).stdout
+        line = next(x for x in out.splitlines() if x.startswith("NodeName="))
+        return f"{line} NodeAddr=127.0.0.1 State=UNKNOWN"
+
+    def _write_conf(self) -> None:
+        import socket
+
+        r = self.root
+        for d in ("state", "spool", "munge"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(r / "munge", 0o700)
+        self.munge_socket = r / "munge" / "munge.socket"
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=copsdtest",
+                    f"SlurmctldHost={socket.gethostname().split('.')[0]}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={self.munge_socket}",
+                    f"StateSaveLocation={r / 'state'}",
+                    f"SlurmdSpoolDir={r / 'spool'}",
+                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={r / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={r / 'slurmctld.log'}",
+                    f"SlurmdLogFile={r / 'slurmd.log'}",
+                    "SlurmctldDebug=info",
+                    "SlurmdDebug=info",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "SchedulerType=sched/builtin",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_CPU",
+                    "MpiDefault=none",
+                    "SwitchType=switch/none",
+                    "ReturnToService=2",
+                    "JobRequeue=1",
+                    "KillWait=10",  # seconds between SIGTERM and SIGKILL at scancel/timeout
+                    "MinJobAge=300",
+                    "InactiveLimit=0",
+                    "SlurmdTimeout=60",
+                    self._node_line(),
+                    f"PartitionName={self.PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
+
+    def _log_tail(self) -> str:
+        tails = []
+        for name in ("munged.log", "slurmctld.log", "slurmd.log"):
+            p = self.root / name
+            if p.exists():
+                tails.append(f"--- {name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:]))
+        return "\n".join(tails)
+
+    def _daemon(self, *cmd: str) -> None:
+        log = open(self.root / f"{os.path.basename(cmd[0])}.out", "w")  # noqa: SIM115 - open while it runs
+        self._procs.append(subprocess.Popen(list(cmd), env=self.env, stdout=log, stderr=subprocess.STDOUT))
+
+    def start(self, timeout_s: float = 60) -> SlurmCluster:
+        import time
+
+        self._write_conf()
+        key = self.root / "munge" / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        os.chmod(key, 0o400)
+        self._daemon(
+            shutil.which("munged") or "munged",
+            "-F",  # foreground: we own the process
+            "-f",  # allow a key/socket under a temp dir owned by root
+            f"--key-file={key}",
+            f"--socket={self.munge_socket}",
+            f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+            f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+            f"--log-file={self.root / 'munged.log'}",
+        )
+        deadline = time.time() + timeout_s
+        while not self.munge_socket.exists():
+            if time.time() > deadline or self._procs[0].poll() is not None:
+                raise RuntimeError(f"munged did not start:\n{self._log_tail()}")
+            time.sleep(0.1)
+        self._daemon(shutil.which("slurmctld") or "slurmctld", "-D", "-i", "-f", str(self.conf))
+        self._daemon(shutil.which("slurmd") or "slurmd", "-D", "-f", str(self.conf))
+        while True:
+            r = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True, timeout=30
+            )
+            state = r.stdout.strip()
+            if r.returncode == 0 and state in ("idle", "mix", "alloc"):
+                return self
+            dead = [p.args[0] for p in self._procs if p.poll() is not None]
+            if dead or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"SLURM did not come up (sinfo: {state or r.stderr.strip()!r}; exited: {dead}):\n{self._log_tail()}"
+                )
+            time.sleep(0.5)
+
+    def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A SLURM client command (squeue, scancel, scontrol, ...) against this cluster."""
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        for p in reversed(self._procs):  # slurmd, slurmctld, then munged
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+        self._procs.clear()

@@ -95,3 +95,49 @@ def test_bench_bad_input_is_one_line(workdir):
     ]:
         r = run_cli("speed", "rollout", "--device", "cpu", *args, cwd=workdir)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.slow
+def test_bench_step_per_method_measures_each_memory_setting(workdir):
+    """`speed step --method`: one optimizer step through the trainer per setting, each in its own
+    process on CPU (peak RSS); the token cap splits the forwards and leaves the loss unchanged."""
+    r = run_cli(
+        "speed",
+        "step",
+        "--method",
+        "grpo",
+        *("--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--generations", "4", "--prompts", "1"),
+        *("--completion", "24", "--student-prompt", "8", "--micro-batch", "4", "--max-tokens", "0,64"),
+        *("--checkpointing", "on", "--reps", "0", "--out", "g.json"),
+        cwd=workdir,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads((workdir / "g.json").read_text())
+    rows = out["rows"]
+    assert [(x["max_tokens"], x["forwards_per_step"]) for x in rows] == [(None, 1), (64, 2)]
+    assert all(x["peak_gib"] > x["base_gib"] > 0 and x["step_s"] > 0 for x in rows)
+    assert rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-5)
+    assert "ru_maxrss" in out["memory"]
+
+
+def test_step_measure_runs_every_method_in_process():
+    from copsd.speed.train_step import StepSetting, measure
+
+    for method in ("copsd", "sft"):
+        s = StepSetting(
+            method=method, shape="tiny", model=None, device="cpu", dtype="float32", prompts=2, generations=1,
+            prompt_len=8, completion=12, teacher_prompt=16, micro_batch=2, max_tokens=20, checkpointing=True,
+            chunk=8, reps=0,
+        )  # fmt: skip
+        r = measure(s)
+        assert r["forwards_per_step"] == 2 and r["step_s"] > 0 and torch.isfinite(torch.tensor(r["loss"]))
+
+
+def test_bench_step_method_bad_input_is_one_line(workdir):
+    for args, expect in [
+        (["--method", "dpo"], "--method: unknown method 'dpo'"),
+        (["--method", "sft", "--checkpointing", "maybe"], "--checkpointing takes on, off"),
+        (["--reps", "0"], "--reps 0 is for --method only"),
+    ]:
+        r = run_cli("speed", "step", "--shape", "tiny", "--device", "cpu", *args, cwd=workdir)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -18,8 +18,8 @@ def _job(method, model, lang, seed):
 
 
 @pytest.fixture
-def db(tmp_path):
-    d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+def db(db_url):  # every report test runs on SQLite and on a real PostgreSQL server
+    d = ResultsDB(db_url)
     # accuracy per (method, model, language, seed, step) chosen so the expected table is easy to check
     acc = {
         ("base", "swa", 0, 0): 0.10,

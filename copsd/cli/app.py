@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from copsd.cli import data, evaluate, report, speed, sweep
+from copsd.cli import data, evaluate, report, speed, sweep, tune
 from copsd.cli.common import err_console
 from copsd.errors import CopsdError
 from copsd.plugins import plugin_commands
@@ -36,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(sweep.app, name="sweep")
 app.command("eval")(evaluate.eval_cmd)
+app.command("tune")(tune.tune_cmd)
 app.add_typer(data.app, name="data")
 app.add_typer(report.app, name="report")
 app.add_typer(speed.app, name="speed")

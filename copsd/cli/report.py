@@ -140,3 +140,37 @@ def html_report(
     out = out or reports_dir / f"{sweep or 'all'}_report.html"
     path = write_html_report(df, jobs, out, title=title, description=row.description if row else "", source=source)
     console.print(f"written to {path} (open it in a browser)", highlight=False, soft_wrap=True)
+
+
+@app.command("tune")
+def tune_report(
+    study: str = typer.Argument(..., help="the study's name (the tuning spec's `name`)"),
+    top: int = typer.Option(10, "--top", help="best trials shown"),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="figures' folder; default: reports/ beside the DB"),
+    db: str | None = DB_OPT,
+):
+    """Best trials of a `copsd tune` study, and its optimisation-history and parameter-importance plots."""
+    from rich.table import Table
+
+    from copsd.cli.common import existing_db_url
+    from copsd.paths import Workspace
+    from copsd.run.tune import trials_frame, tune_figures
+
+    url = existing_db_url(db)
+    df = trials_frame(url, study)
+    if df.empty:
+        raise CopsdError(f"study '{study}' has no trials yet; run copsd tune SPEC")
+    t = Table(title=f"study '{study}': {len(df)} trial(s), best first")
+    for c in df.columns:
+        t.add_column(c.removeprefix("param:"))
+    for _, row in df.head(top).iterrows():
+        t.add_row(*[_cell(v) for v in row.tolist()])
+    console.print(t)
+    for name, where in tune_figures(url, study, out_dir or Workspace(url).reports_dir).items():
+        console.print(f"{name}: {where}", highlight=False, soft_wrap=True)
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):  # a null choice, or no value (pruned, failed)
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -112,19 +112,67 @@ def step(
     chunk: str = typer.Option(
         "256", "--chunk", help="loss chunk(s) of the lean path (train.loss_chunk_size), comma-separated"
     ),
-    reps: int = typer.Option(3, "--reps", min=1, help="timed repetitions after one warm-up (best is reported)"),
+    reps: int = typer.Option(
+        3, "--reps", min=0, help="timed repetitions after one warm-up (best is reported); --method: 0 = one cold step"
+    ),
     device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
     out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+    method: str | None = typer.Option(
+        None,
+        "--method",
+        help="copsd | grpo | sft: one optimizer step through that method's trainer on synthetic full-length "
+        "sequences, per memory setting (without it: COPSD rollouts fast vs hf + loss lean vs naive)",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="with --method: a real model (e.g. builtin:smollm2-135m-instruct) instead of --shape"
+    ),
+    prompts: int = typer.Option(1, "--prompts", min=1, help="with --method: prompts per optimizer step"),
+    generations: int = typer.Option(8, "--generations", min=1, help="with --method grpo: completions per prompt"),
+    micro_batch: str = typer.Option(
+        "4", "--micro-batch", help="with --method: train.micro_batch_size value(s), comma-separated"
+    ),
+    max_tokens: str = typer.Option(
+        "0", "--max-tokens", help="with --method: train.max_tokens_per_forward value(s), comma-separated (0 = no cap)"
+    ),
+    checkpointing: str = typer.Option(
+        "on,off", "--checkpointing", help="with --method: train.gradient_checkpointing: on, off or on,off"
+    ),
 ):
-    """One COPSD step: rollouts (fast vs hf) + loss/backward/optimizer (lean vs naive): time, peak memory.
+    """One training step's time and peak memory.
 
     GPU: copsd speed step --shape qwen3-1.7b --chunk 256,1024 --out step.json
+    Per method (docs/benchmarks.md): copsd speed step --method grpo --shape qwen3-1.7b --completion 2048
+    CPU: copsd speed step --method grpo --model builtin:smollm2-135m-instruct --device cpu --dtype float32
+         --completion 256 --max-tokens 0,1024
     """
-    from copsd.speed.step import bench_step
-
     dev = check_options(device, shape, dtype)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
+    if method is not None:
+        _method_step(
+            method,
+            shape,
+            model,
+            dev,
+            dtype,
+            prompts,
+            generations,
+            student_prompt,
+            completion,
+            teacher_prompt,
+            micro_batch,
+            max_tokens,
+            checkpointing,
+            chunk,
+            reps,
+            out,
+            show,
+        )
+        return
+    if reps < 1:
+        raise CopsdError("--reps 0 is for --method only; the COPSD comparison needs at least 1")
+    from copsd.speed.step import bench_step
+
     result = bench_step(
         shape,
         device=dev,
@@ -146,7 +194,75 @@ def step(
     )
 
 
+def _method_step(
+    method,
+    shape,
+    model,
+    dev,
+    dtype,
+    prompts,
+    generations,
+    prompt_len,
+    completion,
+    teacher_prompt,
+    micro_batch,
+    max_tokens,
+    checkpointing,
+    chunk,
+    reps,
+    out,
+    show,
+) -> None:
+    from copsd.speed.train_step import StepSetting, bench_train_step
+
+    if method not in ("copsd", "grpo", "sft"):
+        raise CopsdError(f"--method: unknown method {method!r}; choose from copsd, grpo, sft")
+    modes = [m.strip() for m in checkpointing.split(",") if m.strip()]
+    if not modes or any(m not in ("on", "off") for m in modes):
+        raise CopsdError(f"--checkpointing takes on, off or on,off, got {checkpointing!r}")
+    caps = [int(x) for x in max_tokens.split(",") if x.strip()] if max_tokens.strip() else [0]
+    if any(c < 0 for c in caps):
+        raise CopsdError(f"--max-tokens takes comma-separated integers >= 0, got {max_tokens!r}")
+    settings = [
+        StepSetting(
+            method=method,
+            shape=shape,
+            model=model,
+            device=dev,
+            dtype=dtype,
+            prompts=prompts,
+            generations=generations,
+            prompt_len=prompt_len,
+            completion=completion,
+            teacher_prompt=teacher_prompt,
+            micro_batch=mb,
+            max_tokens=cap,
+            checkpointing=mode == "on",
+            chunk=positive_ints(chunk, "--chunk")[0],
+            reps=reps,
+        )
+        for mode in modes
+        for mb in positive_ints(micro_batch, "--micro-batch")
+        for cap in caps
+    ]
+    result = bench_train_step(settings, log=show)
+    _write(result, out)
+    console.print(
+        _table(
+            result["rows"],
+            ["checkpointing", "micro_batch", "max_tokens", "forwards_per_step", "step_s", "peak_gib", "step_gib"],
+        )
+    )
+
+
 _HEADERS = {
+    "forwards_per_step": "forwards",
+    "step_s": "step s",
+    "peak_gib": "peak GiB",
+    "step_gib": "step GiB (peak - base)",
+    "max_tokens": "token cap",
+    "micro_batch": "micro-batch",
+    "checkpointing": "checkpointing",
     "new_tokens": "new tok",
     "tokens_per_s": "tok/s",
     "ms_per_step": "ms/step",

@@ -8,10 +8,12 @@ import sys
 import typer
 from rich.markup import escape
 
+from copsd.cli import submit as submit_cmd
 from copsd.cli.common import DB_OPT, ONLY_HELP, console
 from copsd.errors import CopsdError
 
 app = typer.Typer(help="Plan, run and inspect sweeps (YAML specs -> jobs -> results).", no_args_is_help=True)
+app.command("submit")(submit_cmd.submit)  # copsd/cli/submit.py: worker tasks on SLURM through submitit
 
 
 @app.command("plan")
@@ -80,6 +82,12 @@ def run(
     no_retry: bool = typer.Option(False, "--no-retry", help="leave FAILED jobs alone"),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not log to MLflow"),
     dry_run: bool = typer.Option(False, "--dry-run", help="same as `copsd sweep plan`"),
+    isolate: bool | None = typer.Option(
+        None,
+        "--isolate/--no-isolate",
+        help="each job in its own child process, so a job killed for memory or crashing fails alone "
+        "(default; spec: runner.isolate)",
+    ),
 ):
     """Run a sweep; resumable: DONE jobs are skipped, crashed ones reclaimed, FAILED ones retried."""
     if dry_run:
@@ -97,6 +105,7 @@ def run(
         max_attempts=max_attempts,
         retry_failed=not no_retry,
         mlflow=not no_mlflow,
+        isolate=isolate,
     )
     summary = run_sweep(
         sel.spec.name,
@@ -162,6 +171,7 @@ def status(
             t.add_row(n, str(len(jobs)), *(str(counts[k]) for k in STATUSES))
             failed += [(n, j) for j in jobs if j.status == FAILED]
         console.print(t)
+        submit_cmd.print_running(rdb, names)
         if errors:
             for n, j in failed:
                 console.print(

@@ -108,6 +108,20 @@ def _host() -> str:
     return f"{socket.gethostname()}/{ns}"
 
 
+def host_label() -> str:
+    """The host a claim is made on, with the SLURM job (array job_task) or submitit local job
+    holding it when there is one: `copsd sweep status` shows it for RUNNING jobs."""
+    host = socket.gethostname()
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job and task:
+        return f"{host} slurm:{job}_{task}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"{host} slurm:{os.environ['SLURM_JOB_ID']}"
+    if os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
+        return f"{host} submitit-local:{os.environ['SUBMITIT_LOCAL_JOB_ID']}"
+    return host
+
+
 def new_owner_token() -> str:
     """host/pid-namespace|pid|process start|random: unique per claim, and says whether its process is alive."""
     return f"{_host()}|{os.getpid()}|{_process_start(os.getpid()) or '-'}|{uuid.uuid4().hex[:12]}"
@@ -310,7 +324,7 @@ class ResultsDB:
                 .values(
                     status=RUNNING,
                     attempts=JobRow.attempts + 1,
-                    host=socket.gethostname(),
+                    host=host_label(),
                     pid=os.getpid(),
                     owner=token,
                     started_at=now,

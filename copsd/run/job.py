@@ -59,10 +59,13 @@ def run_job(
     on_advance: Callable[[int], None] | None = None,
     owner: str | None = None,
     check_alive: Callable[[], None] | None = None,
+    on_result: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[int, dict[str, float]]:
     """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now.
 
-    `owner` fences result writes (nothing is written once another worker reclaimed the job);
+    `on_result(step, metrics)` runs after each checkpoint's results are stored (a tuning pruner
+    may raise from it to stop the job). `owner` fences result writes (nothing is written once
+    another worker reclaimed the job);
     `check_alive` is called after every training step and before every evaluation and raises to
     stop a job whose claim was lost."""
     check_alive = check_alive or (lambda: None)
@@ -165,6 +168,8 @@ def run_job(
         if log_generations:
             run.log_jsonl(out.records, f"step{step:05d}_{e.benchmark}_{job.language}_{e.split}.jsonl")
         done[step] = out.metrics
+        if on_result:
+            on_result(step, out.metrics)
     if run.run_id and done:
         _log_job_figures(job, db, run, run_dir / "figures")
     return done

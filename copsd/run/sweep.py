@@ -4,6 +4,10 @@ Sequential by default; `workers > 1` starts that many processes that claim jobs 
 database (each gets its own GPU when there are GPUs). DONE jobs are skipped, RUNNING jobs with a
 stale heartbeat are reclaimed, FAILED jobs are retried until `max_attempts`, a failing job never
 stops the sweep, and Ctrl-C gives the current job back (PENDING) before exiting.
+
+Each job runs in its own child process (`runner.isolate`, on by default; `copsd.run.isolate`): a
+job the kernel kills or that crashes in native code is FAILED with the cause in plain words and
+the sweep goes on. The claim, heartbeat, signals and MLflow run stay in this process.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ class RunOptions:
     experiment: str = "copsd"
     log_generations: bool = True
     progress: bool = True
+    isolate: bool = True  # each job in its own child process (copsd.run.isolate)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec, db_url: str, **overrides) -> RunOptions:
@@ -139,6 +144,7 @@ class RunOptions:
             heartbeat_s=r.heartbeat_s,
             experiment=m.experiment,
             log_generations=m.log_generations,
+            isolate=r.isolate,
         )
         return cls(db_url=db_url, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -226,9 +232,11 @@ def execute_one(
     on_total=None,
     on_advance=None,
     on_start=None,
+    on_result=None,
 ) -> JobOutcome:
-    """Claim and run one job; SKIPPED if it was not claimable. `on_start()` runs once claimed."""
-    from copsd.run.job import run_job
+    """Claim and run one job; SKIPPED if it was not claimable. `on_start()` runs once claimed;
+    `on_result(step, metrics)` after each checkpoint is stored (in-process jobs only)."""
+    from copsd.run.isolate import run_job_isolated, warm_up
 
     tracker = tracker or NullTracker()
     owner = db.claim(
@@ -236,28 +244,48 @@ def execute_one(
     )
     if owner is None:
         return JobOutcome("SKIPPED")
+    isolate = opts.isolate and on_result is None
     t0 = time.perf_counter()
     run: RunLog | None = None
     try:
         if on_start:
             on_start()
+        if isolate:  # started once a job is ours (a process that claims nothing imports no torch)
+            warm_up()  # the fork server imports torch & co. while the MLflow run is set up
         with _Heartbeat(db, job.job_id, owner, opts.heartbeat_s) as beat:
             row = db.get_job(job.job_id)
             run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
             if run.run_id:
                 db.set_job_mlflow_run(job.job_id, run.run_id)
-            metrics = run_job(
-                job,
-                db,
-                run=run,
-                device=opts.device,
-                log_generations=opts.log_generations,
-                runs_dir=opts.workspace.runs_dir,
-                on_total=on_total,
-                on_advance=_checked(on_advance),
-                owner=owner,
-                check_alive=_alive_check(beat),
-            )
+            if isolate:  # in a child process: a job that dies is FAILED with its cause
+                metrics = run_job_isolated(
+                    job,
+                    db_url=opts.db_url,
+                    owner=owner,
+                    run=run,
+                    device=opts.device,
+                    log_generations=opts.log_generations,
+                    runs_dir=opts.workspace.runs_dir,
+                    on_total=on_total,
+                    on_advance=_checked(on_advance),
+                    check_alive=_alive_check(beat),
+                )
+            else:
+                from copsd.run.job import run_job
+
+                metrics = run_job(
+                    job,
+                    db,
+                    run=run,
+                    device=opts.device,
+                    log_generations=opts.log_generations,
+                    runs_dir=opts.workspace.runs_dir,
+                    on_total=on_total,
+                    on_advance=_checked(on_advance),
+                    owner=owner,
+                    check_alive=_alive_check(beat),
+                    on_result=on_result,
+                )
             raise_if_signalled()
             beat.check()
     except (KeyboardInterrupt, Terminated):

@@ -9,6 +9,8 @@ One optimizer step = `batch_size` prompts, in micro-batches of `micro_batch_size
      disabled (`fixed`, the paper's setting), the current adapters (`live`), or an EMA of them;
   4. loss = sum over rollout tokens of the (clipped) divergence / number of rollout tokens,
      divided by the number of micro-batches (gradient accumulation).
+Steps 2-4 run per sub-batch of the micro-batch's sequences under `train.max_tokens_per_forward`
+(`loss_parts`), each part backpropagated before the next; the parts sum to the same loss.
 """
 
 from __future__ import annotations
@@ -126,7 +128,15 @@ class CopsdTrainer(Trainer):
     def token_loss(
         self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]], pad_id: int
     ) -> tuple[torch.Tensor, dict]:
-        """The loss on token ids (non-empty completions); `copsd speed step` times this."""
+        """The loss on token ids (non-empty completions) in one forward each for teacher and student;
+        `copsd speed step` times this."""
+        per_token, hs, ht = self.token_divergences(student, teacher, completions, pad_id)
+        return per_token.mean(), self.diagnostics(hs, ht)
+
+    def token_divergences(
+        self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]], pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(divergence per rollout token, student and teacher hidden states of those tokens)."""
         cfg = self.cfg
         # teacher first: the EMA teacher swaps weights in place, which must not touch the student's graph
         with torch.no_grad(), self.teacher_weights():
@@ -156,25 +166,61 @@ class CopsdTrainer(Trainer):
                 clip=clip,
                 clip_mode=clip_mode,
             )
-        n = min(256, hs.shape[0])  # diagnostics on up to 256 tokens: unclipped divergence, clipped share
+        return per_token, hs, ht
+
+    def diagnostics(self, hs: torch.Tensor, ht: torch.Tensor) -> dict:
+        """Unclipped divergence and clipped share on the first (up to) 256 rollout tokens."""
+        cfg = self.cfg
+        n = min(256, hs.shape[0])
         with torch.no_grad():
             unclipped, share = divergence_diagnostics(
                 self.lm_head(hs[:n]),
                 self.lm_head(ht[:n]),
-                kind=kind,
-                beta=beta,
-                temperature=temp,
-                clip=clip,
-                clip_mode=clip_mode,
+                kind=cfg.divergence,
+                beta=cfg.beta,
+                temperature=cfg.temperature,
+                clip=cfg.clip,
+                clip_mode=cfg.clip_mode,
             )
-        diag = {"divergence_unclipped": unclipped, "clipped_share": share}
-        return per_token.mean(), diag
+        return {"divergence_unclipped": unclipped, "clipped_share": share}
+
+    def divergence_parts(self, examples, completions: list[list[int]], stats: StepStats):
+        """Sum of divergences / the micro-batch's rollout tokens, one part per forward sub-batch
+        (`forward_batches` on teacher-prompt + rollout lengths, the longer forward); the parts add up
+        to `divergence_loss`, and the diagnostics see the same first 256 tokens."""
+        keep = [i for i, c in enumerate(completions) if c]
+        examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
+        if not completions:
+            yield torch.zeros((), device=self.device, requires_grad=True)
+            return
+        student = [self.student_ids(e) for e in examples]
+        teacher = [self.teacher_ids(e) for e in examples]
+        n_tokens = sum(len(c) for c in completions)
+        seen_s: list[torch.Tensor] = []
+        seen_t: list[torch.Tensor] = []
+        seen = 0
+        lengths = [max(len(s), len(t)) + len(c) for s, t, c in zip(student, teacher, completions)]
+        for idx in self.forward_batches(lengths):
+            per_token, hs, ht = self.token_divergences(
+                [student[i] for i in idx],
+                [teacher[i] for i in idx],
+                [completions[i] for i in idx],
+                self.tok.pad_token_id,
+            )
+            if seen < 256:  # the diagnostics' tokens, kept without their graph
+                seen_s.append(hs[: 256 - seen].detach())
+                seen_t.append(ht[: 256 - seen])
+                seen += seen_s[-1].shape[0]
+            yield per_token.sum() / n_tokens
+        for key, value in self.diagnostics(torch.cat(seen_s), torch.cat(seen_t)).items():
+            stats.add(key, value)
+
+    def loss_parts(self, examples, step: int, index: int, stats: StepStats):
+        yield from self.divergence_parts(examples, self.rollouts(examples, step, index, stats), stats)
 
     def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
-        loss, diag = self.divergence_loss(examples, self.rollouts(examples, step, index, stats))
-        for key, value in diag.items():
-            stats.add(key, value)
-        return loss
+        """The micro-batch's loss without backward (`loss_parts` is what training runs)."""
+        return torch.stack(list(self.loss_parts(examples, step, index, stats))).sum()
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         out = self.rollout_metrics(stats)

@@ -29,7 +29,7 @@ def completion_hidden(
     for inputs prompt + completion: only these positions ever reach the LM head."""
     seqs = [p + c for p, c in zip(prompts, completions)]
     ids, mask = pad_right(seqs, pad_id, device)
-    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # no KV cache kept
     rows, cols = [], []
     for i, (p, c) in enumerate(zip(prompts, completions)):
         rows += [i] * len(c)

@@ -16,7 +16,9 @@
 
 `batch_size` counts completions per optimizer step (TRL's convention), so a step covers
 batch_size / num_generations prompts. All of a step's groups are sampled first (`prepare_step`,
-as TRL generates the whole batch), so `dapo` can divide by the step's token count. One gradient
+as TRL generates the whole batch), so `dapo` can divide by the step's token count. The loss is
+computed `micro_batch_size` completions per forward (TRL's per-device batch; fewer under
+`max_tokens_per_forward`), each forward's part backpropagated before the next. One gradient
 step per batch of rollouts: the importance ratio is 1 where the gradient is taken (TRL with
 num_iterations = 1), so the clip bounds only the direction.
 """
@@ -94,15 +96,24 @@ class GrpoTrainer(Trainer):
         self._step_tokens = sum(len(c) for _, _, comps, _ in self._groups for c in comps)
         self._step_completions = sum(len(comps) for _, _, comps, _ in self._groups)
 
-    def policy_loss(self, prompt_ids: list[list[int]], comps: list[list[int]], adv: list[float], n_micro: int):
-        """The clipped surrogate (+ k3 KL), aggregated so that the mean over micro-batches that the
-        trainer takes equals the `loss_type` aggregate over the whole step."""
+    def policy_loss(
+        self,
+        prompt_ids: list[list[int]],
+        comps: list[list[int]],
+        adv: list[float],
+        n_micro: int,
+        micro_tokens: int | None = None,
+    ):
+        """The clipped surrogate (+ k3 KL) of these completions (one forward), aggregated so that the
+        mean over micro-batches that the trainer takes equals the `loss_type` aggregate over the whole
+        step. `micro_tokens`: the completion tokens of the whole micro-batch when these are a
+        sub-batch of it (bnpo's normaliser; default: these). Returns (loss, mean k3 KL or None)."""
         cfg = self.cfg
+        chunk = cfg.loss_chunk_size or 10**9
         h = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
         targets = torch.tensor([t for c in comps for t in c], device=self.device)
-        logp = chunked_token_logprobs(
-            h, self.lm_head, targets, temperature=cfg.temperature, chunk_size=cfg.loss_chunk_size or 10**9
-        )
+        logp = chunked_token_logprobs(h, self.lm_head, targets, temperature=cfg.temperature, chunk_size=chunk)
+        del h
         adv_tok = torch.tensor([a for a, c in zip(adv, comps) for _ in c], device=self.device)
         ratio = torch.exp(logp - logp.detach())
         surrogate = torch.minimum(ratio * adv_tok, ratio.clamp(1 - cfg.epsilon, 1 + cfg.epsilon) * adv_tok)
@@ -111,7 +122,8 @@ class GrpoTrainer(Trainer):
         if cfg.kl_coef > 0:
             with torch.no_grad(), self.model.disable_adapter():
                 href = completion_hidden(self.decoder, prompt_ids, comps, self.tok.pad_token_id, self.device)
-                ref = chunked_token_logprobs(href, self.lm_head, targets, temperature=cfg.temperature)
+                ref = chunked_token_logprobs(href, self.lm_head, targets, temperature=cfg.temperature, chunk_size=chunk)
+                del href
             kl = torch.exp(ref - logp) - (ref - logp) - 1  # k3 estimator, >= 0
             per_token = per_token + cfg.kl_coef * kl
             kl_value = float(kl.mean().detach())
@@ -122,17 +134,34 @@ class GrpoTrainer(Trainer):
             per_seq = torch.stack([t.mean() for t in torch.split(per_token, lengths)])
             loss = per_seq.sum() * n_micro / self._step_completions
         else:  # bnpo
-            loss = per_token.mean()
+            loss = per_token.sum() / (micro_tokens or per_token.numel())
         return loss, kl_value
 
-    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
+    def loss_parts(self, examples, step: int, index: int, stats: StepStats):
+        """The micro-batch's groups forwarded `micro_batch_size` completions at a time (TRL's
+        per-device batch), fewer under `max_tokens_per_forward`; every aggregate is a sum over
+        tokens or completions with the step's (bnpo: the micro-batch's) normaliser, so the parts
+        add up to the loss of one forward over the whole micro-batch."""
         _examples, prompt_ids, comps, adv = self._groups[index]
         if not comps:
-            return None
-        loss, kl = self.policy_loss(prompt_ids, comps, adv, len(self._groups))
-        if kl is not None:
-            stats.add("kl", kl)
-        return loss
+            return
+        micro_tokens = sum(len(c) for c in comps)
+        kl_sum, has_kl = 0.0, False
+        for idx in self.forward_batches([len(p) + len(c) for p, c in zip(prompt_ids, comps)]):
+            sub = [comps[i] for i in idx]
+            loss, kl = self.policy_loss(
+                [prompt_ids[i] for i in idx], sub, [adv[i] for i in idx], len(self._groups), micro_tokens
+            )
+            if kl is not None:
+                kl_sum, has_kl = kl_sum + kl * sum(len(c) for c in sub), True
+            yield loss
+        if has_kl:
+            stats.add("kl", kl_sum / micro_tokens)
+
+    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
+        """The micro-batch's loss without backward (`loss_parts` is what training runs)."""
+        parts = list(self.loss_parts(examples, step, index, stats))
+        return torch.stack(parts).sum() if parts else None
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         out = {

@@ -43,14 +43,24 @@ class SftTrainer(Trainer):
         c = self.tok(sep + ex.solution_en, add_special_tokens=False)["input_ids"] + [self.eos]
         return p, c[: max(1, self.cfg.max_length - len(p))]
 
-    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
-        pairs = [self.pair(ex) for ex in examples]
-        prompts, comps = [p for p, _ in pairs], [c for _, c in pairs]
+    def target_logprob_sum(self, prompts: list[list[int]], comps: list[list[int]]) -> torch.Tensor:
+        """Sum of log p(target) over every target token of these sequences (one forward)."""
         h = completion_hidden(self.decoder, prompts, comps, self.tok.pad_token_id, self.device)
         targets = torch.tensor([t for c in comps for t in c], device=self.device)
-        logp = chunked_token_logprobs(h, self.lm_head, targets, chunk_size=self.cfg.loss_chunk_size or 10**9)
-        stats.add("tokens", len(targets))
-        return -logp.mean()
+        return chunked_token_logprobs(h, self.lm_head, targets, chunk_size=self.cfg.loss_chunk_size or 10**9).sum()
+
+    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
+        """The micro-batch's mean token loss in one forward (`loss_parts` is what training runs)."""
+        return sum(self.loss_parts(examples, step, index, stats), torch.zeros((), device=self.device))
+
+    def loss_parts(self, examples, step: int, index: int, stats: StepStats):
+        """-sum(log p) / the micro-batch's target tokens, one part per forward sub-batch."""
+        pairs = [self.pair(ex) for ex in examples]
+        prompts, comps = [p for p, _ in pairs], [c for _, c in pairs]
+        n_tokens = sum(len(c) for c in comps)
+        stats.add("tokens", n_tokens)
+        for idx in self.forward_batches([len(p) + len(c) for p, c in pairs]):
+            yield -self.target_logprob_sum([prompts[i] for i in idx], [comps[i] for i in idx]) / n_tokens
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         return {"tokens": stats.sum("tokens")}

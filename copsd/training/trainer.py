@@ -5,6 +5,13 @@ rate scheduler (transformers' linear/constant/cosine), grad-norm clipping, NaN c
 (adapter + optimizer + scheduler + RNG, so a crashed job resumes exactly) and per-step metrics.
 A method supplies `micro_batch_loss` (the mean loss of one micro-batch, recording what it wants
 in `StepStats`) and, optionally, `step_metrics`, `after_optimizer_step` and extra checkpoint state.
+
+Memory is bounded by design: gradient checkpointing (`train.gradient_checkpointing`, on by
+default on every device), log-probs and divergences computed a chunk of positions at a time
+(`train.loss_chunk_size`), and `loss_parts`: a method may yield a micro-batch's loss in parts, one
+per sub-batch of sequences (`forward_batches`: at most `train.micro_batch_size` sequences and
+`train.max_tokens_per_forward` padded tokens each), each part backpropagated before the next is
+computed; the parts sum to the micro-batch's loss, so gradients equal the unsplit path's.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import resource
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -90,10 +97,26 @@ class Trainer:
         self._perm_epoch: int = -1
         self._perm: list[int] = []
 
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+
     # ---- what a method supplies -----------------------------------------------------------
     def micro_batch_loss(self, examples: list, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
         """The mean loss of one micro-batch (None: nothing to learn from, e.g. only empty rollouts)."""
         raise NotImplementedError
+
+    def loss_parts(self, examples: list, step: int, index: int, stats: StepStats) -> Iterator[torch.Tensor]:
+        """The micro-batch's loss as parts that sum to it, each backpropagated (and its graph freed)
+        before the next is computed. Default: one part, `micro_batch_loss`."""
+        loss = self.micro_batch_loss(examples, step, index, stats)
+        if loss is not None:
+            yield loss
+
+    def forward_batches(self, lengths: list[int], max_sequences: int | None = None) -> list[list[int]]:
+        """Indices of sequences (of these total lengths) grouped into forwards: in order, at most
+        `max_sequences` (default `micro_batch_size`) each and, with `max_tokens_per_forward`, at most
+        that many padded tokens (count x longest); a longer sequence is forwarded alone."""
+        return sequence_batches(lengths, max_sequences or self.cfg.micro_batch_size, self.cfg.max_tokens_per_forward)
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         """Metrics of one optimizer step beyond the loss, from what `micro_batch_loss` recorded."""
@@ -125,11 +148,13 @@ class Trainer:
         stats = StepStats()
         self.prepare_step(micro, step, stats)
         for index, batch in enumerate(micro):
-            loss = self.micro_batch_loss(batch, step, index, stats)
-            if loss is None:
-                continue
-            (loss / len(micro)).backward()
-            stats.add("loss", loss.detach())
+            total, any_part = 0.0, False
+            for part in self.loss_parts(batch, step, index, stats):
+                (part / len(micro)).backward()
+                total += float(part.detach())
+                any_part = True
+            if any_part:
+                stats.add("loss", total)
         # what the gradient is of: the sum over micro-batches / their number (empty ones add 0)
         return {"loss": stats.sum("loss") / len(micro), **self.step_metrics(stats)}
 
@@ -305,3 +330,30 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCommon) -> torch.
 
 def micro_batches(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def sequence_batches(lengths: list[int], max_sequences: int, max_tokens: int = 0) -> list[list[int]]:
+    """Consecutive index groups of at most `max_sequences` sequences whose padded size (count x
+    longest) stays <= `max_tokens` (0 = no token cap); a sequence longer than the cap goes alone."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        wide = max(longest, n)
+        if cur and (len(cur) >= max_sequences or (max_tokens and (len(cur) + 1) * wide > max_tokens)):
+            out.append(cur)
+            cur, wide = [], n
+        cur.append(i)
+        longest = wide
+    if cur:
+        out.append(cur)
+    return out
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant: works with frozen inputs and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -1,0 +1,45 @@
+"""`copsd tune SPEC`: an Optuna study over the spec's `search:` block (copsd/run/tune.py)."""
+
+from __future__ import annotations
+
+import typer
+
+from copsd.cli.common import DB_OPT, ONLY_HELP, console
+
+
+def tune_cmd(
+    spec: str = typer.Argument(..., help="spec file with a `search:` block, e.g. sweeps/tune-demo.yaml"),
+    n_trials: int | None = typer.Option(
+        None, "--n-trials", help="finished trials wanted in the study (spec: search.n_trials)"
+    ),
+    db: str | None = DB_OPT,
+    only: list[str] | None = typer.Option(None, "--only", help="restrict each trial's jobs: " + ONLY_HELP),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: cuda if available"),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not log to MLflow"),
+):
+    """Hyperparameter search: each trial runs the spec's jobs with values drawn from `search.params`;
+    the study lives in the results DB (resumable; run it in several processes to share one study).
+    Then: copsd report tune STUDY."""
+    from copsd.paths import db_url
+    from copsd.run.sweep import RunOptions
+    from copsd.run.tune import run_tune
+    from copsd.spec import load_spec, resolve_spec_path
+
+    path = resolve_spec_path(spec)
+    s = load_spec(path)
+    opts = RunOptions.from_spec(s, db_url(db), device=device, mlflow=not no_mlflow, progress=False)
+    summary = run_tune(
+        s,
+        opts,
+        where=str(path),
+        only=only,
+        n_trials=n_trials,
+        say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+    )
+    best = (
+        f"best {summary.best_value:.4f} with " + ", ".join(f"{k}={v}" for k, v in summary.best_params.items())
+        if summary.best_value is not None
+        else "no finished trial yet"
+    )
+    console.print(f"study '{summary.study}': {summary.finished} finished trial(s); {best}; results in {opts.db_url}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
