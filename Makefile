@@ -22,7 +22,6 @@ install-dev: install
 demo: install
 	$(PY) -m copsd sweep run demo
 	$(PY) -m copsd report table --by language --sweep demo
-	$(PY) -m copsd report figures --sweep demo
 	$(PY) -m copsd report html --sweep demo
 
 test: install-dev

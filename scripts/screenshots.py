@@ -58,7 +58,8 @@ def main(out_dir: str) -> None:
         from mlflow.tracking import MlflowClient
 
         exp = MlflowClient(base).get_experiment_by_name("copsd")
-        shoot(f"{base}/#/experiments/{exp.experiment_id}", out / "mlflow_runs.png", "1500,900")
+        # MLflow 3.17 lands on its GenAI overview whatever the experiment's kind tag: /runs is the table
+        shoot(f"{base}/#/experiments/{exp.experiment_id}/runs", out / "mlflow_runs.png", "1500,900")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -24,8 +24,8 @@ KEY = dict(benchmark="mgsm", language="swa", split="test", step=0, max_new_token
 
 
 @pytest.fixture
-def db(tmp_path):
-    d = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+def db(db_url):  # on SQLite and on a real PostgreSQL server
+    d = ResultsDB(db_url)
     yield d
     d.close()
 
@@ -295,6 +295,8 @@ def test_crash_harness_random_kills_and_concurrent_starts(tmp_path):
             str(ROOT / "scripts" / "crash_harness.py"),
             "--kills",
             "3",
+            "--checkpoint-kills",
+            "1",
             "--concurrent",
             "4",
             "--max-delay",

@@ -42,6 +42,9 @@ def eval_cmd(
     engine: str = typer.Option("auto", "--engine", help="rollout engine: auto (fast on a GPU, else hf) | fast | hf"),
     db: str | None = DB_OPT,
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
+    preflight: bool = typer.Option(
+        True, "--preflight/--no-preflight", help="refuse a job whose estimated peak memory cannot fit (default)"
+    ),
 ):
     """Evaluate one model on one benchmark language (no spec). Recorded as a job of sweep 'eval'."""
     from rich.table import Table
@@ -70,7 +73,14 @@ def eval_cmd(
         data_dir=data_dir,
         engine=engine,
     )
-    opts = RunOptions(db_url=db_url(db), device=device, mlflow=not no_mlflow, retry_failed=True, max_attempts=10**6)
+    opts = RunOptions(
+        db_url=db_url(db),
+        device=device,
+        mlflow=not no_mlflow,
+        retry_failed=True,
+        max_attempts=10**6,
+        preflight=preflight,
+    )
     summary = run_sweep("eval", [job], opts)
     if summary.failed:
         raise CopsdError(next(iter(summary.errors.values())))

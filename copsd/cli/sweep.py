@@ -22,6 +22,15 @@ def plan(
     fmt: str = typer.Option("table", "--format", help="table or json"),
     only: list[str] | None = typer.Option(None, "--only", help=ONLY_HELP),
     db: str | None = DB_OPT,
+    estimate: bool = typer.Option(
+        False,
+        "--estimate",
+        help="add each job's estimated peak memory (GiB) and the phase that sets it, from the shapes alone "
+        "(no weights loaded; docs/benchmarks.md gives its error)",
+    ),
+    device: str = typer.Option(
+        "cuda", "--device", help="with --estimate: the device type to estimate for, cuda or cpu"
+    ),
 ):
     """Dry run: list every job of a spec with its id and its status in the database. Runs nothing."""
     from rich.table import Table
@@ -29,9 +38,12 @@ def plan(
     from copsd.results.db import existing_statuses
     from copsd.spec import select
 
+    if device not in ("cuda", "cpu"):
+        raise CopsdError(f"--device must be cuda or cpu, not '{device}'")
     sel = select(spec, only)
     jobs = sel.jobs
     st = existing_statuses(db, [j.job_id for j in jobs])
+    estimates = _estimates(jobs, device) if estimate else {}
     if fmt == "json":
         out = [
             {
@@ -41,6 +53,7 @@ def plan(
                 "language": j.language,
                 "seed": j.seed,
                 "status": st.get(j.job_id, ("NEW", 0, None))[0],
+                **({"estimate": estimates[j.job_id]} if estimate else {}),
                 "config": j.model_dump(mode="json"),
             }
             for j in jobs
@@ -51,10 +64,15 @@ def plan(
     if fmt != "table":
         raise CopsdError(f"--format must be table or json, not '{fmt}'")
     t = Table(title=f"sweep '{sel.spec.name}' ({sel.path}): {len(jobs)} job(s)")
-    for c in ("id", "method", "model", "language", "seed", "checkpoints", "status"):
-        t.add_column(c)
+    extra = (f"peak GiB ({device})", "peak phase") if estimate else ()
+    for c in ("id", "method", "model", "language", "seed", "checkpoints", "status", *extra):
+        t.add_column(c, justify="right" if c.startswith("peak GiB") else "left")
     for j in jobs:
         status, attempts, _ = st.get(j.job_id, ("NEW", 0, None))
+        cells: list[str] = []
+        if estimate:
+            e = estimates[j.job_id]
+            cells = [f"{e['peak_gib']:.1f}", e["phase"]] if e else ["?", "shape unknown before loading"]
         t.add_row(
             j.job_id,
             j.method,
@@ -63,8 +81,22 @@ def plan(
             str(j.seed),
             ",".join(map(str, j.eval_steps())),
             f"{status}" + (f" ({attempts}x)" if attempts > 1 else ""),
+            *cells,
         )
     console.print(t)
+
+
+def _estimates(jobs: list, device: str) -> dict[str, dict | None]:
+    """{job id: {peak_gib, phase, parts (GiB) of that phase}}; None where the model's shape is not
+    known without loading it (copsd.training.memory.model_shape)."""
+    from copsd.training.memory import estimate_job
+
+    out: dict[str, dict | None] = {}
+    for j in jobs:
+        e = estimate_job(j, device)
+        parts = {k: round(v, 3) for k, v in e.breakdown().items()} if e else {}
+        out[j.job_id] = {"peak_gib": round(e.peak_gib, 2), "phase": e.phase, "parts_gib": parts} if e else None
+    return out
 
 
 @app.command("run")
@@ -88,10 +120,16 @@ def run(
         help="each job in its own child process, so a job killed for memory or crashing fails alone "
         "(default; spec: runner.isolate)",
     ),
+    preflight: bool = typer.Option(
+        True,
+        "--preflight/--no-preflight",
+        help="before loading a job's weights, refuse it (FAILED, one line) if its estimated peak memory cannot "
+        "fit the device (default; `copsd sweep plan --estimate` shows the estimates)",
+    ),
 ):
     """Run a sweep; resumable: DONE jobs are skipped, crashed ones reclaimed, FAILED ones retried."""
     if dry_run:
-        return plan(spec=spec, fmt="table", only=only, db=db)
+        return plan(spec=spec, fmt="table", only=only, db=db, estimate=False, device="cuda")
     from copsd.paths import db_url
     from copsd.run.sweep import RunOptions, run_sweep
     from copsd.spec import select
@@ -106,6 +144,7 @@ def run(
         retry_failed=not no_retry,
         mlflow=not no_mlflow,
         isolate=isolate,
+        preflight=preflight,
     )
     summary = run_sweep(
         sel.spec.name,

@@ -71,7 +71,7 @@ class RunLog:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")
             _retry(lambda: self.client.log_artifact(self.run_id, str(p), artifact_path), attempts=2)
 
-    def log_files(self, paths: list[Path], artifact_path: str) -> None:
+    def log_files(self, paths: list, artifact_path: str) -> None:
         for p in paths:
             _retry(lambda p=p: self.client.log_artifact(self.run_id, str(p), artifact_path), attempts=2)
 
@@ -98,7 +98,7 @@ class NullRunLog(RunLog):
     def log_jsonl(self, records: list[dict], name: str, artifact_path: str = "generations") -> None:
         pass
 
-    def log_files(self, paths: list[Path], artifact_path: str) -> None:
+    def log_files(self, paths: list, artifact_path: str) -> None:
         pass
 
     def end(self, status: str = "FINISHED") -> None:

@@ -43,6 +43,8 @@ PRELOAD = [
     "copsd.training",
     "copsd.training.adapters",
     "copsd.rollout",
+    "copsd.reports.figures",  # each job draws its figures for MLflow
+    "matplotlib.pyplot",
     "transformers.modeling_utils",
     "transformers.models.qwen3.modeling_qwen3",
     "peft",
@@ -118,9 +120,9 @@ def warm_up() -> None:
 class _PipeRunLog:
     """The job's MLflow run as the child sees it: every call goes to the parent, which logs it."""
 
-    def __init__(self, send: Callable[[tuple], None]):
+    def __init__(self, send: Callable[[tuple], None], run_id: str = ""):
         self._send = send
-        self.run_id = ""
+        self.run_id = run_id  # the parent's run, so the job knows whether anything is logged
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self._send(("run", "log_metrics", (dict(metrics), step)))
@@ -130,6 +132,9 @@ class _PipeRunLog:
 
     def log_jsonl(self, records: list[dict], name: str, artifact_path: str = "generations") -> None:
         self._send(("run", "log_jsonl", (records, name, artifact_path)))
+
+    def log_files(self, paths: list, artifact_path: str) -> None:  # files the parent can read too
+        self._send(("run", "log_files", ([str(p) for p in paths], artifact_path)))
 
     def end(self, status: str = "FINISHED") -> None:  # the parent ends the run
         pass
@@ -203,13 +208,14 @@ def _child_main(conn, payload: dict[str, Any]) -> None:
             metrics = run_job(
                 job,
                 db,
-                run=_PipeRunLog(send),  # type: ignore[arg-type]
+                run=_PipeRunLog(send, payload["run_id"]),  # type: ignore[arg-type]
                 device=payload["device"],
                 log_generations=payload["log_generations"],
                 runs_dir=payload["runs_dir"],
                 on_total=lambda n: send(("total", n)),
                 on_advance=lambda n: send(("advance", n)),
                 owner=payload["owner"],
+                preflight=payload.get("preflight", True),
             )
         finally:
             db.close()
@@ -254,6 +260,7 @@ def run_job_isolated(
     on_advance: Callable[[int], None],
     check_alive: Callable[[], None],
     poll_s: float = 0.2,
+    preflight: bool = True,
 ) -> dict[int, dict[str, float]]:
     """`run_job` in a child process; returns its metrics or raises what it failed with (`JobError`,
     `LostOwnership`, `JobProcessDied`). `check_alive()` runs in the parent while it waits: when it
@@ -267,6 +274,8 @@ def run_job_isolated(
         "device": device,
         "log_generations": log_generations,
         "runs_dir": runs_dir,
+        "run_id": getattr(run, "run_id", "") or "",
+        "preflight": preflight,
         "parent_pid": os.getpid(),
         "cwd": os.getcwd(),
         "env": dict(os.environ),

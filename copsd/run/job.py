@@ -60,6 +60,7 @@ def run_job(
     owner: str | None = None,
     check_alive: Callable[[], None] | None = None,
     on_result: Callable[[int, dict[str, float]], None] | None = None,
+    preflight: bool = True,
 ) -> dict[int, dict[str, float]]:
     """Run one job to completion; returns {step: metrics} for the checkpoints evaluated now.
 
@@ -67,7 +68,8 @@ def run_job(
     may raise from it to stop the job). `owner` fences result writes (nothing is written once
     another worker reclaimed the job);
     `check_alive` is called after every training step and before every evaluation and raises to
-    stop a job whose claim was lost."""
+    stop a job whose claim was lost. `preflight`: refuse (one line) a job whose estimated peak
+    memory cannot fit the device, before loading weights (`copsd.training.memory`)."""
     check_alive = check_alive or (lambda: None)
     from copsd.data.benchmarks import load_problems
     from copsd.data.languages import get_language
@@ -102,8 +104,16 @@ def run_job(
     if on_total:
         on_total(len(steps) * len(problems) * job.eval.decoding.n_samples)
     seed_everything(job.seed)
+    checked = not preflight
+    if preflight:  # from the shapes alone: a job that cannot fit fails before any weights load
+        from copsd.models.load import resolve_device
+        from copsd.training.memory import preflight as check_memory
+
+        checked = check_memory(job, resolve_device(device), n_problems=len(problems))
     lm = load_model(job.model, dtype=job.dtype, device=device)
     model = lm.model
+    if not checked:  # a shape known only from the loaded config (a plugin's builtin)
+        check_memory(job, resolve_device(device), n_problems=len(problems), config=model.config)
     prov = provenance.collect(
         device=next(model.parameters()).device,
         prompts=lang.fingerprint,

@@ -134,6 +134,7 @@ class RunOptions:
     log_generations: bool = True
     progress: bool = True
     isolate: bool = True  # each job in its own child process (copsd.run.isolate)
+    preflight: bool = True  # refuse a job whose estimated peak memory cannot fit (copsd.training.memory)
 
     @classmethod
     def from_spec(cls, spec: SweepSpec, db_url: str, **overrides) -> RunOptions:
@@ -269,6 +270,7 @@ def execute_one(
                     on_total=on_total,
                     on_advance=_checked(on_advance),
                     check_alive=_alive_check(beat),
+                    preflight=opts.preflight,
                 )
             else:
                 from copsd.run.job import run_job
@@ -285,6 +287,7 @@ def execute_one(
                     owner=owner,
                     check_alive=_alive_check(beat),
                     on_result=on_result,
+                    preflight=opts.preflight,
                 )
             raise_if_signalled()
             beat.check()
