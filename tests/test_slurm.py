@@ -89,7 +89,7 @@ def test_a_sweep_on_two_tasks_completes_and_a_scancel_mid_job_loses_nothing(slur
     assert _rows(db, f"select attempts, host from jobs where id='{job}'") == [(1, f"{_hostname()} slurm:{tasks[1]}")]
     _one_result_each(db)
     assert "terminated (SIGTERM)" in _log(workdir, tasks[0])
-    assert "copsd worker slurm" in _log(workdir, tasks[1])
+    assert "copsd worker slurm:" in _log(workdir, tasks[1])
     print(f"2 tasks, 2 jobs, scancel mid-job: {time.time() - t0:.0f}s")
 
 

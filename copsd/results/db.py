@@ -108,18 +108,24 @@ def _host() -> str:
     return f"{socket.gethostname()}/{ns}"
 
 
-def host_label() -> str:
-    """The host a claim is made on, with the SLURM job (array job_task) or submitit local job
-    holding it when there is one: `copsd sweep status` shows it for RUNNING jobs."""
-    host = socket.gethostname()
+def scheduler_task() -> str | None:
+    """The SLURM job (`slurm:<array job>_<task>` or `slurm:<job>`) or submitit local job this
+    process runs in, if any."""
     job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if job and task:
-        return f"{host} slurm:{job}_{task}"
+        return f"slurm:{job}_{task}"
     if os.environ.get("SLURM_JOB_ID"):
-        return f"{host} slurm:{os.environ['SLURM_JOB_ID']}"
+        return f"slurm:{os.environ['SLURM_JOB_ID']}"
     if os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
-        return f"{host} submitit-local:{os.environ['SUBMITIT_LOCAL_JOB_ID']}"
-    return host
+        return f"submitit-local:{os.environ['SUBMITIT_LOCAL_JOB_ID']}"
+    return None
+
+
+def host_label() -> str:
+    """The host a claim is made on, with the scheduler task holding it when there is one:
+    `copsd sweep status` shows it for RUNNING jobs."""
+    task = scheduler_task()
+    return f"{socket.gethostname()} {task}" if task else socket.gethostname()
 
 
 def new_owner_token() -> str:

@@ -136,6 +136,8 @@ def run_job(
             job, model, lm.tokenizer, examples, run_dir, log=run.log_metrics, on_step=lambda _step: check_alive()
         )
         trainer.train()
+        del trainer  # its optimizer states and the adapters' grads are not needed to evaluate
+        model.zero_grad(set_to_none=True)
         model.eval()
     from copsd.rollout import resolve_engine
 

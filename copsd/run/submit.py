@@ -137,14 +137,9 @@ class SweepWorker:
 
 
 def _task_label() -> str:
-    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if job and task:
-        return f"slurm {job}_{task}"
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm {os.environ['SLURM_JOB_ID']}"
-    if os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
-        return f"submitit-local {os.environ['SUBMITIT_LOCAL_JOB_ID']}"
-    return f"pid {os.getpid()}"
+    from copsd.results.db import scheduler_task
+
+    return scheduler_task() or f"pid {os.getpid()}"
 
 
 class _UserSignal:
