@@ -99,3 +99,32 @@ def test_search_block_errors_are_one_line(workdir):
     spec.write_text(SPEC.replace("PRUNER", "none").replace("search:", "nosearch:"))
     r = run_cli("tune", str(spec), cwd=workdir)
     assert r.returncode == 2 and "nosearch" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_two_tune_processes_share_one_study_on_postgres(workdir, postgres):
+    """Several workers (or SLURM tasks) on one study: together they stop at n_trials (give or take
+    the trial each was running), every trial's job is DONE once."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    url = postgres.new_database()
+    spec = workdir / "tune.yaml"
+    spec.write_text(SPEC.replace("PRUNER", "none").replace("n_trials: 2", "n_trials: 3"))
+    cmd = [sys.executable, str(ROOT / "cli.py"), "tune", str(spec), "--db", url, "--no-mlflow", "--worker"]
+    procs = [
+        subprocess.Popen([*cmd, str(i)], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = _study(url).get_trials()
+    assert 3 <= len(trials) <= 4 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert all(re.search(r"^trial \d+: train", o, re.M) for o, _ in outs), outs  # both ran trials
+    db = ResultsDB(url)
+    ids = {i for t in trials for i in t.user_attrs["job_ids"]}
+    assert {j.id: j.status for j in db.jobs(sweep="tiny-tune")} == dict.fromkeys(ids, "DONE")
+    db.close()

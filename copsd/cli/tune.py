@@ -16,6 +16,12 @@ def tune_cmd(
     only: list[str] | None = typer.Option(None, "--only", help="restrict each trial's jobs: " + ONLY_HELP),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ...; default: cuda if available"),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="do not log to MLflow"),
+    worker: int | None = typer.Option(
+        None,
+        "--worker",
+        help="this process's index when several share the study (its sampler seed differs); "
+        "default: the SLURM array index, else 0",
+    ),
 ):
     """Hyperparameter search: each trial runs the spec's jobs with values drawn from `search.params`;
     the study lives in the results DB (resumable; run it in several processes to share one study).
@@ -32,6 +38,7 @@ def tune_cmd(
         s,
         opts,
         where=str(path),
+        worker=worker,
         only=only,
         n_trials=n_trials,
         say=lambda m: console.print(m, highlight=False, soft_wrap=True),

@@ -13,6 +13,7 @@ its job is then FAILED with "pruned at step N".
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import pandas as pd
 from copsd.config import JobConfig
 from copsd.errors import CopsdError, SpecError
 from copsd.results.db import ResultsDB
-from copsd.results.schema import DONE, FAILED, METRIC_COLUMNS
+from copsd.results.schema import DONE, FAILED, METRIC_COLUMNS, RUNNING
 from copsd.run.sweep import RunOptions, Terminated, execute_one, make_tracker, signals_return_jobs
 from copsd.spec import SearchSettings, SweepSpec, expand, filter_jobs, with_values
 
@@ -72,19 +73,37 @@ def storage(url: str):
     optuna = _optuna()
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    return optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=30,
-        grace_period=120,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    for attempt in range(20):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=30,
+                grace_period=120,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except Exception as exc:  # noqa: BLE001 - processes starting together race to create Optuna's tables
+            text = str(exc).lower()
+            if attempt == 19 or not any(w in text for w in ("already exists", "duplicate", "locked", "unique")):
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
-def _sampler(search: SearchSettings):
+def _sampler(search: SearchSettings, worker: int = 0):
+    """The spec's sampler; each process sharing a study needs its own seed (`worker`), or they
+    would all propose the same values."""
     optuna = _optuna()
+    seed = search.seed + 1_000_003 * worker
     if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(1, search.n_startup_trials))
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, search.n_startup_trials))
+
+
+def worker_index(given: int | None) -> int:
+    """This process's index among those sharing a study: --worker, else the SLURM array index."""
+    if given is not None:
+        return given
+    return int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0)
 
 
 def _pruner(search: SearchSettings):
@@ -133,6 +152,7 @@ def run_tune(
     where: str,
     only: list[str] | None = None,
     n_trials: int | None = None,
+    worker: int | None = None,
     say: Callable[[str], None] = print,
 ) -> TuneSummary:
     """Run trials until the study holds `n_trials` finished (COMPLETE or PRUNED) ones."""
@@ -149,7 +169,7 @@ def run_tune(
         study_name=spec.name,
         storage=storage(db.url),
         direction=search.objective.direction,
-        sampler=_sampler(search),
+        sampler=_sampler(search, worker_index(worker)),
         pruner=_pruner(search),
         load_if_exists=True,
     )
@@ -184,16 +204,20 @@ def run_tune(
                 )
 
         for job in jobs:
-            outcome = execute_one(
-                job,
-                db,
-                opts,
-                tracker=tracker,
-                parent_run_id=parent,
-                sweep=spec.name,
-                on_result=lambda step, m, job=job: on_result(job, step, m),
-            )
-            row = db.get_job(job.job_id)
+            while True:  # the same values in another process's trial: wait for its job (or take it over)
+                outcome = execute_one(
+                    job,
+                    db,
+                    opts,
+                    tracker=tracker,
+                    parent_run_id=parent,
+                    sweep=spec.name,
+                    on_result=lambda step, m, job=job: on_result(job, step, m),
+                )
+                row = db.get_job(job.job_id)
+                if not (outcome.status == "SKIPPED" and row is not None and row.status == RUNNING):
+                    break
+                time.sleep(2.0)
             _tag_run(tracker, row.mlflow_run_id if row else None, trial.number)
             if outcome.status not in ("SKIPPED",):
                 say(outcome.line(job))
