@@ -46,16 +46,22 @@ def evaluate(
         on_batch=on_batch,
         engine=cfg.rollout_engine,
     )
-    metrics, records = _grade(problems, rollouts, cfg.grader)
+    verdicts: dict[tuple, tuple] = {}  # a sample that ended before a budget is graded once, not per budget
+    metrics, records = _grade(problems, rollouts, cfg.grader, verdicts)
     by_budget = {
-        b: _grade(problems, [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts], cfg.grader)[0]
+        b: _grade(problems, [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts], cfg.grader, verdicts)[
+            0
+        ]
         for b in cfg.budgets
     }
     return EvalOutput(metrics, records, len(problems), by_budget)
 
 
-def _grade(problems: list[Problem], rollouts: list[list[Rollout]], grader: str) -> tuple[dict[str, float], list[dict]]:
-    """Metrics of every grader (the job's own under the plain names) and one record per sample."""
+def _grade(
+    problems: list[Problem], rollouts: list[list[Rollout]], grader: str, verdicts: dict[tuple, tuple]
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics of every grader (the job's own under the plain names) and one record per sample;
+    `verdicts` memoises (grader, response, gold) -> (extracted, correct) across budgets."""
     graders = {name: GRADERS[name] for name in (grader, *sorted(set(GRADERS) - {grader}))}
     graded: dict[str, list[list[Sample]]] = {name: [] for name in graders}
     records: list[dict] = []
@@ -64,8 +70,11 @@ def _grade(problems: list[Problem], rollouts: list[list[Rollout]], grader: str) 
         for r in rolls:
             rec = {"problem_id": prob.id, "sample": r.sample_index, "gold": prob.answer}
             for name, g in graders.items():
-                pred = g.extract(r.text)
-                ok = g.correct(pred, prob.answer)
+                key = (name, r.text, prob.answer)
+                if key not in verdicts:
+                    p = g.extract(r.text)
+                    verdicts[key] = (p, g.correct(p, prob.answer))
+                pred, ok = verdicts[key]
                 rows[name].append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
                 if name == grader:  # the job's grader first, under the plain names
                     rec.update(extracted=pred, correct=ok)
