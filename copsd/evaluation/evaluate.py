@@ -70,11 +70,11 @@ def _grade(
         for r in rolls:
             rec = {"problem_id": prob.id, "sample": r.sample_index, "gold": prob.answer}
             for name, g in graders.items():
-                key = (name, r.text, prob.answer)
-                if key not in verdicts:
+                seen = (name, r.text, prob.answer)
+                if seen not in verdicts:
                     p = g.extract(r.text)
-                    verdicts[key] = (p, g.correct(p, prob.answer))
-                pred, ok = verdicts[key]
+                    verdicts[seen] = (p, g.correct(p, prob.answer))
+                pred, ok = verdicts[seen]
                 rows[name].append(Sample(pred, ok, len(r.token_ids), not r.finished, r.token_ids))
                 if name == grader:  # the job's grader first, under the plain names
                     rec.update(extracted=pred, correct=ok)
