@@ -240,3 +240,78 @@ def test_unsupported_models_are_named():
     assert "dynamic" in fast.unsupported_reason(Qwen3ForCausalLM(cfg))
     with pytest.raises(ValueError, match="cannot run this model"):
         resolve_engine("fast", gpt2)
+
+
+def _alone(model, ids, params, stops, pad):
+    """Each sequence decoded by itself with transformers `generate` (through its stop token)."""
+    out = []
+    for p in ids:
+        row = hf.generate_ids(model, [p], params, stops, pad, seed=0)[0]
+        cut = next((k for k, t in enumerate(row) if t in stops), None)
+        out.append(row if cut is None else row[: cut + 1])
+    return out
+
+
+def test_refilled_slots_equal_each_sequence_decoded_alone(monkeypatch):
+    """Continuous batching: 3 slots, 12 real prompts whose answers stop at different lengths (the
+    shipped testbed model); a slot whose sequence stopped takes the next (prefilled into that
+    slot, at its own positions) and every sequence equals its greedy decode alone; refilling
+    needs fewer decode steps than static waves."""
+    from copsd.data.benchmarks import load_problems
+    from copsd.models.load import load_model
+    from copsd.prompts import student_prompt
+    from copsd.rollout import stop_token_ids
+
+    monkeypatch.setattr(fast, "BUCKET", 16)
+    monkeypatch.setattr(fast, "CHECK_EVERY", 4)
+    lm = load_model("builtin:testbed")
+    tok = lm.tokenizer
+    probs = load_problems("testbed", "synlo", limit=6) + load_problems("testbed", "eng", limit=6)
+    ids = _ids(tok, [student_prompt(tok, p.question, "synlo", thinking=False) for p in probs])
+    params = SamplingParams(temperature=0, max_new_tokens=40)
+    stops, pad = stop_token_ids(tok, lm.model), tok.pad_token_id
+    alone = _alone(lm.model, ids, params, stops, pad)
+    assert len({len(r) for r in alone}) >= 3  # the sequences really end at different lengths
+    eng = fast.engine_for(lm.model)
+    cont = eng.run(ids, list(range(len(ids))), params, stops, pad, seed=0, slots=3)
+    steps_cont = eng.last_timing["decode_steps"]
+    assert cont == alone
+    assert eng.last_timing["useful_tokens"] == sum(map(len, alone))
+    static = eng.run(ids, list(range(len(ids))), params, stops, pad, seed=0, slots=3, refill=False)
+    assert static == alone
+    assert steps_cont < eng.last_timing["decode_steps"]
+
+
+def test_shared_prompt_is_prefilled_once(tiny_model, lora_model):
+    """n samples of a prompt: one prefill, the other slots copy its cache (or keep it when a slot
+    that held the prompt takes its next sample); greedy samples all equal the decode alone."""
+    tok = tiny_model.tokenizer
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    ids = _ids(tok, PROMPTS)
+    alone = _alone(lora_model, ids, params, [], 0)
+    eng = fast.engine_for(lora_model)
+    seqs = [p for p in range(len(ids)) for _ in range(4)]  # 4 samples each, adjacent
+    for slots in (3, 8, 20):
+        out = eng.run(ids, seqs, params, [], 0, seed=0, slots=slots)
+        assert out == [alone[p] for p in seqs]
+        assert eng.last_timing["prefilled_prompts"] == len(ids)
+    assert eng.run(ids, seqs, params, [], 0, seed=0, slots=8, share=False) == out
+    assert eng.last_timing["prefilled_prompts"] == len(seqs)
+    # per-sequence budgets (what the workload benchmark uses to end rows at drawn lengths)
+    limits = [1 + 5 * (k % 5) for k in range(len(seqs))]
+    cut = eng.run(ids, seqs, params, [], 0, seed=0, slots=8, limits=limits)
+    assert cut == [alone[p][:n] for p, n in zip(seqs, limits)]
+
+
+def test_continuous_sampling_is_seeded(tiny_model):
+    model = copy.deepcopy(tiny_model.model)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=30)
+    stop = hf.generate_ids(model, ids[:1], SamplingParams(temperature=0, max_new_tokens=4), [], 0, 0)[0][1]
+    eng = fast.engine_for(model)
+    seqs = [p for p in range(len(ids)) for _ in range(3)]
+    a = eng.run(ids, seqs, params, [stop], 0, seed=11, slots=4)
+    eng.run(ids[:2], [0, 1], params, [stop], 0, seed=2, slots=7)  # another shape in between
+    assert eng.run(ids, seqs, params, [stop], 0, seed=11, slots=4) == a
+    assert eng.run(ids, seqs, params, [stop], 0, seed=12, slots=4) != a
+    assert all(r[-1] == stop or len(r) == 30 for r in a)  # each through its stop token or the budget

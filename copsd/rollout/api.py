@@ -1,8 +1,10 @@
-"""Prompts -> length-sorted batches -> an engine -> `Rollout`s, the same for every engine.
+"""Prompts -> length-sorted sequences -> an engine -> `Rollout`s, the same for every engine.
 
-Sequences (prompt x sample) are sorted by prompt length to cut padding, then cut into
-batches; each batch is seeded from (seed, batch index), so a given seed, batch size and engine
-give the same samples on every run and after a resume.
+Sequences (prompt x sample) are sorted by prompt length (samples of a prompt adjacent, so the
+fast engine prefills each prompt once). `hf` cuts them into static batches, each seeded from
+(seed, batch index); `fast` streams them through `batch_size` cache slots, refilling a slot as
+soon as its sequence stops. A given seed, batch size and engine give the same samples on every
+run and after a resume.
 """
 
 from __future__ import annotations
@@ -59,33 +61,46 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
     engine: str = "auto",
 ) -> list[list[Rollout]]:
-    """`params.n` samples for each prompt; returns rollouts grouped by prompt, in sample order."""
-    run = {"fast": fast.generate_ids, "hf": hf.generate_ids}[resolve_engine(engine, model)]
+    """`params.n` samples for each prompt; returns rollouts grouped by prompt, in sample order.
+    `fast` decodes every sequence through `batch_size` slots with continuous batching (one seed);
+    `hf` decodes static batches of `batch_size`, each seeded from (seed, batch index)."""
+    name = resolve_engine(engine, model)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     seqs = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
     seqs.sort(key=lambda s: (len(encoded[s[0]]), s[0], s[1]))
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     out: list[list[Rollout | None]] = [[None] * params.n for _ in prompts]
-    rows = min(batch_size, len(seqs))  # every batch decodes at this shape (a short last one is padded)
-    for b, start in enumerate(range(0, len(seqs), batch_size)):
-        batch = seqs[start : start + batch_size]
-        new = run(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b), rows=rows)
+    rows = min(batch_size, len(seqs))  # fast: cache slots
+
+    def keep(batch: list[tuple[int, int]], new: list[list[int]]) -> None:
         for (i, j), toks in zip(batch, new):
             cut = next((k for k, t in enumerate(toks) if t in stops), None)
             finished = cut is not None
             toks = toks[: cut + 1] if finished else toks
             text = tokenizer.decode(toks, skip_special_tokens=True)
             out[i][j] = Rollout(i, j, encoded[i], toks, text, finished)
+
+    if name == "fast" and seqs:
+        eng = fast.engine_for(model)
+        new = eng.run(
+            encoded, [i for i, _ in seqs], params, stops, pad_id, _batch_seed(seed, 0), rows, on_done=on_batch
+        )
+        keep(seqs, new)
+        return out  # type: ignore[return-value]
+    for b, start in enumerate(range(0, len(seqs), batch_size)):
+        batch = seqs[start : start + batch_size]
+        keep(batch, hf.generate_ids(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b)))
         if on_batch:
             on_batch(len(batch))
     return out  # type: ignore[return-value]
 
 
 def at_budget(r: Rollout, budget: int, tokenizer) -> Rollout:
-    """The rollout as a decode with `max_new_tokens=budget` would have returned it: every engine
-    samples step by step from a per-batch seed, so a shorter budget gives a prefix of the same
-    sample (tests/test_budgets.py checks this against real decodes)."""
+    """The rollout cut to `budget` new tokens. Its first `budget` tokens are a sample from exactly
+    what a decode with `max_new_tokens=budget` draws from (decoding is step by step); with `hf`
+    they are even the same draw (per-batch seeds: tests/test_budgets.py checks it against real
+    decodes), with `fast` the draw differs because slots are refilled at other times."""
     if len(r.token_ids) <= budget:
         return r
     toks = r.token_ids[:budget]

@@ -1,12 +1,17 @@
-"""The `fast` rollout engine: a static KV cache, `prefill`, and a `decode_one_token` step that
-runs as one CUDA-graph replay per token (gpt-fast's design over the model's own weights).
+"""The `fast` rollout engine: a static KV cache of slots, `prefill`, and a `decode_one_token` step
+that runs as one CUDA-graph replay per token (gpt-fast's design over the model's own weights).
 
 Nothing is copied from the model except the LoRA adapters: embeddings, norm weights, the
 rotary table and every base projection weight are read in place. Ours are the attention, the
 cache, the token loop and the way linear layers are applied:
 
-* the cache is preallocated ([B, kv_heads, capacity, head_dim] per layer); prompts are
-  left-padded, rotary positions count from each row's first real token (as transformers does);
+* the cache is preallocated ([slots, kv_heads, capacity, head_dim] per layer); each slot holds
+  one sequence at a time, its prompt at columns [0, P) and its tokens after it, with its own
+  position (prompts are right-padded in prefill; rotary positions are cache columns);
+* continuous batching: every `CHECK_EVERY` steps (or when a sequence must have hit its budget)
+  the host collects stopped slots and refills them with the next sequences: prefill into those
+  slots only, decode goes on for the others. Samples of one prompt are prefilled once: the
+  other slots copy its cache columns and draw their first token from its saved hidden state;
 * grouped-query attention folds the query-head group into the query-length axis, so the
   cache is read once per step and never repeated per head;
 * decode attends to the cache up to a `BUCKET` boundary, not its full capacity; each bucket
@@ -18,8 +23,8 @@ cache, the token loop and the way linear layers are applied:
   docs/benchmarks.md). Disabled or merged adapters (`disable_adapter()`) are honoured;
 * sampling applies top-k before top-p, so only k logits are sorted (top_k=0 sorts the whole
   vocabulary, exactly); a draw is argmax(p / Exp(1)), a categorical sample without a host sync;
-* each row stops at its own stop token (later positions are padding); the loop checks every
-  `CHECK_EVERY` steps whether all rows are done.
+* each slot stops at its own stop token or budget; a stopped slot emits padding and stands
+  still until it is refilled or the run ends.
 
 On CPU (tests) the same code runs eagerly. `hf` stays the reference this engine is tested
 against: token-for-token under greedy decoding, in distribution under sampling
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -156,20 +162,25 @@ def _rms(norm, x: torch.Tensor) -> torch.Tensor:
 
 
 class _State:
-    """Static buffers of one batch shape; captured graphs read and advance them in place."""
+    """Static buffers of one slot count and capacity; captured graphs read and advance them in place.
 
-    def __init__(self, engine: FastEngine, batch: int, capacity: int, max_new: int):
+    Every slot holds one sequence at a time: its prompt at cache columns [0, P), its generated
+    tokens after it. `pos` is where the slot's last token (`cur`) is written next, which is also
+    its rotary position; `step` counts the tokens it has emitted into `out`."""
+
+    def __init__(self, engine: FastEngine, slots: int, capacity: int, max_new: int):
         dev, dt = engine.device, engine.dtype
-        shape = (batch, engine.n_kv, capacity, engine.head_dim)
-        self.batch, self.capacity, self.max_new = batch, capacity, max_new
+        shape = (slots, engine.n_kv, capacity, engine.head_dim)
+        self.batch, self.capacity, self.max_new = slots, capacity, max_new
         self.k = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
         self.v = [torch.zeros(shape, device=dev, dtype=dt) for _ in engine.layers]
-        self.cur = torch.zeros((batch, 1), dtype=torch.long, device=dev)  # last sampled token
-        self.cache_idx = torch.zeros((1,), dtype=torch.long, device=dev)  # where `cur` is written
-        self.step_idx = torch.zeros((1,), dtype=torch.long, device=dev)  # column of `out` written next
-        self.pad_len = torch.zeros((batch,), dtype=torch.long, device=dev)
-        self.finished = torch.zeros((batch,), dtype=torch.bool, device=dev)
-        self.out = torch.zeros((batch, max_new), dtype=torch.long, device=dev)
+        self.cur = torch.zeros((slots, 1), dtype=torch.long, device=dev)  # last sampled token
+        self.pos = torch.zeros((slots,), dtype=torch.long, device=dev)  # cache column `cur` goes to
+        self.step = torch.zeros((slots,), dtype=torch.long, device=dev)  # tokens emitted so far
+        self.finished = torch.ones((slots,), dtype=torch.bool, device=dev)  # idle slots count as finished
+        self.out = torch.zeros((slots, max_new + 1), dtype=torch.long, device=dev)  # + a column finished rows write to
+        self.limit = torch.full((slots,), max_new, dtype=torch.long, device=dev)  # each sequence's own budget
+        self.rows = torch.arange(slots, device=dev)
         self.arange = torch.arange(capacity, device=dev)
         self.graphs: dict[tuple, tuple] = {}  # key -> (graph, the stop-id tensor it reads)
 
@@ -253,7 +264,7 @@ class FastEngine:
         return bool(loras) and not any(m.disable_adapters or getattr(m, "merged", False) for m in loras)
 
     def _prepare(self) -> None:
-        """Per batch: rebuild if PEFT replaced modules, decide on LoRA, refresh its shadow copies."""
+        """Per call: rebuild if PEFT replaced modules, decide on LoRA, refresh its shadow copies."""
         if self._fingerprint() != self._built_for:  # PEFT re-wrapped, adapters replaced, model moved
             self.release()
             self._build_projections()
@@ -265,7 +276,10 @@ class FastEngine:
                         p.sync()
 
     # ---- the decoder ----------------------------------------------------------------------
-    def _attention(self, i: int, a, h, cos, sin, cache_idx, mask, kv_len: int) -> torch.Tensor:
+    def _attention(self, i: int, a, h, cos, sin, mask, kv_len: int, slots) -> torch.Tensor:
+        """Decode (`slots` None): one token per slot, written at its `pos`, attending to the cache.
+        Prefill (`slots` a tensor): whole right-padded prompts written into those slots' columns
+        [0, T), attending to themselves."""
         B, T, _ = h.shape
         shape = (B, T, -1, self.head_dim)
         q, k, v = (y.view(shape) for y in self.proj[i]["qkv"](h, self.lora))
@@ -275,76 +289,87 @@ class FastEngine:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q = torch.addcmul(q * cos, _rotate_half(q), sin)
         k = torch.addcmul(k * cos, _rotate_half(k), sin)
-        kc, vc = self.state.k[i], self.state.v[i]
-        kc.index_copy_(2, cache_idx, k.to(kc.dtype))
-        vc.index_copy_(2, cache_idx, v.to(vc.dtype))
+        s = self.state
+        kc, vc = s.k[i], s.v[i]
+        if slots is None:
+            kc[s.rows, :, s.pos] = k[:, :, 0].to(kc.dtype)  # each slot at its own column
+            vc[s.rows, :, s.pos] = v[:, :, 0].to(vc.dtype)
+            keys, values = kc[:, :, :kv_len], vc[:, :, :kv_len]
+        else:
+            kc[slots, :, :T] = k.to(kc.dtype)
+            vc[slots, :, :T] = v.to(vc.dtype)
+            keys, values = k.to(kc.dtype), v.to(vc.dtype)
         g = self.n_heads // self.n_kv
         qf = q.reshape(B, self.n_kv, g * T, self.head_dim)  # query heads of one kv head share its cache
         if T > 1 and g > 1:
             mask = mask.repeat(1, 1, g, 1)
-        o = F.scaled_dot_product_attention(qf, kc[:, :, :kv_len], vc[:, :, :kv_len], attn_mask=mask, scale=a.scaling)
+        o = F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, scale=a.scaling)
         o = o.reshape(B, self.n_heads, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)
         return self.proj[i]["o"](o, self.lora)[0]
 
-    def _forward(self, ids, positions, cache_idx, mask, kv_len: int) -> torch.Tensor:
-        """Final-norm hidden state of the last position, [B, H]; writes K/V at `cache_idx`."""
+    def _forward(self, ids, positions, mask, kv_len: int, slots=None, last=None) -> torch.Tensor:
+        """Final-norm hidden state at position `last` of each row ([B] indices; None = the only
+        one), [B, H]; writes K/V into the cache (see `_attention`)."""
         x = self.inner.embed_tokens(ids)
         cos, sin = self.inner.rotary_emb(x, positions)
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(
-                i, layer.self_attn, _rms(layer.input_layernorm, x), cos, sin, cache_idx, mask, kv_len
-            )
+            x = x + self._attention(i, layer.self_attn, _rms(layer.input_layernorm, x), cos, sin, mask, kv_len, slots)
             gate, up = self.proj[i]["gate_up"](_rms(layer.post_attention_layernorm, x), self.lora)
             x = x + self.proj[i]["down"](F.silu(gate) * up, self.lora)[0]
-        return _rms(self.inner.norm, x[:, -1])
+        x = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
+        return _rms(self.inner.norm, x)
 
     def _additive(self, keep: torch.Tensor) -> torch.Tensor:
         return torch.zeros(keep.shape, dtype=self.dtype, device=self.device).masked_fill(~keep, float("-inf"))
 
-    def prefill(self, ids: torch.Tensor, params: SamplingParams, stops: torch.Tensor, pad_id: int) -> None:
-        """Run the left-padded prompts [B, P] through the model, fill the cache, sample token 0."""
-        s = self.state
-        B, P = ids.shape
-        pos = torch.arange(P, device=self.device)
-        positions = (pos[None, :] - s.pad_len[:, None]).clamp(min=0)
-        causal = pos[None, :] <= pos[:, None]  # [q, k]
-        real = pos[None, :] >= s.pad_len[:, None]  # [B, k]
-        keep = causal[None] & real[:, None, :]
-        keep |= torch.eye(P, dtype=torch.bool, device=self.device)[None]  # pad rows see themselves (no NaN)
-        h = self._forward(ids, positions, pos, self._additive(keep[:, None]), P)
-        self._emit(self.lm_head(h).float(), params, stops, pad_id)
-        s.cache_idx.fill_(P)
-
-    def _emit(self, logits, params: SamplingParams, stops, pad_id: int) -> None:
-        s = self.state
-        tok = sample_next(logits, params.temperature, params.top_k, params.top_p)
-        tok = torch.where(s.finished, torch.full_like(tok, pad_id), tok)
-        s.out.index_copy_(1, s.step_idx, tok[:, None])
-        s.finished |= (tok[:, None] == stops[None, :]).any(-1)
-        s.cur.copy_(tok[:, None])
-        s.step_idx += 1
+    def prefill(self, prompts: list[list[int]], slots: list[int], pad_id: int) -> torch.Tensor:
+        """Run the prompts (right-padded) through the model, writing their K/V into cache columns
+        [0, len) of `slots`; returns the final hidden state of each prompt's last token, [m, H]."""
+        width = _round_up(max(map(len, prompts)), PROMPT_ALIGN)
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, : len(p)] = torch.tensor(p, dtype=torch.long)
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        pos = torch.arange(width, device=self.device)
+        # causal, and real keys only; a padding query still sees the real tokens before it (no NaN)
+        keep = (pos[None, :] <= pos[:, None])[None] & (pos[None, None, :] < lens[:, None, None])
+        return self._forward(
+            ids.to(self.device),
+            pos[None].expand(len(prompts), -1),
+            self._additive(keep[:, None]),
+            width,
+            slots=torch.tensor(slots, device=self.device),
+            last=lens - 1,
+        )
 
     def decode_one_token(self, kv_len: int, params: SamplingParams, stops, pad_id: int) -> None:
-        """Feed `cur` at `cache_idx`, sample the next token into `out`; all state advances in place."""
+        """Feed each slot's `cur` at its `pos`, sample its next token into `out`; finished slots
+        emit padding and stand still. All state advances in place (so a graph can replay it)."""
         s = self.state
-        positions = (s.cache_idx - s.pad_len)[:, None]
-        ar = s.arange[:kv_len]
-        keep = (ar[None, :] >= s.pad_len[:, None]) & (ar[None, :] <= s.cache_idx)
-        h = self._forward(s.cur, positions, s.cache_idx, self._additive(keep[:, None, None]), kv_len)
-        self._emit(self.lm_head(h).float(), params, stops, pad_id)
-        s.cache_idx += 1
+        keep = s.arange[:kv_len][None, :] <= s.pos[:, None]
+        h = self._forward(s.cur, s.pos[:, None], self._additive(keep[:, None, None]), kv_len)
+        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p)
+        active = ~s.finished
+        tok = torch.where(active, tok, torch.full_like(tok, pad_id))
+        s.out.scatter_(1, s.step[:, None], tok[:, None])  # a finished slot writes padding after its end
+        s.step += active
+        s.pos += active
+        s.finished |= active & ((tok[:, None] == stops[None, :]).any(-1) | (s.step >= s.limit))
+        s.cur.copy_(tok[:, None])
 
     # ---- CUDA graphs ----------------------------------------------------------------------
     def _capture(self, kv_len, params, stops, pad_id) -> torch.cuda.CUDAGraph:
+        """Captured before any prefill of the call, so the warm-up's cache writes hurt nothing."""
         s = self.state
-        saved = [t.clone() for t in (s.cur, s.cache_idx, s.step_idx, s.finished, s.out)]
+        tensors = (s.cur, s.pos, s.step, s.finished, s.out, s.limit)
+        saved = [t.clone() for t in tensors]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up (lazy cuBLAS/SDPA init) outside the capture
-            s.cache_idx.fill_(kv_len - 1)
+            s.pos.fill_(kv_len - 1)
             self.decode_one_token(kv_len, params, stops, pad_id)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        for t, v in zip((s.cur, s.cache_idx, s.step_idx, s.finished, s.out), saved):
+        for t, v in zip(tensors, saved):
             t.copy_(v)
         g = torch.cuda.CUDAGraph()
         if self.pool is None:
@@ -353,8 +378,181 @@ class FastEngine:
             self.decode_one_token(kv_len, params, stops, pad_id)
         return g
 
-    # ---- one batch --------------------------------------------------------------------------
+    # ---- scheduling ---------------------------------------------------------------------------
+    def _start(
+        self,
+        assign: list[tuple[int, int]],
+        limits: list[int],
+        prompts,
+        held: dict,
+        params,
+        stops,
+        pad_id: int,
+        share: bool,
+    ) -> int:
+        """Start sequences in free slots: `assign` = [(slot, prompt index)], each with its own token
+        budget. With `share` a prompt is prefilled once: its other samples copy its cache columns
+        from a slot that holds them (or keep them, when the slot held that prompt already) and draw
+        their first token from its saved hidden state. Returns the number of prefilled rows."""
+        s = self.state
+        if share:
+            moving = {b for b, p in assign if self._cached[b] != p}  # their columns get overwritten
+            source = {p: b for b, p in enumerate(self._cached) if p >= 0 and b not in moving}
+            fill: list[tuple[int, int]] = []  # (slot, prompt) to prefill: a prompt no kept slot holds
+            for b, p in assign:
+                if p not in source:
+                    source[p] = b
+                    fill.append((b, p))
+        else:
+            fill, source = list(assign), {}
+        if fill:
+            hidden = self.prefill([prompts[p] for _, p in fill], [b for b, _ in fill], pad_id)
+            for r, (_, p) in enumerate(fill):
+                held[p] = hidden[r]
+        for b, p in assign:  # sources keep their prompt or were just prefilled: none is a copy target
+            if share and self._cached[b] != p and source[p] != b:
+                n = len(prompts[p])
+                for kc, vc in zip(s.k, s.v):
+                    kc[b, :, :n] = kc[source[p], :, :n]
+                    vc[b, :, :n] = vc[source[p], :, :n]
+            self._cached[b] = p
+        slots = torch.tensor([b for b, _ in assign], device=self.device)
+        h = torch.stack([held[p] for _, p in assign])
+        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p)
+        s.out[slots] = pad_id
+        s.out[slots, 0] = tok
+        s.cur[slots, 0] = tok
+        s.pos[slots] = torch.tensor([len(prompts[p]) for _, p in assign], device=self.device)
+        s.step[slots] = 1
+        s.limit[slots] = torch.tensor(limits, device=self.device)
+        s.finished[slots] = (tok[:, None] == stops[None, :]).any(-1) | (s.limit[slots] <= 1)
+        return len(fill)
+
     @torch.no_grad()
+    def run(
+        self,
+        prompts: list[list[int]],
+        seqs: list[int],
+        params: SamplingParams,
+        stops: list[int],
+        pad_id: int,
+        seed: int,
+        slots: int,
+        *,
+        refill: bool = True,
+        share: bool = True,
+        limits: list[int] | None = None,
+        use_graph: bool | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[int]]:
+        """Decode one sequence per entry of `seqs` (a prompt index each; samples of one prompt
+        adjacent) through `slots` cache rows. With `refill` a slot whose sequence stopped takes the
+        next one at the following check (continuous batching); without, all slots wait for the
+        slowest (a static batch, as before). `share`: prefill each prompt once (see `_start`).
+        `limits`: a token budget per sequence (<= max_new_tokens; benchmarks use it to end rows
+        at drawn lengths). Returns each sequence's new tokens, through its stop token. Samples
+        depend on (seed, slots, refill, share, the order of `seqs`), not on history."""
+        self._prepare()
+        if use_graph is None:
+            use_graph = self.device.type == "cuda"
+        max_new = params.max_new_tokens
+        limits = [min(max_new, x) for x in limits] if limits is not None else [max_new] * len(seqs)
+        longest = max(len(prompts[p]) for p in seqs) if seqs else 1
+        capacity = _round_up(_round_up(longest, PROMPT_ALIGN) + max_new, BUCKET)
+        s = self.state
+        if s is None or s.batch != slots or s.capacity < capacity or s.max_new != max_new:
+            s = None
+            self.release()  # before allocating: the old cache must not coexist with the new one
+            s = self.state = _State(self, slots, capacity, max_new)
+        s.finished.fill_(True)
+        s.pos.zero_()
+        self._cached = [-1] * slots  # the prompt whose K/V each slot's first columns hold
+        stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
+        bucket_of = lambda idx: min(s.capacity, _round_up(idx + 1, BUCKET))  # noqa: E731
+        t0 = _now(self.device)
+        graphs = {}
+        if use_graph:  # captured before seeding, so warm-ups never shift the sampling RNG stream
+            key = (params.temperature, params.top_k, params.top_p, pad_id, tuple(stops), self.lora)
+            shortest = min(len(prompts[p]) for p in seqs) if seqs else 1
+            for kv_len in sorted({bucket_of(c) for c in range(shortest, capacity, BUCKET)} | {s.capacity}):
+                if (kv_len, *key) not in s.graphs:  # keeps the stop-id tensor the graph reads alive
+                    s.graphs[(kv_len, *key)] = (self._capture(kv_len, params, stops_t, pad_id), stops_t)
+                graphs[kv_len] = s.graphs[(kv_len, *key)][0]
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        torch.manual_seed(seed)
+        t1 = _now(self.device)
+        results: list[list[int] | None] = [None] * len(seqs)
+        left = {}  # prompt -> samples not started yet (its saved hidden state is dropped at 0)
+        for p in seqs:
+            left[p] = left.get(p, 0) + 1
+        held: dict[int, torch.Tensor] = {}
+        owner = [-1] * slots  # the sequence each slot decodes (-1: idle)
+        bound = [0] * slots  # an upper bound of each slot's `pos` (sets the attention bucket)
+        deadline = [0] * slots  # the decode step by which the slot's sequence has surely ended
+        queue, steps, prefill_s, useful, prefilled = 0, 0, 0.0, 0, 0
+
+        def start(free: list[int]) -> None:
+            nonlocal queue, prefill_s, prefilled
+            take = seqs[queue : queue + len(free)]
+            if not take:
+                return
+            avail, wanted, assign = sorted(free), set(take), []
+            for p in take:  # a slot that holds the prompt's cache already, else one whose cache is not wanted
+                b = next((b for b in avail if self._cached[b] == p), None)
+                if b is None:
+                    b = next((b for b in avail if self._cached[b] not in wanted), avail[0])
+                avail.remove(b)
+                assign.append((b, p))
+            ta = _now(self.device)
+            budget = limits[queue : queue + len(take)]
+            prefilled += self._start(assign, budget, prompts, held, params, stops_t, pad_id, share)
+            prefill_s += _now(self.device) - ta
+            for j, (b, p) in enumerate(assign):
+                owner[b], bound[b], deadline[b] = queue + j, len(prompts[p]), steps + budget[j] - 1
+                left[p] -= 1
+                if not left[p]:
+                    held.pop(p, None)
+            queue += len(take)
+
+        start(list(range(slots)))
+        while any(o >= 0 for o in owner):
+            kv_len = bucket_of(max(bound))
+            if use_graph:
+                graphs[kv_len].replay()
+            else:
+                self.decode_one_token(kv_len, params, stops_t, pad_id)
+            steps += 1
+            bound = [min(x + 1, s.capacity - 1) if o >= 0 else x for x, o in zip(bound, owner)]
+            if steps % CHECK_EVERY and steps < min(d for d, o in zip(deadline, owner) if o >= 0):
+                continue
+            fin = s.finished.tolist()
+            done = [b for b in range(slots) if fin[b] and owner[b] >= 0]
+            if done:
+                lens = s.step[done].tolist()
+                rows = s.out[done].tolist()
+                for b, n, row in zip(done, lens, rows):
+                    results[owner[b]] = row[:n]
+                    useful += n
+                    owner[b] = -1
+                if on_done:
+                    on_done(len(done))
+            bound = s.pos.tolist()
+            free = [b for b in range(slots) if owner[b] < 0]
+            if queue < len(seqs) and free and (refill or len(free) == slots):
+                start(free)
+        t2 = _now(self.device)
+        self.last_timing = {
+            "capture_s": t1 - t0,
+            "prefill_s": prefill_s,
+            "decode_s": t2 - t1 - prefill_s,
+            "decode_steps": steps,
+            "useful_tokens": useful,
+            "slot_steps": steps * slots,
+            "prefilled_prompts": prefilled,
+        }
+        return results  # type: ignore[return-value]
+
     def generate_ids(
         self,
         prompts: list[list[int]],
@@ -365,64 +563,15 @@ class FastEngine:
         use_graph: bool | None = None,
         rows: int | None = None,
     ) -> list[list[int]]:
-        """Raw new tokens per prompt (`max_new_tokens` each; after a row's stop token, `pad_id`).
-        `rows` (>= len(prompts)) is the batch shape decoded: a short last batch is padded up to it,
-        so its graphs are reused and its samples depend only on (seed, rows), never on history."""
+        """One static batch: `max_new_tokens` new tokens per prompt (`pad_id` after a row's stop
+        token). `rows` (>= len(prompts)) is the number of slots: a short last batch decodes at the
+        same shape, so its graphs are reused and its samples depend only on (seed, rows)."""
         n = len(prompts)
-        rows = max(rows or n, n)
-        self._prepare()
-        if use_graph is None:
-            use_graph = self.device.type == "cuda"
-        width = _round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
-        max_new = params.max_new_tokens
-        capacity = _round_up(width + max_new, BUCKET)
-        s = self.state
-        if s is None or s.batch != rows or s.capacity < capacity or s.max_new != max_new:
-            s = None
-            self.release()  # before allocating: the old cache must not coexist with the new one
-            s = self.state = _State(self, rows, capacity, max_new)
-        B = s.batch
-        padded = prompts + [prompts[0]] * (B - n)  # padding rows repeat prompt 0 and are dropped
-        ids = torch.full((B, width), pad_id, dtype=torch.long)
-        for r, p in enumerate(padded):
-            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
-        s.pad_len.copy_(torch.tensor([width - len(p) for p in padded]))
-        s.finished.zero_()
-        s.step_idx.zero_()
-        s.out.fill_(pad_id)
-        bucket_of = lambda idx: min(s.capacity, _round_up(idx + 1, BUCKET))  # noqa: E731
-        buckets = sorted({bucket_of(width + t - 1) for t in range(1, max_new)})
-        graphs = {}
-        t0 = _now(self.device)
-        if use_graph:  # captured before seeding, so warm-ups never shift the sampling RNG stream
-            key = (params.temperature, params.top_k, params.top_p, pad_id, tuple(stops), self.lora)
-            for kv_len in buckets:
-                if (kv_len, *key) not in s.graphs:  # keeps the stop-id tensor the graph reads alive
-                    s.graphs[(kv_len, *key)] = (self._capture(kv_len, params, stops_t, pad_id), stops_t)
-                graphs[kv_len] = s.graphs[(kv_len, *key)][0]
-        if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)
-        torch.manual_seed(seed)
-        t1 = _now(self.device)
-        self.prefill(ids.to(self.device), params, stops_t, pad_id)
-        t2 = _now(self.device)
-        steps = 0
-        for t in range(1, max_new):
-            steps += 1
-            kv_len = bucket_of(width + t - 1)
-            if use_graph:
-                graphs[kv_len].replay()
-            else:
-                self.decode_one_token(kv_len, params, stops_t, pad_id)
-            if t % CHECK_EVERY == 0 and bool(s.finished[:n].all()):
-                break
-        t3 = _now(self.device)
-        self.last_timing = {"capture_s": t1 - t0, "prefill_s": t2 - t1, "decode_s": t3 - t2, "decode_steps": steps}
-        return s.out[:n].tolist()
+        out = self.run(prompts, list(range(n)), params, stops, pad_id, seed, max(rows or n, n), use_graph=use_graph)
+        return [r + [pad_id] * (params.max_new_tokens - len(r)) for r in out]
 
     def release(self) -> None:
-        """Free the cache and captured graphs (the next batch allocates them again)."""
+        """Free the cache and captured graphs (the next call allocates them again)."""
         self.state = None
         self.pool = None
         if self.device.type == "cuda":

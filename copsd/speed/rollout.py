@@ -154,8 +154,9 @@ def profile_decode(
     eager_ms = 1e3 * eng.last_timing["decode_s"] / eng.last_timing["decode_steps"]
     s = eng.state  # rewind the eager state and profile bare decode steps (no prefill)
     width = fast._round_up(max(map(len, prompts)), fast.PROMPT_ALIGN)
-    s.cache_idx.fill_(width)
-    s.step_idx.fill_(1)
+    s.pos.fill_(width)
+    s.step.fill_(1)
+    s.finished.fill_(False)
     kv_len = min(s.capacity, fast._round_up(width + steps, fast.BUCKET))
     stops = torch.tensor([-1], device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
