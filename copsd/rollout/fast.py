@@ -290,6 +290,7 @@ class FastEngine:
         q = torch.addcmul(q * cos, _rotate_half(q), sin)
         k = torch.addcmul(k * cos, _rotate_half(k), sin)
         s = self.state
+        assert s is not None
         kc, vc = s.k[i], s.v[i]
         if slots is None:
             kc[s.rows, :, s.pos] = k[:, :, 0].to(kc.dtype)  # each slot at its own column
@@ -346,6 +347,7 @@ class FastEngine:
         """Feed each slot's `cur` at its `pos`, sample its next token into `out`; finished slots
         emit padding and stand still. All state advances in place (so a graph can replay it)."""
         s = self.state
+        assert s is not None
         keep = s.arange[:kv_len][None, :] <= s.pos[:, None]
         h = self._forward(s.cur, s.pos[:, None], self._additive(keep[:, None, None]), kv_len)
         tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p)
@@ -361,6 +363,7 @@ class FastEngine:
     def _capture(self, kv_len, params, stops, pad_id) -> torch.cuda.CUDAGraph:
         """Captured before any prefill of the call, so the warm-up's cache writes hurt nothing."""
         s = self.state
+        assert s is not None
         tensors = (s.cur, s.pos, s.step, s.finished, s.out, s.limit)
         saved = [t.clone() for t in tensors]
         side = torch.cuda.Stream(self.device)
@@ -395,6 +398,7 @@ class FastEngine:
         from a slot that holds them (or keep them, when the slot held that prompt already) and draw
         their first token from its saved hidden state. Returns the number of prefilled rows."""
         s = self.state
+        assert s is not None
         if share:
             moving = {b for b, p in assign if self._cached[b] != p}  # their columns get overwritten
             source = {p: b for b, p in enumerate(self._cached) if p >= 0 and b not in moving}
@@ -483,7 +487,7 @@ class FastEngine:
         torch.manual_seed(seed)
         t1 = _now(self.device)
         results: list[list[int] | None] = [None] * len(seqs)
-        left = {}  # prompt -> samples not started yet (its saved hidden state is dropped at 0)
+        left: dict[int, int] = {}  # prompt -> samples not started yet (its saved hidden state is dropped at 0)
         for p in seqs:
             left[p] = left.get(p, 0) + 1
         held: dict[int, torch.Tensor] = {}

@@ -153,6 +153,7 @@ def profile_decode(
     eng.generate_ids(prompts, params, [], pad, seed=0, use_graph=False)  # eager warm-up
     eager_ms = 1e3 * eng.last_timing["decode_s"] / eng.last_timing["decode_steps"]
     s = eng.state  # rewind the eager state and profile bare decode steps (no prefill)
+    assert s is not None
     width = fast._round_up(max(map(len, prompts)), fast.PROMPT_ALIGN)
     s.pos.fill_(width)
     s.step.fill_(1)
