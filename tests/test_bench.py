@@ -141,3 +141,31 @@ def test_bench_step_method_bad_input_is_one_line(workdir):
     ]:
         r = run_cli("speed", "step", "--shape", "tiny", "--device", "cpu", *args, cwd=workdir)
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_workload_every_mode_decodes_the_same_tokens(workdir):
+    """`copsd speed workload` on the tiny shape: the drawn lengths are the real prompts' and the
+    stated distribution's; fast, static and hf decode exactly the workload's useful tokens (hf on
+    its subset); continuous batching keeps more slots busy than static waves (counted, not timed)."""
+    out = workdir / "w.json"
+    r = run_cli(
+        "speed", "workload", "--shape", "tiny", "--device", "cpu", "--dtype", "float32",
+        "--problems", "12", "--samples", "4", "--slots", "8", "--median", "30", "--max-new-tokens", "96",
+        "--hf-problems", "3", "--out", str(out), cwd=workdir,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    from copsd.speed.workload import make_workload, prompt_lengths
+
+    w = make_workload(12, 4, 30, 0.9, 96, 4096, seed=0)
+    assert [len(p) for p in w.prompts] == prompt_lengths()[:12]
+    assert res["workload"]["useful_tokens"] == sum(w.lengths) and 0 < res["workload"]["truncated_share"] < 0.5
+    rows = {row["mode"]: row for row in res["rows"]}
+    assert rows["fast"]["useful_tokens"] == rows["static"]["useful_tokens"] == sum(w.lengths)
+    assert rows["hf"]["useful_tokens"] == sum(w.head(3).lengths) and rows["hf"]["extrapolated"]
+    assert rows["fast"]["slot_utilization"] > rows["static"]["slot_utilization"]
+    assert rows["fast"]["decode_steps"] < rows["static"]["decode_steps"]
+    assert rows["fast"]["prefilled_prompts"] == 12 and rows["static"]["prefilled_prompts"] == 48
+    assert "useful" in r.stdout and "static" in r.stdout
+    bad = run_cli("speed", "workload", "--device", "cpu", "--shape", "tiny", "--modes", "fast,vllm", cwd=workdir)
+    assert bad.returncode == 2 and "unknown mode(s) vllm" in bad.stderr and "Traceback" not in bad.stderr

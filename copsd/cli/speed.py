@@ -1,4 +1,4 @@
-"""`copsd speed rollout|step` (alias: `copsd bench`): speed measurements on random-weight Qwen3
+"""`copsd speed rollout|workload|step` (alias: `copsd bench`): speed measurements on random-weight Qwen3
 shapes, each with the reference (transformers `generate`, the naive loss) in the same run."""
 
 from __future__ import annotations
@@ -96,6 +96,78 @@ def rollout(
                 "ms_per_step",
                 "bandwidth_share",
                 "peak_memory_gib",
+                "speedup_vs_hf",
+            ],
+        )
+    )
+
+
+@app.command("workload")
+def workload(
+    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    problems: int = typer.Option(250, "--problems", min=1, help="problems (AfriMGSM has 250 per language)"),
+    samples: int = typer.Option(12, "--samples", min=1, help="samples per problem (the evaluation's n_samples)"),
+    slots: int = typer.Option(128, "--slots", min=1, help="sequences decoded at once (eval.batch_size)"),
+    median: float = typer.Option(400.0, "--median", min=1, help="median sequence length, tokens (lognormal)"),
+    sigma: float = typer.Option(0.9, "--sigma", min=0, help="log-sd of the length distribution"),
+    max_new: int = typer.Option(1024, "--max-new-tokens", min=1, help="the budget; longer draws are truncated"),
+    modes: str = typer.Option("fast,static,hf", "--modes", help="comma-separated: fast, static, hf"),
+    hf_problems: int = typer.Option(8, "--hf-problems", min=1, help="problems hf decodes (extrapolated)"),
+    lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (a trained checkpoint)"),
+    device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
+    seed: int = typer.Option(0, "--seed", help="seeds the prompts and the drawn lengths"),
+    out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+):
+    """The evaluation workload, where rows stop at different lengths: useful tokens/s and the time to
+    finish it, for continuous batching (fast), static batches of the same engine, and hf.
+
+    Prompts have the real evaluation prompts' lengths; each of the `samples` per problem stops at a
+    length drawn from a lognormal (default median 400, ~15% truncated at 1,024); sampling T 1.0,
+    top-p 0.95, no top-k. Useful tokens are those before each row's stop.
+
+    GPU: copsd speed workload --shape qwen3-1.7b --out workload.json
+    CPU: copsd speed workload --shape tiny --device cpu --dtype float32 --problems 16 --samples 4 --slots 16
+         --median 40 --max-new-tokens 128 --hf-problems 4
+    """
+    from copsd.speed.workload import MODES, bench_workload
+
+    dev = check_options(device, shape, dtype)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    bad = [m for m in mode_list if m not in MODES] or ([] if mode_list else ["(none)"])
+    if bad:
+        raise CopsdError(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
+    result = bench_workload(
+        shape,
+        device=dev,
+        dtype=dtype,
+        problems=problems,
+        samples=samples,
+        slots=slots,
+        median=median,
+        sigma=sigma,
+        max_new=max_new,
+        modes=mode_list,
+        hf_problems=min(hf_problems, problems),
+        lora=lora,
+        seed=seed,
+        log=show,
+    )
+    show(result["workload"])
+    _write(result, out)
+    console.print(
+        _table(
+            result["rows"],
+            [
+                "mode",
+                "sequences",
+                "useful_tokens_per_s",
+                "workload_s",
+                "slot_utilization",
+                "ms_per_step",
+                "peak_memory_gib",
+                "speedup_vs_static",
                 "speedup_vs_hf",
             ],
         )
@@ -269,6 +341,11 @@ _HEADERS = {
     "bandwidth_share": "bw share",
     "peak_memory_gib": "peak GiB",
     "speedup_vs_hf": "x hf",
+    "speedup_vs_static": "x static",
+    "useful_tokens_per_s": "useful tok/s",
+    "workload_s": "workload s",
+    "slot_utilization": "slot use",
+    "sequences": "seqs",
     "loss_step_s": "loss step s",
     "step_s_with_fast_rollouts": "step s (fast)",
     "step_s_with_hf_rollouts": "step s (hf)",
@@ -283,6 +360,7 @@ def _table(rows: list[dict], cols: list[str]):
         cells = []
         for c in cols:
             v = r.get(c, r.get("error", "") if c == cols[-1] else "")
-            cells.append(f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v))
+            big = isinstance(v, float) and abs(v) >= 1000
+            cells.append(f"{v:,.0f}" if big else f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v))
         table.add_row(*cells)
     return table
