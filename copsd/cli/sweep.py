@@ -31,8 +31,19 @@ def plan(
     device: str = typer.Option(
         "cuda", "--device", help="with --estimate: the device type to estimate for, cuda or cpu"
     ),
+    gpu: str = typer.Option(
+        "h100",
+        "--gpu",
+        help="with --estimate on cuda: whose recorded throughput prices the jobs (resources/throughput.yaml)",
+    ),
+    gpus: int = typer.Option(8, "--gpus", min=1, help="with --estimate: GPUs the total's wall time is spread over"),
 ):
-    """Dry run: list every job of a spec with its id and its status in the database. Runs nothing."""
+    """Dry run: list every job of a spec with its id and its status in the database. Runs nothing.
+
+    --estimate adds each job's peak memory and, on cuda, its generated tokens and GPU-hours from
+    recorded throughput (copsd/training/cost.py states the assumptions):
+    copsd sweep plan sweeps/main.yaml --estimate --gpu h100 --gpus 8
+    """
     from rich.table import Table
 
     from copsd.results.db import existing_statuses
@@ -40,10 +51,19 @@ def plan(
 
     if device not in ("cuda", "cpu"):
         raise CopsdError(f"--device must be cuda or cpu, not '{device}'")
+    from copsd.training.cost import estimate_cost
+    from copsd.training.cost import gpus as known_gpus
+
+    if estimate and device == "cuda" and gpu not in known_gpus():
+        raise CopsdError(
+            f"--gpu: no recorded throughput for '{gpu}' (known: {', '.join(known_gpus())}); measure it with "
+            "`copsd speed rollout` and `copsd speed step` and add it to copsd/resources/throughput.yaml"
+        )
     sel = select(spec, only)
     jobs = sel.jobs
     st = existing_statuses(db, [j.job_id for j in jobs])
     estimates = _estimates(jobs, device) if estimate else {}
+    costs = {j.job_id: estimate_cost(j, gpu) for j in jobs} if estimate and device == "cuda" else {}
     if fmt == "json":
         out = [
             {
@@ -54,6 +74,7 @@ def plan(
                 "seed": j.seed,
                 "status": st.get(j.job_id, ("NEW", 0, None))[0],
                 **({"estimate": estimates[j.job_id]} if estimate else {}),
+                **({"cost": c.as_dict() if (c := costs[j.job_id]) else None} if costs else {}),
                 "config": j.model_dump(mode="json"),
             }
             for j in jobs
@@ -64,15 +85,19 @@ def plan(
     if fmt != "table":
         raise CopsdError(f"--format must be table or json, not '{fmt}'")
     t = Table(title=f"sweep '{sel.spec.name}' ({sel.path}): {len(jobs)} job(s)")
-    extra = (f"peak GiB ({device})", "peak phase") if estimate else ()
+    extra: tuple[str, ...] = (f"peak GiB ({device})", "peak phase") if estimate else ()
+    extra += ("tokens (M)", f"GPU-h ({gpu})") if costs else ()
     for c in ("id", "method", "model", "language", "seed", "checkpoints", "status", *extra):
-        t.add_column(c, justify="right" if c.startswith("peak GiB") else "left")
+        t.add_column(c, justify="right" if c.startswith(("peak GiB", "tokens", "GPU-h")) else "left")
     for j in jobs:
         status, attempts, _ = st.get(j.job_id, ("NEW", 0, None))
         cells: list[str] = []
         if estimate:
             e = estimates[j.job_id]
             cells = [f"{e['peak_gib']:.1f}", e["phase"]] if e else ["?", "shape unknown before loading"]
+        if costs:
+            cost = costs[j.job_id]
+            cells += [f"{sum(cost.tokens.values()) / 1e6:.1f}", f"{cost.total_hours:.2f}"] if cost else ["?", "?"]
         t.add_row(
             j.job_id,
             j.method,
@@ -84,6 +109,31 @@ def plan(
             *cells,
         )
     console.print(t)
+    if costs:
+        _cost_summary(costs, gpu, gpus)
+
+
+def _cost_summary(costs: dict, gpu: str, gpus: int) -> None:
+    """The grid's total, by part, and what static evaluation batches would make of it."""
+    known = [c for c in costs.values() if c is not None]
+    if not known:
+        console.print(f"GPU time: no recorded {gpu} throughput for these models (resources/throughput.yaml)")
+        return
+    parts: dict[str, float] = {}
+    for c in known:
+        for k, v in c.hours.items():
+            parts[k] = parts.get(k, 0.0) + v
+    total = sum(parts.values())
+    static = sum(c.static_total_hours for c in known)
+    by = ", ".join(f"{k} {v:,.1f}" for k, v in parts.items())
+    missing = len(costs) - len(known)
+    console.print(
+        f"GPU time ({gpu}, {len(known)} job(s)"
+        + (f"; {missing} with no recorded throughput left out" if missing else "")
+        + f"): {total:,.1f} GPU-hours ({by}) = {total / gpus:,.1f} h on {gpus} GPUs; "
+        f"with static evaluation batches instead of continuous batching: {static:,.1f} GPU-hours "
+        f"({static / gpus:,.1f} h). Assumptions: copsd/training/cost.py; recorded throughput: docs/benchmarks.md"
+    )
 
 
 def _estimates(jobs: list, device: str) -> dict[str, dict | None]:
