@@ -87,8 +87,8 @@ def plan(
     t = Table(title=f"sweep '{sel.spec.name}' ({sel.path}): {len(jobs)} job(s)")
     extra: tuple[str, ...] = (f"peak GiB ({device})", "peak phase") if estimate else ()
     extra += ("tokens (M)", f"GPU-h ({gpu})") if costs else ()
-    for c in ("id", "method", "model", "language", "seed", "checkpoints", "status", *extra):
-        t.add_column(c, justify="right" if c.startswith(("peak GiB", "tokens", "GPU-h")) else "left")
+    for col in ("id", "method", "model", "language", "seed", "checkpoints", "status", *extra):
+        t.add_column(col, justify="right" if col.startswith(("peak GiB", "tokens", "GPU-h")) else "left")
     for j in jobs:
         status, attempts, _ = st.get(j.job_id, ("NEW", 0, None))
         cells: list[str] = []

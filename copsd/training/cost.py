@@ -29,7 +29,7 @@ from importlib import resources
 
 import yaml
 
-from copsd.config import GrpoSettings, JobConfig, SftSettings
+from copsd.config import CopsdSettings, GrpoSettings, JobConfig, SftSettings
 
 LENGTH_MEDIAN = 400 / 1024  # median length as a share of the budget
 LENGTH_SIGMA = 0.9
@@ -127,7 +127,7 @@ def estimate_cost(job: JobConfig, gpu: str = "h100", n_problems: int = N_PROBLEM
     rec = throughput()[gpu]
     c = Cost(gpu)
     t = job.train
-    if t is not None and job.method in ("copsd", "grpo"):
+    if isinstance(t, (CopsdSettings, GrpoSettings)):
         budget = t.max_completion_length
         rows = t.num_generations if isinstance(t, GrpoSettings) else min(t.micro_batch_size, t.batch_size)
         seqs = t.batch_size  # GRPO: completions per step; COPSD: one rollout per prompt
