@@ -31,6 +31,7 @@ UNHASHED_PATHS = (
     ("train", "data_path"),
     ("train", "loss_chunk_size"),
     ("train", "rollout_engine"),
+    ("train", "rollout_batch"),
     # memory bounds: they change how a step is split into forwards, never what it computes
     ("train", "gradient_checkpointing"),
     ("train", "max_tokens_per_forward"),
@@ -154,6 +155,12 @@ class TrainCommon(_Strict):
         "sequence goes alone); memory only, not hashed",
     )
     rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
+    rollout_batch: Literal["auto", "step", "micro"] = Field(
+        "auto",
+        description="sample a step's rollouts in one call through continuous batching (step) or one call "
+        "per micro-batch (micro); auto = step with the fast engine, micro with hf. The weights do not "
+        "change within a step, so both sample the same distribution; not hashed",
+    )
 
 
 class CopsdSettings(TrainCommon):

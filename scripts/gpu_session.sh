@@ -19,9 +19,13 @@ b() {
   timeout "$limit" python3 cli.py speed "$@" --out "$OUT/$name.json" > /tmp/$name.log 2>&1
   echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
 }
-timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
-b rollout_1.7b 110 rollout --shape qwen3-1.7b --batch 32,128 --new-tokens 1024 --hf-new-tokens 32 --profile
-b step_1.7b 60 step --shape qwen3-1.7b --chunk 256,1024 --reps 2
-b rollout_8b 70 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --hf-new-tokens 16
-b rollout_4b 60 rollout --shape qwen3-4b --batch 128 --new-tokens 1024 --hf-new-tokens 16
+# priorities of the next lease (issues 15 and 16); earlier sessions' lines are in git history
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+# issue 15: the evaluation workload (64 problems x 12 samples; hf on 1 problem, extrapolated)
+b workload_1.7b 200 workload --shape qwen3-1.7b --problems 64 --samples 12 --slots 128 --hf-problems 1
+# issue 15: fixed length with the evaluation's sampling (no top-k), and 8B
+b rollout_eval_1.7b 90 rollout --shape qwen3-1.7b --batch 32,128,256 --new-tokens 1024 --hf-new-tokens 16 --top-k 0 --temperature 1.0
+b rollout_8b 60 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --engines fast
+# issue 16: one GRPO step at the paper's settings (8 x 2,048), default memory setting vs before
+b step_grpo_1.7b 80 step --method grpo --shape qwen3-1.7b --completion 2048 --student-prompt 256 --prompts 1 --generations 8 --micro-batch 8,4 --checkpointing on,off --reps 1
 echo done

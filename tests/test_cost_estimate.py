@@ -48,6 +48,7 @@ def test_paper_grid_cost_per_job_and_in_total(workdir):
         c = costs[j.job_id]
         assert c.total_hours == pytest.approx(sum(c.hours.values()))
         assert c.static_total_hours > c.total_hours  # static waves wait for their longest sequence
+        assert c.before["evaluation"] > c.hours["evaluation"]
         assert ("rollouts" in c.hours) == (j.method in ("copsd", "grpo"))
         assert set(c.hours) == {"evaluation"} if j.method == "base" else "loss" in c.hours
     by = {(j.method, j.model): costs[j.job_id].total_hours for j in jobs}

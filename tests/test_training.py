@@ -485,3 +485,37 @@ def test_training_with_the_fast_engine_follows_each_optimizer_step(tmp_path):
     assert fast.generate_ids(trainer.model, ids, params, [], tok.pad_token_id, 0) == hf.generate_ids(
         trainer.model, ids, params, [], tok.pad_token_id, 0
     )
+
+
+@pytest.mark.parametrize("method", ["copsd", "grpo"])
+def test_rollouts_of_a_step_in_one_call_equal_per_micro_batch_calls(tmp_path, method):
+    """train.rollout_batch: `step` samples the whole step in one call (continuous batching in the
+    fast engine), `micro` one call per micro-batch. With top-k 1 sampling is greedy, so both give
+    the same rollouts and the same step; `auto` picks step for fast and micro for hf."""
+    import copsd.training.trainer as trainer_mod
+
+    kw = {"batch_size": 4, "micro_batch_size": 2} if method == "copsd" else {"batch_size": 8, "micro_batch_size": 4}
+    calls = []
+    real = trainer_mod.generate
+
+    def counting(*a, **k):
+        calls.append(len(a[2]))  # prompts per call
+        return real(*a, **k)
+
+    metrics = {}
+    for mode in ("micro", "step"):
+        job = _job(method, rollout_engine="fast", rollout_batch=mode, top_k=1, max_steps=1, **kw)
+        trainer, _ = _setup(job, tmp_path / mode)
+        calls.clear()
+        trainer_mod.generate = counting
+        try:
+            metrics[mode] = trainer.compute_step(trainer.batch_for(1, trainer.prompts_per_step()), 1)
+        finally:
+            trainer_mod.generate = real
+        assert calls == ([2, 2] if mode == "micro" else [4])  # copsd: 2 prompts per micro; grpo: 2 groups of 2
+    assert metrics["step"]["loss"] == pytest.approx(metrics["micro"]["loss"], rel=1e-5)
+    assert metrics["step"]["rollout_length"] == metrics["micro"]["rollout_length"]
+    auto_fast, _ = _setup(_job(method, rollout_engine="fast"), tmp_path / "a")
+    auto_hf, _ = _setup(_job(method, rollout_engine="hf"), tmp_path / "b")
+    assert (auto_fast.rollout_mode(), auto_hf.rollout_mode()) == ("step", "micro")
+    assert "rollout_batch" not in _job(method, rollout_batch="step").canonical()["train"]  # not hashed

@@ -131,8 +131,9 @@ def _cost_summary(costs: dict, gpu: str, gpus: int) -> None:
         f"GPU time ({gpu}, {len(known)} job(s)"
         + (f"; {missing} with no recorded throughput left out" if missing else "")
         + f"): {total:,.1f} GPU-hours ({by}) = {total / gpus:,.1f} h on {gpus} GPUs; "
-        f"with static evaluation batches instead of continuous batching: {static:,.1f} GPU-hours "
-        f"({static / gpus:,.1f} h). Assumptions: copsd/training/cost.py; recorded throughput: docs/benchmarks.md"
+        f"on the engine before continuous batching (static evaluation waves, rollouts per micro-batch): "
+        f"{static:,.1f} GPU-hours ({static / gpus:,.1f} h). Assumptions: copsd/training/cost.py; recorded "
+        "throughput: docs/benchmarks.md"
     )
 
 

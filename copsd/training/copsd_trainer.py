@@ -100,17 +100,28 @@ class CopsdTrainer(Trainer):
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # ---- one optimizer step -------------------------------------------------------------------
-    def rollouts(self, examples, step: int, micro: int, stats: StepStats | None = None) -> list[list[int]]:
-        """One rollout per example from the student prompt, with the current (student) weights."""
+    def _params(self) -> SamplingParams:
         cfg = self.cfg
-        prompts = [
-            training_student_prompt(self.tok, ex.problem, self.job.language, thinking=cfg.student_thinking)
-            for ex in examples
-        ]
-        params = SamplingParams(
+        return SamplingParams(
             n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_completion_length
         )
-        return [g[0].token_ids for g in self.sample(prompts, params, step, micro, stats)]
+
+    def _prompts(self, examples) -> list[str]:
+        thinking = self.cfg.student_thinking
+        return [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=thinking) for ex in examples]
+
+    def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
+        """With train.rollout_batch `step`: every micro-batch's rollouts in one call, before any backward."""
+        self._step_rollouts: list[list[list[int]]] | None = None
+        if self.rollout_mode() == "step":
+            groups = self.sample_step([self._prompts(m) for m in micro], self._params(), step, stats)
+            self._step_rollouts = [[g[0].token_ids for g in gs] for gs in groups]
+
+    def rollouts(self, examples, step: int, micro: int, stats: StepStats | None = None) -> list[list[int]]:
+        """One rollout per example from the student prompt, with the current (student) weights."""
+        if getattr(self, "_step_rollouts", None) is not None:
+            return self._step_rollouts[micro]  # type: ignore[index]
+        return [g[0].token_ids for g in self.sample(self._prompts(examples), self._params(), step, micro, stats)]
 
     def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
         """Mean (clipped) divergence over the rollout tokens of these examples."""

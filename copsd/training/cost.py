@@ -5,8 +5,9 @@ Beside `memory.py` for the same reason (the runner and the CLI both import it). 
 numbers it works from are data (`resources/throughput.yaml`, each traced to docs/benchmarks.md).
 
 A job's time is the sum of three parts (model loading, grading and checkpoint writes are left out):
-  rollouts    COPSD and GRPO: every sampling call of a step decodes its rows together until the
-              longest ends (one call per micro-batch: COPSD 4 rows, GRPO num_generations rows)
+  rollouts    COPSD and GRPO: every sampling call decodes its rows together until the longest
+              ends: one call per step with the fast engine (train.rollout_batch auto/step: 32 rows
+              at the paper's settings), else one per micro-batch (COPSD 4 rows, GRPO 8)
   loss        completion + prompt tokens of every step x the recorded per-token cost of a step
   evaluation  every checkpoint: problems x samples sequences through eval.batch_size slots, either
               continuous (slots refilled as sequences stop: steps = tokens / slots) or static
@@ -99,7 +100,9 @@ class Cost:
     gpu: str
     tokens: dict[str, float] = field(default_factory=dict)  # generated tokens per part
     hours: dict[str, float] = field(default_factory=dict)  # GPU-hours per part (continuous evaluation)
-    static_eval_hours: float = 0.0  # the evaluation with static batches instead
+    # the same job on the engine before continuous batching: static evaluation waves, rollouts
+    # sampled per micro-batch
+    before: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_hours(self) -> float:
@@ -107,7 +110,7 @@ class Cost:
 
     @property
     def static_total_hours(self) -> float:
-        return self.total_hours - self.hours.get("evaluation", 0.0) + self.static_eval_hours
+        return sum({**self.hours, **self.before}.values())
 
     def as_dict(self) -> dict:
         return {
@@ -115,7 +118,7 @@ class Cost:
             "tokens_m": {k: round(v / 1e6, 3) for k, v in self.tokens.items()},
             "gpu_hours": {k: round(v, 3) for k, v in self.hours.items()},
             "total_gpu_hours": round(self.total_hours, 3),
-            "total_gpu_hours_static_eval": round(self.static_total_hours, 3),
+            "total_gpu_hours_before_continuous_batching": round(self.static_total_hours, 3),
         }
 
 
@@ -129,12 +132,20 @@ def estimate_cost(job: JobConfig, gpu: str = "h100", n_problems: int = N_PROBLEM
     t = job.train
     if isinstance(t, (CopsdSettings, GrpoSettings)):
         budget = t.max_completion_length
-        rows = t.num_generations if isinstance(t, GrpoSettings) else min(t.micro_batch_size, t.batch_size)
         seqs = t.batch_size  # GRPO: completions per step; COPSD: one rollout per prompt
-        calls = t.max_steps * math.ceil(seqs / rows)
-        no_top_k = t.top_k <= 0
+        if isinstance(t, GrpoSettings):  # whole groups per micro-batch
+            micro_rows = max(1, t.micro_batch_size // t.num_generations) * t.num_generations
+        else:
+            micro_rows = min(t.micro_batch_size, t.batch_size)
+
+        def rollout_hours(rows: int) -> float:
+            calls = t.max_steps * math.ceil(seqs / rows)
+            return calls * expected_max(budget, rows) * decode_ms(gpu, shape, rows, t.top_k <= 0) / 3.6e6
+
+        by_step = t.rollout_batch in ("auto", "step")  # the fast engine samples the whole step in one call
         c.tokens["rollouts"] = t.max_steps * seqs * mean_length(budget)
-        c.hours["rollouts"] = calls * expected_max(budget, rows) * decode_ms(gpu, shape, rows, no_top_k) / 3.6e6
+        c.hours["rollouts"] = rollout_hours(seqs if by_step else micro_rows)
+        c.before["rollouts"] = rollout_hours(micro_rows)
         loss_tokens = t.max_steps * seqs * (mean_length(budget) + PROMPT_TOKENS)
     elif isinstance(t, SftSettings):
         loss_tokens = t.max_steps * t.batch_size * t.max_length * 0.5  # an assumed half-full sequence
@@ -152,5 +163,5 @@ def estimate_cost(job: JobConfig, gpu: str = "h100", n_problems: int = N_PROBLEM
     c.tokens["evaluation"] = checkpoints * seqs * mean_length(budget)
     c.hours["evaluation"] = checkpoints * math.ceil(seqs * mean_length(budget) / min(slots, seqs)) * ms / 3.6e6
     waves = math.ceil(seqs / slots)
-    c.static_eval_hours = checkpoints * waves * expected_max(budget, min(slots, seqs)) * ms / 3.6e6
+    c.before["evaluation"] = checkpoints * waves * expected_max(budget, min(slots, seqs)) * ms / 3.6e6
     return c

@@ -16,7 +16,7 @@
 
 `batch_size` counts completions per optimizer step (TRL's convention), so a step covers
 batch_size / num_generations prompts. All of a step's groups are sampled first (`prepare_step`,
-as TRL generates the whole batch), so `dapo` can divide by the step's token count. The loss is
+as TRL generates the whole batch; with the fast engine in one call), so `dapo` can divide by the step's token count. The loss is
 computed `micro_batch_size` completions per forward (TRL's per-device batch; fewer under
 `max_tokens_per_forward`), each forward's part backpropagated before the next. One gradient
 step per batch of rollouts: the importance ratio is 1 where the gradient is taken (TRL with
@@ -67,7 +67,7 @@ class GrpoTrainer(Trainer):
         return student_prompt(self.tok, ex.problem, self.job.language, thinking=self.cfg.student_thinking)
 
     def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
-        """Sample every group of the step and score it (the rollout seed depends on the micro index)."""
+        """Sample every group of the step (one call, or one per micro-batch: train.rollout_batch) and score it."""
         cfg = self.cfg
         params = SamplingParams(
             n=cfg.num_generations,
@@ -77,9 +77,9 @@ class GrpoTrainer(Trainer):
             max_new_tokens=cfg.max_completion_length,
         )
         self._groups = []
-        for index, examples in enumerate(micro):
-            prompts = [self.prompt(ex) for ex in examples]
-            groups = self.sample(prompts, params, step, index, stats)
+        prompts_by_micro = [[self.prompt(ex) for ex in examples] for examples in micro]
+        sampled = self.sample_step(prompts_by_micro, params, step, stats)
+        for examples, prompts, groups in zip(micro, prompts_by_micro, sampled):
             prompt_ids, comps, adv = [], [], []
             for ex, p, g in zip(examples, prompts, groups):
                 p_ids = self.tok(p, add_special_tokens=False)["input_ids"]

@@ -378,7 +378,9 @@ def estimate(
     rollout_engine = _rollout_engine(t.rollout_engine, device)
     kept_cache: dict[str, int] = {}
     if method in ("copsd", "grpo"):
-        decode = decode_parts(in_micro, completion, rollout_engine)
+        # train.rollout_batch: the whole step in one call (auto: with the fast engine) or per micro-batch
+        by_step = t.rollout_batch == "step" or (t.rollout_batch == "auto" and rollout_engine == "fast")
+        decode = decode_parts(t.batch_size if by_step else in_micro, completion, rollout_engine)
         if rollout_engine == "fast":  # it keeps its cache for the next batch of the same shape: through the loss too
             kept_cache = {**fast_copies("fast"), "rollout kv cache (kept)": decode["kv cache"]}
         # GRPO samples the whole step before any backward: no gradients exist yet (zeroed to None)

@@ -30,7 +30,7 @@ import torch
 
 from copsd.config import JobConfig, TrainCommon
 from copsd.errors import CopsdError
-from copsd.rollout import Rollout, SamplingParams, generate
+from copsd.rollout import Rollout, SamplingParams, generate, resolve_engine
 from copsd.training.adapters import (
     checkpoint_dir,
     fsync_dir,
@@ -192,6 +192,27 @@ class Trainer:
             stats.add("rollout_length", *(len(r.token_ids) for r in rolls))
             stats.add("rollout_finished", *(r.finished for r in rolls))
         return groups
+
+    def rollout_mode(self) -> str:
+        """`step` (one call for the whole step) or `micro` (one per micro-batch): train.rollout_batch,
+        `auto` = step where the fast engine samples (continuous batching keeps its slots busy)."""
+        mode = self.cfg.rollout_batch
+        if mode == "auto":
+            mode = "step" if resolve_engine(self.cfg.rollout_engine, self.model) == "fast" else "micro"
+        return mode
+
+    def sample_step(
+        self, prompts: list[list[str]], params: SamplingParams, step: int, stats: StepStats | None = None
+    ) -> list[list[list[Rollout]]]:
+        """Rollouts of every micro-batch of a step (`prompts` per micro-batch), grouped the same way."""
+        if self.rollout_mode() == "micro":
+            return [self.sample(ps, params, step, index, stats) for index, ps in enumerate(prompts)]
+        groups = self.sample([p for ps in prompts for p in ps], params, step, 0, stats)
+        out, start = [], 0
+        for ps in prompts:
+            out.append(groups[start : start + len(ps)])
+            start += len(ps)
+        return out
 
     @staticmethod
     def rollout_metrics(stats: StepStats) -> dict[str, float]:
