@@ -294,11 +294,11 @@ def test_crash_harness_random_kills_and_concurrent_starts(tmp_path):
             sys.executable,
             str(ROOT / "scripts" / "crash_harness.py"),
             "--kills",
-            "3",
+            "2",
             "--checkpoint-kills",
             "1",
             "--concurrent",
-            "4",
+            "3",
             "--max-delay",
             "12",
             "--seed",
@@ -314,8 +314,8 @@ def test_crash_harness_random_kills_and_concurrent_starts(tmp_path):
     import json
 
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["summary"]["kill_trials"] == 3 and report["summary"]["all_invariants_held"]
-    assert report["concurrent"]["exit_codes"] == [0, 0, 0, 0]
+    assert report["summary"]["kill_trials"] == 2 and report["summary"]["all_invariants_held"]
+    assert report["concurrent"]["exit_codes"] == [0, 0, 0]
     assert report["checkpoint_kills"][0]["caught_write"]  # a kill landed inside a checkpoint write
 
 
