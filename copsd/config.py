@@ -157,9 +157,10 @@ class TrainCommon(_Strict):
     rollout_engine: Literal["auto", "fast", "hf"] = Field("auto", description=ENGINE_HELP)
     rollout_batch: Literal["auto", "step", "micro"] = Field(
         "auto",
-        description="sample a step's rollouts in one call through continuous batching (step) or one call "
-        "per micro-batch (micro); auto = step with the fast engine, micro with hf. The weights do not "
-        "change within a step, so both sample the same distribution; not hashed",
+        description="sample all of a step's rollouts in one call (step: one wide decode instead of one per "
+        "micro-batch; its KV cache is kept through the loss step) or one call per micro-batch (micro); auto = "
+        "step with the fast engine, micro with hf. The weights do not change within a step, so both sample "
+        "the same distribution; not hashed",
     )
 
 

@@ -45,7 +45,7 @@ from copsd.rollout.types import SamplingParams
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 BUCKET = 128  # decode attends to the cache in multiples of this many positions
 CHECK_EVERY = 16  # decode steps between host checks for "every row has stopped"
-PROMPT_ALIGN = 8  # prompts are left-padded to a multiple of this (aligned attention masks)
+PROMPT_ALIGN = 8  # prefill pads prompts (on the right) to a multiple of this (aligned attention masks)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -460,7 +460,7 @@ class FastEngine:
         if use_graph is None:
             use_graph = self.device.type == "cuda"
         max_new = params.max_new_tokens
-        limits = [min(max_new, x) for x in limits] if limits is not None else [max_new] * len(seqs)
+        limits = [max(1, min(max_new, x)) for x in limits] if limits is not None else [max_new] * len(seqs)
         longest = max(len(prompts[p]) for p in seqs) if seqs else 1
         capacity = _round_up(_round_up(longest, PROMPT_ALIGN) + max_new, BUCKET)
         s = self.state
@@ -521,7 +521,7 @@ class FastEngine:
 
         start(list(range(slots)))
         while any(o >= 0 for o in owner):
-            kv_len = bucket_of(max(bound))
+            kv_len = bucket_of(max(x for x, o in zip(bound, owner) if o >= 0))  # live slots only
             if use_graph:
                 graphs[kv_len].replay()
             else:

@@ -91,6 +91,7 @@ def _trainer(s: StepSetting, model):
         "gradient_checkpointing": s.checkpointing,
         "loss_chunk_size": s.chunk,
         "batch_size": s.prompts * (s.generations if s.method == "grpo" else 1),
+        "rollout_batch": "micro",  # rollouts are replaced below: nothing may sample for real
     }
     if s.method == "grpo":
         train["num_generations"] = s.generations

@@ -79,9 +79,10 @@ def _run(model, mode: str, w: Workload, params: SamplingParams, stop: int, pad: 
         return {"wall_s": time.perf_counter() - t0, "useful_tokens": useful}
     eng = fast.engine_for(model)
     cont = mode == "fast"
-    # warm-up: captures every bucket's graph for this shape (a run's capacity is set by its longest prompt)
-    longest = max(range(len(w.prompts)), key=lambda p: len(w.prompts[p]))
-    eng.run(w.prompts, [longest] * 2, params, [], pad, seed=0, slots=slots, limits=[2, 2], refill=cont, share=cont)
+    # warm-up: captures every bucket's graph from the shortest prompt up to the capacity the longest sets
+    by_len = sorted(range(len(w.prompts)), key=lambda p: len(w.prompts[p]))
+    warm = [by_len[0], by_len[-1]]
+    eng.run(w.prompts, warm, params, [], pad, seed=0, slots=slots, limits=[2, 2], refill=cont, share=cont)
     sync(dev)
     t0 = time.perf_counter()
     out = eng.run(w.prompts, w.seqs, params, [], pad, seed=1, slots=slots, limits=w.lengths, refill=cont, share=cont)

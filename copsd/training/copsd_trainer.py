@@ -111,16 +111,18 @@ class CopsdTrainer(Trainer):
         return [training_student_prompt(self.tok, ex.problem, self.job.language, thinking=thinking) for ex in examples]
 
     def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
-        """With train.rollout_batch `step`: every micro-batch's rollouts in one call, before any backward."""
-        self._step_rollouts: list[list[list[int]]] | None = None
+        """With train.rollout_batch `step`: every micro-batch's rollouts in one call, before any backward
+        (kept with the step and the micro-batches they were sampled for)."""
+        self._step_rollouts: tuple[int, list[list], list[list[list[int]]]] | None = None
         if self.rollout_mode() == "step":
             groups = self.sample_step([self._prompts(m) for m in micro], self._params(), step, stats)
-            self._step_rollouts = [[g[0].token_ids for g in gs] for gs in groups]
+            self._step_rollouts = (step, micro, [[g[0].token_ids for g in gs] for gs in groups])
 
     def rollouts(self, examples, step: int, micro: int, stats: StepStats | None = None) -> list[list[int]]:
         """One rollout per example from the student prompt, with the current (student) weights."""
-        if getattr(self, "_step_rollouts", None) is not None:
-            return self._step_rollouts[micro]  # type: ignore[index]
+        kept = getattr(self, "_step_rollouts", None)
+        if kept is not None and kept[0] == step and micro < len(kept[1]) and kept[1][micro] is examples:
+            return kept[2][micro]
         return [g[0].token_ids for g in self.sample(self._prompts(examples), self._params(), step, micro, stats)]
 
     def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:

@@ -8,7 +8,8 @@ A job's time is the sum of three parts (model loading, grading and checkpoint wr
   rollouts    COPSD and GRPO: every sampling call decodes its rows together until the longest
               ends: one call per step with the fast engine (train.rollout_batch auto/step: 32 rows
               at the paper's settings), else one per micro-batch (COPSD 4 rows, GRPO 8)
-  loss        completion + prompt tokens of every step x the recorded per-token cost of a step
+  loss        completion tokens of every step x the recorded cost of a step per completion token
+              (its prompts and COPSD's teacher forward are inside that time)
   evaluation  every checkpoint: problems x samples sequences through eval.batch_size slots, either
               continuous (slots refilled as sequences stop: steps = tokens / slots) or static
               (each wave of `batch_size` waits for its longest sequence: today's engine before
@@ -34,7 +35,6 @@ from copsd.config import CopsdSettings, GrpoSettings, JobConfig, SftSettings
 
 LENGTH_MEDIAN = 400 / 1024  # median length as a share of the budget
 LENGTH_SIGMA = 0.9
-PROMPT_TOKENS = 256  # as copsd.training.memory assumes
 N_PROBLEMS = 250  # AfriMGSM's test split per language
 
 
@@ -73,6 +73,12 @@ def expected_max(budget: int, n: int) -> float:
 
 def mean_length(budget: int) -> float:
     return expected_max(budget, 1)
+
+
+def sorts(s) -> bool:
+    """Whether sampling with these settings sorts the whole vocabulary (fast.sample_next: top-p
+    without a top-k; not greedy, not unrestricted)."""
+    return s.temperature > 0 and s.top_k <= 0 and s.top_p < 1.0
 
 
 def decode_ms(gpu: str, shape: str, batch: int, no_top_k: bool = False) -> float:
@@ -140,13 +146,14 @@ def estimate_cost(job: JobConfig, gpu: str = "h100", n_problems: int = N_PROBLEM
 
         def rollout_hours(rows: int) -> float:
             calls = t.max_steps * math.ceil(seqs / rows)
-            return calls * expected_max(budget, rows) * decode_ms(gpu, shape, rows, t.top_k <= 0) / 3.6e6
+            return calls * expected_max(budget, rows) * decode_ms(gpu, shape, rows, sorts(t)) / 3.6e6
 
-        by_step = t.rollout_batch in ("auto", "step")  # the fast engine samples the whole step in one call
+        # the whole step in one call: `step`, or `auto` with the fast engine (what a GPU runs)
+        by_step = t.rollout_batch == "step" or (t.rollout_batch == "auto" and t.rollout_engine != "hf")
         c.tokens["rollouts"] = t.max_steps * seqs * mean_length(budget)
         c.hours["rollouts"] = rollout_hours(seqs if by_step else micro_rows)
         c.before["rollouts"] = rollout_hours(micro_rows)
-        loss_tokens = t.max_steps * seqs * (mean_length(budget) + PROMPT_TOKENS)
+        loss_tokens = t.max_steps * seqs * mean_length(budget)  # the rate is per completion token, prompts included
     elif isinstance(t, SftSettings):
         loss_tokens = t.max_steps * t.batch_size * t.max_length * 0.5  # an assumed half-full sequence
     else:
@@ -159,7 +166,7 @@ def estimate_cost(job: JobConfig, gpu: str = "h100", n_problems: int = N_PROBLEM
     budget, slots = d.max_new_tokens, e.batch_size
     seqs = n_problems * d.n_samples
     checkpoints = len(job.eval_steps())
-    ms = decode_ms(gpu, shape, min(slots, seqs), d.top_k <= 0)
+    ms = decode_ms(gpu, shape, min(slots, seqs), sorts(d))
     c.tokens["evaluation"] = checkpoints * seqs * mean_length(budget)
     c.hours["evaluation"] = checkpoints * math.ceil(seqs * mean_length(budget) / min(slots, seqs)) * ms / 3.6e6
     waves = math.ceil(seqs / slots)

@@ -195,7 +195,7 @@ class Trainer:
 
     def rollout_mode(self) -> str:
         """`step` (one call for the whole step) or `micro` (one per micro-batch): train.rollout_batch,
-        `auto` = step where the fast engine samples (continuous batching keeps its slots busy)."""
+        `auto` = step where the fast engine samples (one wide decode instead of one per micro-batch)."""
         mode = self.cfg.rollout_batch
         if mode == "auto":
             mode = "step" if resolve_engine(self.cfg.rollout_engine, self.model) == "fast" else "micro"
