@@ -425,10 +425,12 @@ def estimate_job(job: JobConfig, device: str = "cuda", n_problems: int | None = 
 # ---- preflight ----------------------------------------------------------------------------------
 PHASE_SETTINGS = {
     "evaluation": "eval.batch_size or eval.decoding.max_new_tokens",
-    "rollout": "train.micro_batch_size or train.max_completion_length",
+    "rollout": "train.max_completion_length or train.micro_batch_size (with train.rollout_batch: micro; "
+    "`step` samples the whole train.batch_size at once)",
     "teacher forward": "train.micro_batch_size, train.max_tokens_per_forward or train.max_completion_length",
     "loss step": "train.micro_batch_size, train.max_tokens_per_forward or train.max_completion_length "
-    "(SFT: train.max_length), or turn train.gradient_checkpointing on",
+    "(SFT: train.max_length), set train.rollout_batch: micro (the step's rollout cache is kept), "
+    "or turn train.gradient_checkpointing on",
 }
 
 
