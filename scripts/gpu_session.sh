@@ -10,7 +10,7 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u;
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"; } \
   2>&1 | tee -a "$OUT/log.txt"
-BUDGET=${BUDGET:-540}  # seconds for the whole script; later (less important) steps get what is left
+BUDGET=${BUDGET:-560}  # seconds for the whole script; later (less important) steps get what is left
 b() {
   local name=$1 limit=$2; shift 2
   local left=$((BUDGET - SECONDS)); (( left < limit )) && limit=$left
@@ -20,12 +20,13 @@ b() {
   echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
 }
 # priorities of the next lease (issues 15 and 16); earlier sessions' lines are in git history
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py tests/test_rollout_fast.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
-# issue 15: the evaluation workload (64 problems x 12 samples; hf on 1 problem, extrapolated)
-b workload_1.7b 200 workload --shape qwen3-1.7b --problems 64 --samples 12 --slots 128 --hf-problems 1
-# issue 15: fixed length with the evaluation's sampling (no top-k), and 8B
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+# issue 15: the evaluation workload, 64 problems x 12 samples through 128 slots: continuous vs static
+b workload_1.7b 200 workload --shape qwen3-1.7b --problems 64 --samples 12 --slots 128 --modes fast,static
+# hf on 120 sequences (one batch of 120 rows: hf at its best batch), extrapolated per useful token
+b workload_hf_1.7b 150 workload --shape qwen3-1.7b --problems 10 --samples 12 --slots 128 --modes hf --hf-problems 10
+# issue 15: fixed length with the evaluation's sampling (no top-k)
 b rollout_eval_1.7b 90 rollout --shape qwen3-1.7b --batch 32,128,256 --new-tokens 1024 --hf-new-tokens 16 --top-k 0 --temperature 1.0
-b rollout_8b 60 rollout --shape qwen3-8b --batch 128 --new-tokens 1024 --engines fast
 # issue 16: one GRPO step at the paper's settings (8 x 2,048), default memory setting vs before
 b step_grpo_1.7b 80 step --method grpo --shape qwen3-1.7b --completion 2048 --student-prompt 256 --prompts 1 --generations 8 --micro-batch 8,4 --checkpointing on,off --reps 1
 echo done
