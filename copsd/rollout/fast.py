@@ -413,12 +413,18 @@ class FastEngine:
             hidden = self.prefill([prompts[p] for _, p in fill], [b for b, _ in fill], pad_id)
             for r, (_, p) in enumerate(fill):
                 held[p] = hidden[r]
-        for b, p in assign:  # sources keep their prompt or were just prefilled: none is a copy target
-            if share and self._cached[b] != p and source[p] != b:
-                n = len(prompts[p])
-                for kc, vc in zip(s.k, s.v):
-                    kc[b, :, :n] = kc[source[p], :, :n]
-                    vc[b, :, :n] = vc[source[p], :, :n]
+        # sources keep their prompt or were just prefilled: none is a copy target. One gather per
+        # layer copies every target's columns up to the longest of these prompts (the columns past a
+        # slot's own prompt are masked until its decode overwrites them).
+        copy = [(source[p], b, len(prompts[p])) for b, p in assign if share and self._cached[b] != p and source[p] != b]
+        if copy:
+            src_i = torch.tensor([c[0] for c in copy], device=self.device)
+            dst_i = torch.tensor([c[1] for c in copy], device=self.device)
+            n = max(c[2] for c in copy)
+            for kc, vc in zip(s.k, s.v):
+                kc[dst_i, :, :n] = kc[src_i, :, :n]
+                vc[dst_i, :, :n] = vc[src_i, :, :n]
+        for b, p in assign:
             self._cached[b] = p
         slots = torch.tensor([b for b, _ in assign], device=self.device)
         h = torch.stack([held[p] for _, p in assign])
