@@ -5,6 +5,9 @@ aggregation; and the memory settings stay out of the job id."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -137,3 +140,36 @@ def test_micro_batch_loss_still_sums_the_parts(tmp_path):
     assert len(parts) == 2
     whole = trainer.micro_batch_loss(EX[:2], 1, 0, StepStats())
     torch.testing.assert_close(whole, parts[0] + parts[1])
+
+
+_FRAGMENT = """
+import sys, torch
+from copsd.training.memory import return_freed_memory
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+if sys.argv[1] == "on":
+    assert return_freed_memory()
+x = torch.ones(4 * 2**20, dtype=torch.uint8); del x  # a freed large block raises glibc's threshold
+base = rss()
+big, keep = [], []
+for i in range(200):  # mid-sized blocks freed later, small ones kept between them (a training step's pattern)
+    big.append(torch.ones(3 * 2**20, dtype=torch.uint8))
+    keep.append(torch.ones(16 * 1024, dtype=torch.uint8))
+del big
+print(rss() - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cpu_jobs_return_freed_memory_to_the_os(tmp_path):
+    """glibc keeps freed mid-sized blocks in a fragmented heap (a real CPU GRPO step of SmolLM2 held
+    9.1 GiB resident for 2.1 GiB in use); `return_freed_memory`, which run_job calls on CPU, makes
+    them go back: 600 MiB freed between kept blocks stay resident without it, not with it."""
+    script = tmp_path / "fragment.py"
+    script.write_text(_FRAGMENT)
+    held = {
+        mode: float(
+            subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, check=True).stdout
+        )
+        for mode in ("off", "on")
+    }
+    assert held["off"] > 400 and held["on"] < 50, held

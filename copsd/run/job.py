@@ -74,7 +74,8 @@ def run_job(
     from copsd.data.benchmarks import load_problems
     from copsd.data.languages import get_language
     from copsd.evaluation.evaluate import evaluate
-    from copsd.models.load import load_model
+    from copsd.models.load import load_model, resolve_device
+    from copsd.training.memory import return_freed_memory
 
     run = run or NullRunLog()
     quiet_library_warnings()
@@ -106,10 +107,11 @@ def run_job(
     seed_everything(job.seed)
     checked = not preflight
     if preflight:  # from the shapes alone: a job that cannot fit fails before any weights load
-        from copsd.models.load import resolve_device
         from copsd.training.memory import preflight as check_memory
 
         checked = check_memory(job, resolve_device(device), n_problems=len(problems))
+    if resolve_device(device).type == "cpu":  # else glibc's heap holds several times what a CPU step uses
+        return_freed_memory()
     lm = load_model(job.model, dtype=job.dtype, device=device)
     model = lm.model
     if not checked:  # a shape known only from the loaded config (a plugin's builtin)

@@ -31,6 +31,7 @@ CPU without it): docs/benchmarks.md, "Memory estimate vs measured".
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from dataclasses import dataclass, field
@@ -511,3 +512,15 @@ def preflight(job: JobConfig, device, *, n_problems: int | None = None, config: 
             stacklevel=1,
         )
     return True
+
+
+def return_freed_memory() -> bool:
+    """On glibc, give every allocation above 128 KiB its own mapping, returned to the OS when freed.
+    By default glibc raises that threshold as large blocks are freed (up to 32 MiB) and keeps freed
+    blocks below it in its heap, where the many mid-sized tensors of a CPU training step fragment
+    it: one forward + backward of SmolLM2-135M over 4 x 2,200 tokens (checkpointing) reached 9.1 GiB
+    resident against 2.1 GiB with this set, equally fast (docs/benchmarks.md). True when set."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return False
