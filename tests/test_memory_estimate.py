@@ -121,15 +121,12 @@ _TINY_CONFIG = {  # builtin:tiny-qwen3's shape, fp32, as a config.json with no w
 }
 
 
-def test_a_cpu_job_larger_than_ram_fails_before_loading_weights(tmp_path):
-    """A model directory with a config.json and no weights: had the job got as far as loading, it
-    would fail for the missing weights; it fails on the estimate instead, in one line."""
-    from copsd.run.job import run_job
-
+def _huge_job(tmp_path):
+    """A base job on a weightless copy of the tiny shape whose evaluation cache is far too big:
+    4,096 rows x (256 + 2^20) positions x 512 bytes of fp32 K/V per token, about 2 TiB."""
     model = tmp_path / "tiny"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(_TINY_CONFIG))
-    # 4,096 rows x (256 + 2^20) positions x 512 bytes of fp32 K/V per token: about 2 TiB of cache
     eval_ = {
         "benchmark": "mgsm",
         "limit": 1,
@@ -139,6 +136,15 @@ def test_a_cpu_job_larger_than_ram_fails_before_loading_weights(tmp_path):
     job = JobConfig.model_validate(
         {"method": "base", "model": str(model), "language": "swa", "dtype": "float32", "eval": eval_}
     )
+    return job, model
+
+
+def test_a_cpu_job_larger_than_ram_fails_before_loading_weights(tmp_path):
+    """A model directory with a config.json and no weights: had the job got as far as loading, it
+    would fail for the missing weights; it fails on the estimate instead, in one line."""
+    from copsd.run.job import run_job
+
+    job, model = _huge_job(tmp_path)
     est = estimate(job, model_shape(str(model)), "cpu", n_problems=1)
     assert est.phase == "evaluation" and est.peak > host_memory()[1]  # honestly more than this machine has
     db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
@@ -158,18 +164,7 @@ def test_no_preflight_lets_the_job_go_on_to_load(tmp_path):
     past the estimate and fails where it would without it, on the missing weights."""
     from copsd.run.sweep import RunOptions, run_sweep
 
-    model = tmp_path / "tiny"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(_TINY_CONFIG))
-    eval_ = {
-        "benchmark": "mgsm",
-        "limit": 1,
-        "batch_size": 4096,
-        "decoding": {"n_samples": 4096, "max_new_tokens": 2**20},
-    }
-    job = JobConfig.model_validate(
-        {"method": "base", "model": str(model), "language": "swa", "dtype": "float32", "eval": eval_}
-    )
+    job, model = _huge_job(tmp_path)
     errors = {}
     for preflight in (True, False):
         opts = RunOptions(
