@@ -274,6 +274,15 @@ def test_unreachable_mlflow_server_is_one_line_quickly(workdir, small_spec):
     assert len(lines) == 1 and "unreachable" in lines[0] and "--no-mlflow" in lines[0]
 
 
+def test_a_store_mlflow_refuses_is_one_line_with_the_fix(workdir, small_spec):
+    """MLflow 3 refuses a `file:` store by default; the user gets the store, MLflow's reason and
+    the fix, not an "unexpected MlflowException"."""
+    r = run_cli("sweep", "run", str(small_spec), cwd=workdir, env={"MLFLOW_TRACKING_URI": f"file://{workdir}/mlruns"})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "cannot be opened" in lines[0] and "sqlite:///" in lines[0] and "unexpected" not in lines[0]
+
+
 def test_an_unexpected_exception_is_one_line_not_a_traceback(workdir):
     code = (
         "import sys; sys.argv = ['copsd', 'data', 'list']; import copsd.cli.data as d; "

@@ -170,6 +170,18 @@ def _create_store_atomically(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _store_refused(tracking_uri: str, exc: Exception) -> str:
+    """One line for a store MLflow will not open. The common case is a `./mlruns` or `file:` URI:
+    MLflow 3 refuses its file store unless told otherwise, and copsd's default is SQLite."""
+    text = str(exc).strip()
+    why = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
+    if "://" not in tracking_uri or tracking_uri.startswith("file:"):
+        fix = "use a database store, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db (or MLFLOW_ALLOW_FILE_STORE=true)"
+    else:
+        fix = "fix MLFLOW_TRACKING_URI"
+    return f"MLflow store {tracking_uri} cannot be opened ({why}); {fix}, or run with --no-mlflow"
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str = "copsd"):
         from mlflow.tracking import MlflowClient
@@ -179,7 +191,10 @@ class Tracker:
 
         self.uri = tracking_uri
         with _store_lock(tracking_uri), _fail_fast(tracking_uri):  # MLflow's schema setup races at a common start
-            self.client = MlflowClient(tracking_uri=tracking_uri)
+            try:
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+            except Exception as exc:  # noqa: BLE001 - MLflow refuses the URI itself (file stores, bad schemes)
+                raise CopsdError(_store_refused(tracking_uri, exc)) from None
             try:
                 exp = self.client.get_experiment_by_name(experiment)
             except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors
