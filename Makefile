@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 
 LINTED = copsd tests scripts cli.py
 
-.PHONY: install install-dev demo test test-fast lint format typecheck
+.PHONY: install install-dev demo test test-fast test-rebuild lint format typecheck
 
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
@@ -29,6 +29,11 @@ test: install-dev
 
 test-fast: install-dev
 	$(PY) -m pytest -m "not slow"
+
+# the testbed model rebuilt from its recipe (5-11 min; `make test` checks the recipe's first 40
+# steps instead): run it after changing the recipe, the synthetic world or the English prompts
+test-rebuild: install-dev
+	COPSD_TEST_REBUILD=1 $(PY) -m pytest tests/test_testbed.py -k rebuild
 
 # ruff: lint rules and formatting (configured in pyproject.toml); `make format` fixes both
 lint: install-dev

@@ -10,7 +10,6 @@ import typer
 
 from copsd.cli.common import console, err_console
 from copsd.errors import CopsdError
-from copsd.speed.shapes import check_options, positive_ints
 
 app = typer.Typer(
     help="Speed measurements on random-weight Qwen3 shapes (no download); each measures transformers' "
@@ -49,6 +48,7 @@ def rollout(
     CPU: copsd speed rollout --shape tiny --device cpu --dtype float32 --batch 4 --new-tokens 64
     """
     from copsd.speed.rollout import bench_rollout, profile_decode
+    from copsd.speed.shapes import check_options, positive_ints
 
     dev = check_options(device, shape, dtype)
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
@@ -130,6 +130,7 @@ def workload(
     CPU: copsd speed workload --shape tiny --device cpu --dtype float32 --problems 16 --samples 4 --slots 16
          --median 40 --max-new-tokens 128 --hf-problems 4
     """
+    from copsd.speed.shapes import check_options
     from copsd.speed.workload import MODES, bench_workload
 
     dev = check_options(device, shape, dtype)
@@ -218,6 +219,8 @@ def step(
     CPU: copsd speed step --method grpo --model builtin:smollm2-135m-instruct --device cpu --dtype float32
          --completion 256 --max-tokens 0,1024
     """
+    from copsd.speed.shapes import check_options, positive_ints
+
     dev = check_options(device, shape, dtype)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     if method is not None:
@@ -285,6 +288,7 @@ def _method_step(
     out,
     show,
 ) -> None:
+    from copsd.speed.shapes import positive_ints
     from copsd.speed.train_step import StepSetting, bench_train_step
 
     if method not in ("copsd", "grpo", "sft"):

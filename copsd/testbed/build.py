@@ -152,7 +152,21 @@ def _vocabulary(tok, docs: list[str]) -> dict[str, int]:
 
 def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
     """Tokenizer + pretrained model into `out_dir` (HF format)."""
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig
+
+    tok, model, _ = pretrain(recipe, log=log)
+    model.generation_config = GenerationConfig(
+        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id
+    )
+    tok.save_pretrained(out_dir)
+    model.save_pretrained(out_dir)
+
+
+def pretrain(recipe: dict = RECIPE, log=print, stop_after: int | None = None):
+    """The recipe's tokenizer and model, pretrained for its steps (or only the first `stop_after`,
+    on the same schedule: a cheap check that the recipe still starts as the shipped build did);
+    returns (tokenizer, model, loss per step)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     t0 = time.time()
     draft = _template_tokenizer()
@@ -194,7 +208,8 @@ def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
     )
     g = torch.Generator().manual_seed(recipe["seed"])
     model.train()
-    for step in range(1, steps + 1):
+    losses: list[float] = []
+    for step in range(1, min(steps, stop_after or steps) + 1):
         pick = doc_starts[torch.randint(0, len(doc_starts), (bs,), generator=g)]
         x = torch.stack([data[s : s + block] for s in pick])
         loss = model(input_ids=x, labels=x).loss
@@ -203,12 +218,11 @@ def build_testbed(out_dir: Path, recipe: dict = RECIPE, log=print) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        losses.append(loss.item())
         if step % 100 == 0 or step == 1:
-            log(f"testbed pretraining step {step}/{steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+            log(f"testbed pretraining step {step}/{steps} loss {losses[-1]:.3f} ({time.time() - t0:.0f}s)")
     model.eval()
-    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
-    tok.save_pretrained(out_dir)
-    model.save_pretrained(out_dir)
+    return tok, model, losses
 
 
 # The pretrained model ships with the package (built by `copsd testbed build --ship` from RECIPE),
