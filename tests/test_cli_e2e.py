@@ -257,3 +257,18 @@ def test_ctrl_c_leaves_database_consistent_and_resumes(workdir):
     assert "resume" in err
     assert _db_rows(db, "select status, attempts, last_error from jobs") == [("PENDING", 0, "interrupted")]
     assert _db_rows(db, "pragma integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sweep", "plan", "demo", "--estimate"], ["data", "list"]])
+def test_commands_that_need_no_model_do_not_import_torch(args):
+    """Importing torch costs 1.5-2 s per command (docs/benchmarks.md); a module-level import of a
+    trainer or a loader anywhere under the CLI brings it back."""
+    code = (
+        "import sys; sys.argv = ['copsd', *sys.argv[1:]]\n"
+        "from copsd.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False", r.stdout[-500:]
