@@ -46,6 +46,22 @@ def test_bench_rollout_measures_fast_and_hf(workdir):
     assert "tok/s" in r.stdout and "x hf" in r.stdout
 
 
+def test_bench_rollout_compares_step_levers_with_plain_fast(workdir):
+    """`--engines fast,fast+fuse+search`: each lever set is a row, timed against plain fast in the
+    same run (the GPU session measures them; the tokens are the same, tests/test_rollout_fast.py)."""
+    r = run_cli(
+        "speed", "rollout", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch", "2",
+        "--new-tokens", "8", "--prompt-len", "16", "--top-k", "0", "--temperature", "1.0",
+        "--engines", "fast,fast+fuse+search", "--out", "r.json", cwd=workdir,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((workdir / "r.json").read_text())["rows"]
+    assert [x["engine"] for x in rows] == ["fast", "fast+fuse+search"] and not any("error" in x for x in rows)
+    assert rows[1]["speedup_vs_fast"] > 0 and "x fast" in r.stdout
+    bad = run_cli("speed", "rollout", "--device", "cpu", "--engines", "fast+turbo", cwd=workdir)
+    assert bad.returncode == 2 and "unknown engine(s) fast+turbo" in bad.stderr and "fast+fuse" in bad.stderr
+
+
 @pytest.mark.slow
 def test_bench_step_compares_lean_and_naive(workdir):
     r = run_cli(
@@ -151,7 +167,7 @@ def test_workload_every_mode_decodes_the_same_tokens(workdir):
     r = run_cli(
         "speed", "workload", "--shape", "tiny", "--device", "cpu", "--dtype", "float32",
         "--problems", "12", "--samples", "4", "--slots", "8", "--median", "30", "--max-new-tokens", "96",
-        "--hf-problems", "3", "--out", str(out), cwd=workdir,
+        "--hf-problems", "3", "--modes", "fast,static,hf,fast+fuse+search", "--out", str(out), cwd=workdir,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
@@ -162,6 +178,9 @@ def test_workload_every_mode_decodes_the_same_tokens(workdir):
     assert res["workload"]["useful_tokens"] == sum(w.lengths) and 0 < res["workload"]["truncated_share"] < 0.5
     rows = {row["mode"]: row for row in res["rows"]}
     assert rows["fast"]["useful_tokens"] == rows["static"]["useful_tokens"] == sum(w.lengths)
+    assert (
+        rows["fast+fuse+search"]["useful_tokens"] == sum(w.lengths) and rows["fast+fuse+search"]["speedup_vs_fast"] > 0
+    )
     assert rows["hf"]["useful_tokens"] == sum(w.head(3).lengths) and rows["hf"]["extrapolated"]
     assert rows["fast"]["slot_utilization"] > rows["static"]["slot_utilization"]
     assert rows["fast"]["decode_steps"] < rows["static"]["decode_steps"]

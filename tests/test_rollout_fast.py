@@ -111,14 +111,16 @@ def _reference_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p
     return torch.softmax(x, -1)
 
 
-@pytest.mark.parametrize("top_k, top_p", [(20, 0.95), (0, 0.95), (0, 1.0)])
-def test_sampling_follows_the_reference_distribution(top_k, top_p):
+@pytest.mark.parametrize(
+    "top_k, top_p, search", [(20, 0.95, False), (0, 0.95, False), (0, 1.0, False), (0, 0.95, True)]
+)
+def test_sampling_follows_the_reference_distribution(top_k, top_p, search):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 400, generator=g) * 2.0
     expected = _reference_probs(logits, 1.1, top_k, top_p)[0]
     torch.manual_seed(1)
     n = 40_000
-    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, top_p)
+    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, top_p, search)
     counts = torch.bincount(draws, minlength=400).double()
     support = expected > 0
     assert counts[~support].sum() == 0  # never a token the reference filters out
@@ -315,3 +317,100 @@ def test_continuous_sampling_is_seeded(tiny_model):
     assert eng.run(ids, seqs, params, [stop], 0, seed=11, slots=4) == a
     assert eng.run(ids, seqs, params, [stop], 0, seed=12, slots=4) != a
     assert all(r[-1] == stop or len(r) == 30 for r in a)  # each through its stop token or the budget
+
+
+# ---- step-level levers (EngineOptions): each must decode the same tokens as the plain engine ----
+
+
+def test_top_p_search_keeps_exactly_what_the_sort_keeps():
+    """The threshold search and a full sort keep the same tokens, row by row, from near-uniform
+    rows (thousands kept) to peaked ones (one or two), and so does transformers' TopPLogitsWarper."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.3, 2.0, 5.0, 12.0):
+        logits = torch.randn(32, 6000, generator=g) * scale
+        probs = torch.softmax(logits, -1)
+        by_search = probs.view(torch.int32) >= fast.top_p_floor(probs, 0.95)[:, None]
+        vals, idx = probs.sort(-1, descending=True)
+        by_sort = torch.zeros_like(by_search).scatter(-1, idx, (vals.cumsum(-1) - vals) < 0.95)
+        by_hf = TopPLogitsWarper(0.95)(None, logits.clone()) > float("-inf")
+        assert torch.equal(by_search, by_sort) and torch.equal(by_search, by_hf), scale
+    # ties at the cut are kept together: 40 equal tokens, 0.95 of the mass reached inside them
+    probs = torch.full((1, 40), 1 / 40)
+    assert int((probs.view(torch.int32) >= fast.top_p_floor(probs, 0.95)[:, None]).sum()) == 40
+
+
+def _lora_copy(tiny_model, targets, alpha_pattern=None, seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        copy.deepcopy(tiny_model.model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=targets, alpha_pattern=alpha_pattern or {}),
+    )
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "targets, alpha_pattern",
+    [
+        (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], None),
+        (["q_proj", "v_proj", "up_proj"], {"v_proj": 32}),  # a zero block (k, gate) and unequal scales in a group
+    ],
+)
+def test_fused_projections_decode_the_same_tokens(tiny_model, targets, alpha_pattern):
+    model = _lora_copy(tiny_model, targets, alpha_pattern)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    enc = tiny_model.tokenizer("a b c", return_tensors="pt")
+    before = model(**enc).logits
+    want = hf.generate_ids(model, ids, params, [], 0, seed=0)
+    eng = fast.engine_for(model, fast.EngineOptions(fuse=True))
+    assert eng.run([ids[0]], [0], params, [], 0, seed=0, slots=1)  # builds the fused groups
+    attn = model.get_base_model().model.layers[0].self_attn
+    q, k = (getattr(m, "base_layer", m).weight for m in (attn.q_proj, attn.k_proj))
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()  # one buffer, no copy kept
+    assert torch.equal(model(**enc).logits, before)  # the model itself computes what it did
+    assert eng.generate_ids(ids, params, [], 0, seed=0) == want
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=16)
+    twin = copy.deepcopy(model)  # the engine holds its model weakly: keep it alive
+    plain = fast.FastEngine(twin).generate_ids(ids, sampled, [], 0, seed=5)
+    assert eng.generate_ids(ids, sampled, [], 0, seed=5) == plain  # same RNG stream, same logits
+    with model.disable_adapter():
+        assert eng.generate_ids(ids, params, [], 0, seed=0) == hf.generate_ids(model, ids, params, [], 0, seed=0)
+    model.merge_adapter()  # peft adds B·A into the base weights in place: the fused buffer sees it
+    try:
+        assert eng.generate_ids(ids, params, [], 0, seed=0) == want
+    finally:
+        model.unmerge_adapter()
+    assert eng.generate_ids(ids, params, [], 0, seed=0) == want
+
+
+@pytest.mark.slow
+def test_compiled_step_decodes_what_the_eager_step_decodes(tiny_model):
+    """torch.compile (inductor, on CPU here) of the decode step: the same greedy tokens, and with
+    aten's random ops the same samples for a seed. About a minute: one compile per cache bucket."""
+    model = _lora_copy(tiny_model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    ids = _ids(tiny_model.tokenizer, PROMPTS[:3])
+    twins = [copy.deepcopy(model), copy.deepcopy(model)]  # engines hold their models weakly
+    plain = fast.FastEngine(model)
+    compiled = fast.FastEngine(twins[0], fast.EngineOptions(fuse=True, compile=True, search=True))
+    greedy = SamplingParams(temperature=0, max_new_tokens=20)
+    assert compiled.generate_ids(ids, greedy, [], 0, seed=0) == plain.generate_ids(ids, greedy, [], 0, seed=0)
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=20)
+    searched = fast.FastEngine(twins[1], fast.EngineOptions(fuse=True, search=True))
+    assert compiled.generate_ids(ids, sampled, [], 0, seed=3) == searched.generate_ids(ids, sampled, [], 0, seed=3)
+
+
+def test_engine_options_are_named_as_benchmarks_name_them():
+    assert fast.EngineOptions.parse("fast") == fast.EngineOptions()
+    opts = fast.EngineOptions.parse("fast+search+fuse")
+    assert (opts.fuse, opts.compile, opts.search) == (True, False, True)
+    assert opts.label() == "fast+fuse+search"
+    with pytest.raises(ValueError, match="fast with optional"):
+        fast.EngineOptions.parse("fast+turbo")

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 from rich.console import Console
 
 from copsd.errors import CopsdError
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream) -> int | None:
+    """A terminal's own width; piped or redirected output (a log file, `> table.txt`) gets room
+    for a wide table instead of rich's 80 columns, which cut column names to an ellipsis."""
+    if os.environ.get("COLUMNS") or stream.isatty():
+        return None
+    return 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 DB_OPT = typer.Option(None, "--db", help="SQLAlchemy URL or SQLite path; default $COPSD_DB or sqlite:///experiments.db")
 ONLY_HELP = "filter: key=value[,value] (e.g. method=base, train.lr=1e-5); repeat to combine"

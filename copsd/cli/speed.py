@@ -18,6 +18,20 @@ app = typer.Typer(
 )
 
 
+LEVERS = "fast+fuse, fast+compile, fast+search (combinable: fast+fuse+compile+search)"
+
+
+def _is_engine(name: str) -> bool:
+    """fast, optionally with step-level levers (copsd.rollout.fast.EngineOptions)."""
+    from copsd.rollout.fast import EngineOptions
+
+    try:
+        EngineOptions.parse(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _write(result: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +46,12 @@ def rollout(
     new_tokens: int = typer.Option(1024, "--new-tokens", min=1, help="tokens decoded per row by the fast engine"),
     hf_new_tokens: int = typer.Option(128, "--hf-new-tokens", min=1, help="tokens per row for the (slow) hf baseline"),
     prompt_len: int = typer.Option(256, "--prompt-len", min=1, help="longest prompt; lengths spread over [len/2, len]"),
-    engines: str = typer.Option("fast,hf", "--engines", help="comma-separated: fast, hf"),
+    engines: str = typer.Option(
+        "fast,hf",
+        "--engines",
+        help="comma-separated: hf, fast, or fast with step levers: +fuse (one GEMM for q/k/v and for gate/up), "
+        "+compile (torch.compile the step), +search (top-p without a vocabulary sort), e.g. fast+fuse+compile",
+    ),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (as in training)"),
     top_k: int = typer.Option(20, "--top-k"),
     top_p: float = typer.Option(0.95, "--top-p"),
@@ -52,8 +71,8 @@ def rollout(
 
     dev = check_options(device, shape, dtype)
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
-    if bad := [e for e in engine_list if e not in ("fast", "hf")]:
-        raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from fast, hf")
+    if bad := [e for e in engine_list if e != "hf" and not _is_engine(e)]:
+        raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from hf, fast, {LEVERS}")
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_rollout(
         shape,
@@ -97,6 +116,7 @@ def rollout(
                 "bandwidth_share",
                 "peak_memory_gib",
                 "speedup_vs_hf",
+                "speedup_vs_fast",
             ],
         )
     )
@@ -111,7 +131,11 @@ def workload(
     median: float = typer.Option(400.0, "--median", min=1, help="median sequence length, tokens (lognormal)"),
     sigma: float = typer.Option(0.9, "--sigma", min=0, help="log-sd of the length distribution"),
     max_new: int = typer.Option(1024, "--max-new-tokens", min=1, help="the budget; longer draws are truncated"),
-    modes: str = typer.Option("fast,static,hf", "--modes", help="comma-separated: fast, static, hf"),
+    modes: str = typer.Option(
+        "fast,static,hf",
+        "--modes",
+        help="comma-separated: fast (continuous batching), static, hf; fast+fuse, fast+compile, fast+search as in rollout",
+    ),
     hf_problems: int = typer.Option(8, "--hf-problems", min=1, help="problems hf decodes (extrapolated)"),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (a trained checkpoint)"),
     device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
@@ -135,9 +159,9 @@ def workload(
 
     dev = check_options(device, shape, dtype)
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    bad = [m for m in mode_list if m not in MODES] or ([] if mode_list else ["(none)"])
+    bad = [m for m in mode_list if m not in MODES and not _is_engine(m)] or ([] if mode_list else ["(none)"])
     if bad:
-        raise CopsdError(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}")
+        raise CopsdError(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}, {LEVERS}")
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_workload(
         shape,
@@ -170,6 +194,7 @@ def workload(
                 "peak_memory_gib",
                 "speedup_vs_static",
                 "speedup_vs_hf",
+                "speedup_vs_fast",
             ],
         )
     )
@@ -346,6 +371,7 @@ _HEADERS = {
     "peak_memory_gib": "peak GiB",
     "speedup_vs_hf": "x hf",
     "speedup_vs_static": "x static",
+    "speedup_vs_fast": "x fast",
     "useful_tokens_per_s": "useful tok/s",
     "workload_s": "workload s",
     "slot_utilization": "slot use",
@@ -359,6 +385,8 @@ _HEADERS = {
 def _table(rows: list[dict], cols: list[str]):
     from rich.table import Table
 
+    optional = ("speedup_vs_fast",)  # only when a row compares a lever with plain fast
+    cols = [c for c in cols if c not in optional or any(c in r for r in rows)]
     table = Table(*[_HEADERS.get(c, c) for c in cols])
     for r in rows:
         cells = []

@@ -36,6 +36,8 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,29 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 BUCKET = 128  # decode attends to the cache in multiples of this many positions
 CHECK_EVERY = 16  # decode steps between host checks for "every row has stopped"
 PROMPT_ALIGN = 8  # prefill pads prompts (on the right) to a multiple of this (aligned attention masks)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Step-level levers of issue 15, off by default until a GPU run shows they pay (docs/benchmarks.md).
+    Each one leaves the tokens unchanged under greedy decoding (tests/test_rollout_fast.py); a
+    benchmark names them as `fast+fuse`, `fast+fuse+compile+search`, ..."""
+
+    fuse: bool = False  # q/k/v and gate/up as one GEMM each (base weights re-homed into one buffer)
+    compile: bool = False  # torch.compile the decode step (fused elementwise kernels) before graph capture
+    search: bool = False  # top-p without top-k by an exact threshold search instead of a full-vocabulary sort
+
+    @classmethod
+    def parse(cls, name: str) -> EngineOptions:
+        """`fast[+fuse][+compile][+search]` -> options; ValueError on anything else."""
+        head, *flags = name.split("+")
+        known = {f.name for f in fields(cls)}
+        if head != "fast" or any(f not in known for f in flags) or len(set(flags)) < len(flags):
+            raise ValueError(f"{name!r}: expected fast with optional +{' +'.join(sorted(known))}")
+        return cls(**{f: True for f in flags})
+
+    def label(self) -> str:
+        return "+".join(["fast"] + [f.name for f in fields(self) if getattr(self, f.name)])
 
 
 def _round_up(x: int, m: int) -> int:
@@ -86,16 +111,40 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+def top_p_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The smallest probability top-p keeps in each row of `probs` [B, V] (fp32), found without a
+    sort, as its int32 bit pattern [B]: token q is kept iff the mass of tokens more likely than q
+    is below top_p, which is iff q >= the largest t with mass(p >= t) >= top_p. Non-negative
+    floats order like their bit patterns, so bisecting the integers between 0 and the row's
+    maximum finds t exactly in 30 fixed rounds (a CUDA graph cannot stop early). Ties at the
+    boundary are all kept; a sort keeps the ones it happens to put first."""
+    bits = probs.view(torch.int32)
+    lo = torch.zeros(probs.shape[0], dtype=torch.int32, device=probs.device)  # mass(p >= 0) = 1 >= top_p
+    hi = bits.amax(-1) + 1  # mass(p >= hi) = 0 < top_p
+    for _ in range(30):  # hi - lo <= bits of 1.0 + 1 < 2**30, halved every round
+        mid = lo + (hi - lo) // 2
+        enough = torch.where(bits >= mid[:, None], probs, 0.0).sum(-1) >= top_p
+        lo = torch.where(enough, mid, lo)
+        hi = torch.where(enough, hi, mid)
+    return lo
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, search: bool = False
+) -> torch.Tensor:
     """Next token per row from fp32 logits [B, V]: greedy when temperature <= 0, else
-    temperature -> top-k -> top-p (transformers' order and semantics) -> a categorical draw."""
+    temperature -> top-k -> top-p (transformers' order and semantics) -> a categorical draw.
+    `search`: top-p without top-k finds its cut with `top_p_floor` instead of sorting the vocabulary."""
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature
-    if top_k <= 0 and top_p >= 1.0:  # nothing is cut: draw from the full softmax, no sort
+    full = top_k <= 0 or top_k >= logits.shape[-1]
+    if full and (top_p >= 1.0 or search):  # draw from the (cut) softmax in vocabulary order, no sort
         probs = torch.softmax(logits, dim=-1)
+        if top_p < 1.0:
+            probs = probs.masked_fill(probs.view(torch.int32) < top_p_floor(probs, top_p)[:, None], 0.0)
         return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
-    if 0 < top_k < logits.shape[-1]:
+    if not full:
         vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
     else:  # top-p over the whole vocabulary needs the full sort
         vals, idx = torch.sort(logits, dim=-1, descending=True)
@@ -117,37 +166,62 @@ class _Projections:
     """Linear layers that read the same input (q/k/v; gate/up; o; down). Base weights are read in
     place; an active LoRA runs from shadow copies in the model dtype (refreshed by `sync` before
     each batch) with the A matrices stacked, so a group costs one extra GEMM plus one fused
-    add-GEMM per layer instead of peft's fp32 casts, GEMMs and adds."""
+    add-GEMM per layer instead of peft's fp32 casts, GEMMs and adds.
 
-    def __init__(self, modules: list, dtype: torch.dtype):
+    With `fuse` (EngineOptions) a group of several layers is one GEMM: their base weights are
+    moved into one buffer (the modules keep their parameters, now views of it: no extra memory,
+    and in-place changes such as peft's merge are seen) and their B matrices form one
+    block-diagonal shadow, so the whole group is one base GEMM, one A GEMM and one add-GEMM."""
+
+    def __init__(self, modules: list, dtype: torch.dtype, fuse: bool = False):
         self.base = [getattr(m, "base_layer", m) for m in modules]
+        self.sizes = [m.weight.shape[0] for m in self.base]
         self.src = []  # (index, A, B, scale) of the modules that carry LoRA
-        self.A, self.B = None, []
+        self.A: torch.Tensor | None = None
+        self.B: list[torch.Tensor] = []
         for i, m in enumerate(modules):
             if hasattr(m, "lora_A") and m.active_adapters and m.active_adapters[0] in m.lora_A:
                 name = m.active_adapters[0]
                 self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
+        self.weight = self.bias = None  # the group's one buffer, when fused
+        if fuse and len(self.base) > 1:
+            self.weight, self.bias = _rehome(self.base)
         if self.src:
             dev = self.src[0][1].device
-            self.A = torch.empty(
-                (sum(a.shape[0] for _, a, _, _ in self.src), self.src[0][1].shape[1]), dtype=dtype, device=dev
-            )
-            self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
+            rank = sum(a.shape[0] for _, a, _, _ in self.src)
+            self.A = torch.empty((rank, self.src[0][1].shape[1]), dtype=dtype, device=dev)
+            if self.weight is None:
+                self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
+            else:  # one block-diagonal B over the group's outputs (the rows of a module without LoRA stay 0)
+                self.B = [torch.zeros((sum(self.sizes), rank), dtype=dtype, device=dev)]
+            scales = {scale for *_, scale in self.src}
+            self.alpha = scales.pop() if len(scales) == 1 else None  # None: scales are folded into B
 
     def sync(self) -> None:
-        if not self.src:
+        if self.A is None:
             return
         off = 0
-        for (_, a, b, _), b16 in zip(self.src, self.B):
-            self.A[off : off + a.shape[0]].copy_(a)
-            b16.copy_(b)
-            off += a.shape[0]
+        for j, (i, a, b, scale) in enumerate(self.src):
+            r = a.shape[0]
+            self.A[off : off + r].copy_(a)
+            if self.weight is None:
+                self.B[j].copy_(b)
+            else:
+                row = sum(self.sizes[:i])
+                block = self.B[0][row : row + b.shape[0], off : off + r]
+                block.copy_(b if self.alpha is not None else b * scale)
+            off += r
 
     def __call__(self, x: torch.Tensor, lora: bool) -> list[torch.Tensor]:
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
+        if self.weight is not None:
+            y = F.linear(x, self.weight, self.bias)
+            if lora and self.A is not None:
+                y = torch.addmm(y, F.linear(x, self.A), self.B[0].t(), alpha=1.0 if self.alpha is None else self.alpha)
+            return [part.reshape(*lead, -1) for part in y.split(self.sizes, dim=-1)]
         ys = [F.linear(x, m.weight, m.bias) for m in self.base]
-        if lora and self.src:
+        if lora and self.A is not None:
             t = F.linear(x, self.A)
             off = 0
             for (i, a, _, scale), b16 in zip(self.src, self.B):
@@ -155,6 +229,25 @@ class _Projections:
                 ys[i] = torch.addmm(ys[i], t[:, off : off + r], b16.t(), alpha=scale)
                 off += r
         return [y.view(*lead, -1) for y in ys]
+
+
+@torch.no_grad()
+def _rehome(layers: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Move the weights (and biases) of `layers` into one buffer each and make every layer's
+    parameter a view of its rows; returns (weight, bias). Costs one group's copy while it runs."""
+    weight = torch.cat([m.weight.data for m in layers])
+    has_bias = [m.bias is not None for m in layers]
+    bias = torch.cat([m.bias.data for m in layers]) if all(has_bias) else None
+    if any(has_bias) and bias is None:  # some with a bias, some without: give the rest zeros
+        bias = torch.cat([m.bias.data if m.bias is not None else weight.new_zeros(m.weight.shape[0]) for m in layers])
+    off = 0
+    for m in layers:
+        n = m.weight.shape[0]
+        m.weight.data = weight[off : off + n]
+        if m.bias is not None:
+            m.bias.data = bias[off : off + n]
+        off += n
+    return weight, bias
 
 
 def _rms(norm, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +281,8 @@ class _State:
 class FastEngine:
     """Static-cache decoder over a (PEFT-wrapped) Llama/Qwen causal LM; see the module docstring."""
 
-    def __init__(self, model):
+    def __init__(self, model, options: EngineOptions | None = None):
+        self.options = options or EngineOptions()
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"fast engine: {reason}")
@@ -201,9 +295,16 @@ class FastEngine:
         self.n_kv = base.config.num_key_value_heads
         self.n_heads = base.config.num_attention_heads
         self._build_projections()
+        # the step every decode runs (eagerly, or once per graph capture); compiled with aten's own
+        # random ops, so a compiled step samples what the eager step samples for the same seed
+        # (the function, not a bound method: the engine must not reference itself, or it would
+        # outlive its model until a garbage collection)
+        self._step = None
+        if self.options.compile:
+            self._step = torch.compile(type(self).decode_one_token, dynamic=False, options={"fallback_random": True})
         self.lora = False  # whether this batch applies the adapters (set per batch)
         self.state: _State | None = None
-        self.pool = None
+        self.pool: Any = None  # the CUDA-graph memory pool, shared by every captured graph
         self.last_timing: dict[str, float] = {}
 
     def __reduce__(self):
@@ -245,18 +346,19 @@ class FastEngine:
         self.lm_head = self._head()
         w = self.inner.embed_tokens.weight
         self.device, self.dtype = w.device, w.dtype
-        self._built_for = self._fingerprint()
         self.proj = []
+        fuse = self.options.fuse
         for layer in self.layers:
             a, m = layer.self_attn, layer.mlp
             self.proj.append(
                 {
-                    "qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype),
+                    "qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype, fuse),
                     "o": _Projections([a.o_proj], self.dtype),
-                    "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype),
+                    "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype, fuse),
                     "down": _Projections([m.down_proj], self.dtype),
                 }
             )
+        self._built_for = self._fingerprint()  # after: fusing moves the base weights
 
     def _lora_active(self) -> bool:
         """Adapters apply unless there are none, they are disabled, or merged into the base weights."""
@@ -350,7 +452,7 @@ class FastEngine:
         assert s is not None
         keep = s.arange[:kv_len][None, :] <= s.pos[:, None]
         h = self._forward(s.cur, s.pos[:, None], self._additive(keep[:, None, None]), kv_len)
-        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p)
+        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p, self.options.search)
         active = ~s.finished
         tok = torch.where(active, tok, torch.full_like(tok, pad_id))
         s.out.scatter_(1, s.step[:, None], tok[:, None])  # a finished slot writes padding after its end
@@ -358,6 +460,14 @@ class FastEngine:
         s.pos += active
         s.finished |= active & ((tok[:, None] == stops[None, :]).any(-1) | (s.step >= s.limit))
         s.cur.copy_(tok[:, None])
+
+    def _call_step(self, kv_len: int, params: SamplingParams, stops, pad_id: int) -> None:
+        if self._step is None:
+            self.decode_one_token(kv_len, params, stops, pad_id)
+            return
+        # one compiled graph per (cache bucket, batch shape): more than dynamo's default 8 per function
+        with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+            self._step(self, kv_len, params, stops, pad_id)
 
     # ---- CUDA graphs ----------------------------------------------------------------------
     def _capture(self, kv_len, params, stops, pad_id) -> torch.cuda.CUDAGraph:
@@ -370,7 +480,7 @@ class FastEngine:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up (lazy cuBLAS/SDPA init) outside the capture
             s.pos.fill_(kv_len - 1)
-            self.decode_one_token(kv_len, params, stops, pad_id)
+            self._call_step(kv_len, params, stops, pad_id)
         torch.cuda.current_stream(self.device).wait_stream(side)
         for t, v in zip(tensors, saved):
             t.copy_(v)
@@ -378,7 +488,7 @@ class FastEngine:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(g, pool=self.pool):
-            self.decode_one_token(kv_len, params, stops, pad_id)
+            self._call_step(kv_len, params, stops, pad_id)
         return g
 
     # ---- scheduling ---------------------------------------------------------------------------
@@ -428,7 +538,7 @@ class FastEngine:
             self._cached[b] = p
         slots = torch.tensor([b for b, _ in assign], device=self.device)
         h = torch.stack([held[p] for _, p in assign])
-        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p)
+        tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p, self.options.search)
         s.out[slots] = pad_id
         s.out[slots, 0] = tok
         s.cur[slots, 0] = tok
@@ -531,7 +641,7 @@ class FastEngine:
             if use_graph:
                 graphs[kv_len].replay()
             else:
-                self.decode_one_token(kv_len, params, stops_t, pad_id)
+                self._call_step(kv_len, params, stops_t, pad_id)
             steps += 1
             bound = [min(x + 1, s.capacity - 1) if o >= 0 else x for x, o in zip(bound, owner)]
             if steps % CHECK_EVERY and steps < min(d for d, o in zip(deadline, owner) if o >= 0):
@@ -588,12 +698,15 @@ class FastEngine:
             torch.cuda.empty_cache()
 
 
-def engine_for(model) -> FastEngine:
+def engine_for(model, options: EngineOptions | None = None) -> FastEngine:
     """The model's fast engine, created on first use and kept on the model (graphs persist).
     The engine holds the model's modules but not the model, so dropping the model frees both."""
     eng = model.__dict__.get("_copsd_fast_engine")
+    if eng is not None and options is not None and eng.options != options:
+        eng.release()
+        eng = None
     if eng is None:
-        eng = FastEngine(model)
+        eng = FastEngine(model, options)
         model.__dict__["_copsd_fast_engine"] = eng
     return eng
 

@@ -62,18 +62,18 @@ def bench_rollout(
     if lora:
         model = with_lora(model)
     config = model.config
-    rows = []
+    rows: list[dict] = []
     for batch in batches:
         prompts = random_prompts(batch, prompt_len, config.vocab_size, seed=batch)
         mean_prompt = sum(map(len, prompts)) / batch
         for engine in engines:
-            n_new = new_tokens if engine == "fast" else min(hf_new_tokens, new_tokens)
+            n_new = new_tokens if engine != "hf" else min(hf_new_tokens, new_tokens)
             params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=n_new)
             reset_peak(dev)
             row = {"shape": shape, "engine": engine, "batch": batch, "new_tokens": n_new, "lora": lora}
             try:
-                if engine == "fast":
-                    eng = fast.engine_for(model)
+                if engine != "hf":  # fast, or fast with levers (fast+fuse, ...)
+                    eng = fast.engine_for(model, fast.EngineOptions.parse(engine))
                     try:
                         eng.generate_ids(prompts, params, [], config.pad_token_id, seed=0)  # captures the graphs
                         row["capture_s"] = eng.last_timing["capture_s"]
@@ -98,6 +98,11 @@ def bench_rollout(
                 rows.append(row)
                 log(row)
                 continue
+            except Exception as e:  # a lever that fails on this machine (e.g. torch.compile) must not end the run
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                rows.append(row)
+                log(row)
+                continue
             row.update(
                 ms_per_step=1e3 * step_s,
                 tokens_per_s=batch * n_new / total_s,
@@ -107,9 +112,12 @@ def bench_rollout(
             )
             rows.append(row)
             log(row)
-        by = {r["engine"]: r for r in rows if r["batch"] == batch and "error" not in r}
-        if "fast" in by and "hf" in by:
-            by["fast"]["speedup_vs_hf"] = by["hf"]["ms_per_step"] / by["fast"]["ms_per_step"]
+        by: dict[str, dict] = {r["engine"]: r for r in rows if r["batch"] == batch and "error" not in r}
+        for name, r in by.items():
+            if name != "hf" and "hf" in by:
+                r["speedup_vs_hf"] = by["hf"]["ms_per_step"] / r["ms_per_step"]
+            if name.startswith("fast+") and "fast" in by:
+                r["speedup_vs_fast"] = by["fast"]["ms_per_step"] / r["ms_per_step"]
     return {
         "device": device_name(dev),
         "torch": torch.__version__,

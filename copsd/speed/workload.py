@@ -34,7 +34,7 @@ import torch
 from copsd.rollout import SamplingParams, fast, hf
 from copsd.speed.shapes import device_name, peak_gib, random_model, reset_peak, sync, with_lora
 
-MODES = ("fast", "static", "hf")
+MODES = ("fast", "static", "hf")  # and fast+<lever>... (rollout.fast.EngineOptions)
 
 
 @dataclass
@@ -77,8 +77,8 @@ def _run(model, mode: str, w: Workload, params: SamplingParams, stop: int, pad: 
             useful += sum(r.index(stop) + 1 if stop in r else len(r) for r in rows)
         sync(dev)
         return {"wall_s": time.perf_counter() - t0, "useful_tokens": useful}
-    eng = fast.engine_for(model)
-    cont = mode == "fast"
+    cont = mode.startswith("fast")  # fast[+levers]: continuous batching; static: the engine before issue 15
+    eng = fast.engine_for(model, fast.EngineOptions.parse(mode) if cont else fast.EngineOptions())
     # warm-up: captures every bucket's graph from the shortest prompt up to the capacity the longest sets
     by_len = sorted(range(len(w.prompts)), key=lambda p: len(w.prompts[p]))
     warm = [by_len[0], by_len[-1]]
@@ -140,6 +140,11 @@ def bench_workload(
             rows.append(row)
             log(row)
             continue
+        except Exception as e:  # a lever that fails on this machine (e.g. torch.compile) must not end the run
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            rows.append(row)
+            log(row)
+            continue
         finally:
             fast.engine_for(model).release()
         row["useful_tokens_per_s"] = row["useful_tokens"] / row["wall_s"]
@@ -150,7 +155,9 @@ def bench_workload(
         log(row)
     by = {r["mode"]: r for r in rows if "error" not in r}
     for r in rows:
-        for base in ("static", "hf"):
+        for base in ("static", "hf", "fast"):
+            if base == "fast" and not r["mode"].startswith("fast+"):
+                continue
             if base in by and "error" not in r and r["mode"] != base:
                 r[f"speedup_vs_{base}"] = r["useful_tokens_per_s"] / by[base]["useful_tokens_per_s"]
     return {
