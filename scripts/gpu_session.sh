@@ -10,7 +10,7 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u;
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"; } \
   2>&1 | tee -a "$OUT/log.txt"
-BUDGET=${BUDGET:-560}  # seconds for the whole script; later (less important) steps get what is left
+BUDGET=${BUDGET:-580}  # seconds for the whole script; later (less important) steps get what is left
 b() {
   local name=$1 limit=$2; shift 2
   local left=$((BUDGET - SECONDS)); (( left < limit )) && limit=$left
@@ -20,9 +20,12 @@ b() {
   echo "rc=$?"; grep -v "Warning\|warnings.warn" /tmp/$name.log | tee -a "$OUT/log.txt" | tail -12
 }
 # priorities of the next lease (issues 15 and 16); earlier sessions' lines are in git history
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
-# issue 15: the evaluation workload, 64 problems x 12 samples through 128 slots: continuous vs static
-b workload_1.7b 200 workload --shape qwen3-1.7b --problems 64 --samples 12 --slots 128 --modes fast,static
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_rollout_gpu.py -s 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+# issue 15: the evaluation workload, 48 problems x 12 samples through 128 slots: continuous vs static,
+# and continuous with every step lever (fuse, flex attention (compiled), sort-free top-p)
+b workload_1.7b 260 workload --shape qwen3-1.7b --problems 48 --samples 12 --slots 128 --modes fast,static,fast+fuse+flex+search
+# issue 15 item 4: each lever against plain fast at batch 128, the evaluation's sampling (no top-k)
+b levers_1.7b 200 rollout --shape qwen3-1.7b --batch 128 --new-tokens 512 --top-k 0 --temperature 1.0 --engines fast,fast+fuse,fast+search,fast+fuse+flex+search
 # hf on 120 sequences (one batch of 120 rows: hf at its best batch), extrapolated per useful token
 b workload_hf_1.7b 150 workload --shape qwen3-1.7b --problems 10 --samples 12 --slots 128 --modes hf --hf-problems 10
 # issue 15: fixed length with the evaluation's sampling (no top-k)

@@ -407,6 +407,23 @@ def test_compiled_step_decodes_what_the_eager_step_decodes(tiny_model):
     assert compiled.generate_ids(ids, sampled, [], 0, seed=3) == searched.generate_ids(ids, sampled, [], 0, seed=3)
 
 
+@pytest.mark.slow
+def test_flex_attention_reads_each_slot_up_to_its_own_position(tiny_model, monkeypatch):
+    """FlexAttention over block-sparse per-slot views of the cache: the same greedy tokens as the
+    plain engine, with slots refilled at other positions and 16-position blocks crossed."""
+    monkeypatch.setattr(fast, "BUCKET", 16)
+    model = _lora_copy(tiny_model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    twin = copy.deepcopy(model)
+    ids = _ids(tiny_model.tokenizer, PROMPTS)
+    greedy = SamplingParams(temperature=0, max_new_tokens=40)
+    seqs, limits = [0, 1, 2, 3, 4, 2, 0], [40, 7, 33, 12, 40, 5, 21]  # early stops: slots refill mid-run
+    plain = fast.FastEngine(model).run(ids, seqs, greedy, [], 0, seed=0, slots=3, limits=limits)
+    flex = fast.FastEngine(twin, fast.EngineOptions(flex=True)).run(
+        ids, seqs, greedy, [], 0, seed=0, slots=3, limits=limits
+    )
+    assert flex == plain and [len(r) for r in flex] == limits
+
+
 def test_engine_options_are_named_as_benchmarks_name_them():
     assert fast.EngineOptions.parse("fast") == fast.EngineOptions()
     opts = fast.EngineOptions.parse("fast+search+fuse")

@@ -100,3 +100,25 @@ def test_continuous_batching_in_graphs_equals_eager_and_hf(gpu_models, monkeypat
             assert graph == eng.run(ids, seqs, params, [], pad, seed=5, use_graph=False, **kw)
         assert graph == eng.run(ids, seqs, params, [], pad, seed=5, use_graph=True, **kw)  # seeded: repeats
     eng.release()
+
+
+@pytest.mark.parametrize("levers", ["fast+fuse", "fast+search", "fast+fuse+flex+search"])
+def test_step_levers_in_graphs_decode_what_plain_fast_decodes(gpu_models, levers):
+    """fp32 (TF32 off), CUDA graphs, continuous batching with early stops: each lever set decodes
+    the plain engine's greedy tokens (flex compiles the step with Triton; ~1 minute)."""
+    import copy
+
+    model = gpu_models["fp32"]
+    twin = copy.deepcopy(model)
+    pad = model.config.pad_token_id
+    ids = _prompts()
+    greedy = SamplingParams(temperature=0, max_new_tokens=150)  # crosses a 128-position block
+    seqs, limits = [0, 1, 2, 3, 4, 5, 2, 0], [150, 9, 140, 30, 150, 3, 77, 12]
+    plain = fast.engine_for(model).run(ids, seqs, greedy, [], pad, seed=0, slots=4, limits=limits)
+    eng = fast.engine_for(twin, fast.EngineOptions.parse(levers))
+    assert eng.run(ids, seqs, greedy, [], pad, seed=0, slots=4, limits=limits) == plain
+    sampled = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=60)
+    again = [eng.run(ids, seqs, sampled, [], pad, seed=3, slots=4) for _ in range(2)]
+    assert again[0] == again[1]  # seeded replays repeat
+    eng.release()
+    fast.engine_for(model).release()

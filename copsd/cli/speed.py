@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 
-LEVERS = "fast+fuse, fast+compile, fast+search (combinable: fast+fuse+compile+search)"
+LEVERS = "fast+fuse, fast+compile, fast+flex, fast+search (combinable: fast+fuse+flex+search)"
 
 
 def _is_engine(name: str) -> bool:
@@ -50,7 +50,8 @@ def rollout(
         "fast,hf",
         "--engines",
         help="comma-separated: hf, fast, or fast with step levers: +fuse (one GEMM for q/k/v and for gate/up), "
-        "+compile (torch.compile the step), +search (top-p without a vocabulary sort), e.g. fast+fuse+compile",
+        "+compile (torch.compile the step), +flex (FlexAttention: each row reads only its own cache blocks; "
+        "compiles), +search (top-p without a vocabulary sort), e.g. fast+fuse+flex+search",
     ),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (as in training)"),
     top_k: int = typer.Option(20, "--top-k"),
@@ -134,7 +135,7 @@ def workload(
     modes: str = typer.Option(
         "fast,static,hf",
         "--modes",
-        help="comma-separated: fast (continuous batching), static, hf; fast+fuse, fast+compile, fast+search as in rollout",
+        help="comma-separated: fast (continuous batching), static, hf; fast+fuse, +compile, +flex, +search as in rollout",
     ),
     hf_problems: int = typer.Option(8, "--hf-problems", min=1, help="problems hf decodes (extrapolated)"),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (a trained checkpoint)"),

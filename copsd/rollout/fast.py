@@ -26,6 +26,10 @@ cache, the token loop and the way linear layers are applied:
 * each slot stops at its own stop token or budget; a stopped slot emits padding and stands
   still until it is refilled or the run ends.
 
+Step levers (`EngineOptions`, off by default until measured on a GPU): `fuse` (q/k/v and gate/up
+as one GEMM each), `compile` (inductor over the decode step), `flex` (FlexAttention: each slot
+reads only its own cache blocks), `search` (top-p without a vocabulary sort).
+
 On CPU (tests) the same code runs eagerly. `hf` stays the reference this engine is tested
 against: token-for-token under greedy decoding, in distribution under sampling
 (tests/test_rollout_fast.py; on a GPU tests/test_rollout_gpu.py).
@@ -59,6 +63,7 @@ class EngineOptions:
     fuse: bool = False  # q/k/v and gate/up as one GEMM each (base weights re-homed into one buffer)
     compile: bool = False  # torch.compile the decode step (fused elementwise kernels) before graph capture
     search: bool = False  # top-p without top-k by an exact threshold search instead of a full-vocabulary sort
+    flex: bool = False  # decode attention by FlexAttention (implies compile): each slot reads only its own blocks
 
     @classmethod
     def parse(cls, name: str) -> EngineOptions:
@@ -250,6 +255,12 @@ def _rehome(layers: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
+def _flex_attention(*args, **kwargs) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(*args, **kwargs)
+
+
 def _rms(norm, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
 
@@ -275,6 +286,8 @@ class _State:
         self.limit = torch.full((slots,), max_new, dtype=torch.long, device=dev)  # each sequence's own budget
         self.rows = torch.arange(slots, device=dev)
         self.arange = torch.arange(capacity, device=dev)
+        n = capacity // BUCKET  # FlexAttention's block ids, [slots, 1, 1, blocks]
+        self.blocks = torch.arange(n, dtype=torch.int32, device=dev).expand(slots, 1, 1, n).contiguous()
         self.graphs: dict[tuple, tuple] = {}  # key -> (graph, the stop-id tensor it reads)
 
 
@@ -300,7 +313,7 @@ class FastEngine:
         # (the function, not a bound method: the engine must not reference itself, or it would
         # outlive its model until a garbage collection)
         self._step = None
-        if self.options.compile:
+        if self.options.compile or self.options.flex:
             self._step = torch.compile(type(self).decode_one_token, dynamic=False, options={"fallback_random": True})
         self.lora = False  # whether this batch applies the adapters (set per batch)
         self.state: _State | None = None
@@ -397,6 +410,9 @@ class FastEngine:
         if slots is None:
             kc[s.rows, :, s.pos] = k[:, :, 0].to(kc.dtype)  # each slot at its own column
             vc[s.rows, :, s.pos] = v[:, :, 0].to(vc.dtype)
+            if self.options.flex:  # `mask` is a BlockMask: each slot reads its blocks up to its `pos` only
+                o = _flex_attention(q, kc, vc, block_mask=mask, scale=a.scaling, enable_gqa=True)
+                return self.proj[i]["o"](o.transpose(1, 2).reshape(B, T, -1), self.lora)[0]
             keys, values = kc[:, :, :kv_len], vc[:, :, :kv_len]
         else:
             kc[slots, :, :T] = k.to(kc.dtype)
@@ -445,13 +461,40 @@ class FastEngine:
             last=lens - 1,
         )
 
+    def _block_mask(self, kv_len: int):
+        """FlexAttention's block-sparse view of the cache for one decode step: per slot, the blocks
+        before the one holding `pos` are read whole, that one through the causal mask, and later
+        ones not at all (a ragged cache without paging; on a GPU flex decoding splits the reads)."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        s = self.state
+        assert s is not None
+        n = kv_len // BUCKET
+        pos = s.pos
+        last = (pos // BUCKET).to(torch.int32).view(-1, 1, 1)
+        every = s.blocks[..., :n]
+        return BlockMask.from_kv_blocks(
+            torch.ones_like(last),
+            last.unsqueeze(-1).expand_as(every).contiguous(),
+            full_kv_num_blocks=last,
+            full_kv_indices=every,
+            BLOCK_SIZE=(BUCKET, BUCKET),
+            mask_mod=lambda b, h, q, kv: kv <= pos[b],
+            seq_lengths=(1, kv_len),
+            compute_q_blocks=False,
+        )
+
     def decode_one_token(self, kv_len: int, params: SamplingParams, stops, pad_id: int) -> None:
         """Feed each slot's `cur` at its `pos`, sample its next token into `out`; finished slots
         emit padding and stand still. All state advances in place (so a graph can replay it)."""
         s = self.state
         assert s is not None
-        keep = s.arange[:kv_len][None, :] <= s.pos[:, None]
-        h = self._forward(s.cur, s.pos[:, None], self._additive(keep[:, None, None]), kv_len)
+        if self.options.flex:
+            mask = self._block_mask(kv_len)
+        else:
+            keep = s.arange[:kv_len][None, :] <= s.pos[:, None]
+            mask = self._additive(keep[:, None, None])
+        h = self._forward(s.cur, s.pos[:, None], mask, kv_len)
         tok = sample_next(self.lm_head(h).float(), params.temperature, params.top_k, params.top_p, self.options.search)
         active = ~s.finished
         tok = torch.where(active, tok, torch.full_like(tok, pad_id))
@@ -589,6 +632,8 @@ class FastEngine:
         self._cached = [-1] * slots  # the prompt whose K/V each slot's first columns hold
         stops_t = torch.tensor(stops or [-1], dtype=torch.long, device=self.device)
         bucket_of = lambda idx: min(s.capacity, _round_up(idx + 1, BUCKET))  # noqa: E731
+        if self.options.flex:  # one graph over the whole cache: the block mask bounds each slot's reads
+            bucket_of = lambda idx: s.capacity  # noqa: E731
         t0 = _now(self.device)
         graphs = {}
         if use_graph:  # captured before seeding, so warm-ups never shift the sampling RNG stream
