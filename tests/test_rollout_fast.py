@@ -422,6 +422,11 @@ def test_flex_attention_reads_each_slot_up_to_its_own_position(tiny_model, monke
         ids, seqs, greedy, [], 0, seed=0, slots=3, limits=limits
     )
     assert flex == plain and [len(r) for r in flex] == limits
+    monkeypatch.setattr(fast, "BUCKET", 128)  # a decode that fits one block (inductor's CPU kernel needs two)
+    short = SamplingParams(temperature=0, max_new_tokens=8)
+    assert fast.FastEngine(twin, fast.EngineOptions(flex=True)).generate_ids(ids[:2], short, [], 0, seed=0) == (
+        fast.FastEngine(model).generate_ids(ids[:2], short, [], 0, seed=0)
+    )
 
 
 def test_engine_options_are_named_as_benchmarks_name_them():

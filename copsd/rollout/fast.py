@@ -622,6 +622,8 @@ class FastEngine:
         limits = [max(1, min(max_new, x)) for x in limits] if limits is not None else [max_new] * len(seqs)
         longest = max(len(prompts[p]) for p in seqs) if seqs else 1
         capacity = _round_up(_round_up(longest, PROMPT_ALIGN) + max_new, BUCKET)
+        if self.options.flex:  # inductor's CPU flex kernel fails to build for a one-block cache (torch 2.13)
+            capacity = max(capacity, 2 * BUCKET)
         s = self.state
         if s is None or s.batch != slots or s.capacity < capacity or s.max_new != max_new:
             s = None
