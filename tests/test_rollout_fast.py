@@ -377,6 +377,14 @@ def test_fused_projections_decode_the_same_tokens(tiny_model, targets, alpha_pat
     assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()  # one buffer, no copy kept
     assert torch.equal(model(**enc).logits, before)  # the model itself computes what it did
     assert eng.generate_ids(ids, params, [], 0, seed=0) == want
+    # the engine keeps no reference to the buffer: a model moved elsewhere frees it
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    buffer = StorageWeakRef(q.untyped_storage())
+    del q, k
+    model.to(torch.float64)
+    assert buffer.expired()
+    assert eng.generate_ids(ids, params, [], 0, seed=0) == hf.generate_ids(model, ids, params, [], 0, seed=0)
     sampled = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=16)
     twin = copy.deepcopy(model)  # the engine holds its model weakly: keep it alive
     plain = fast.FastEngine(twin).generate_ids(ids, sampled, [], 0, seed=5)

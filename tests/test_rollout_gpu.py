@@ -122,3 +122,32 @@ def test_step_levers_in_graphs_decode_what_plain_fast_decodes(gpu_models, levers
     assert again[0] == again[1]  # seeded replays repeat
     eng.release()
     fast.engine_for(model).release()
+
+
+def test_top_p_search_in_a_graph_keeps_what_the_sort_keeps():
+    """The search's cut on the real vocabulary size, eager and replayed from a CUDA graph, against
+    an fp64 sort: the same tokens, except those whose mass above them is within 1e-5 of top_p
+    (there fp32 summation order decides, for the search as for an fp32 sort)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    scale = torch.linspace(0.5, 8.0, 128, device="cuda")[:, None]  # near-flat to peaked rows
+    probs = torch.softmax(torch.randn(128, 151936, device="cuda", generator=g) * scale, -1)
+    eager = fast.top_p_floor(probs, 0.95)
+    out = torch.zeros_like(eager)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out.copy_(fast.top_p_floor(probs, 0.95))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out.copy_(fast.top_p_floor(probs, 0.95))
+    out.zero_()
+    graph.replay()
+    assert torch.equal(out, eager)
+    keep = probs.view(torch.int32) >= eager[:, None]
+    vals, idx = probs.double().sort(-1, descending=True)
+    above = vals.cumsum(-1) - vals  # the mass of the tokens sorted before each one, in fp64
+    reference = torch.zeros_like(keep).scatter(-1, idx, above < 0.95)
+    unclear = torch.zeros_like(keep).scatter(-1, idx, (above - 0.95).abs() < 1e-5)
+    print(f"kept per row {keep.sum(-1).min().item()}..{keep.sum(-1).max().item()}; unclear {unclear.sum().item()}")
+    assert int(((keep != reference) & ~unclear).sum()) == 0 and int(unclear.sum()) < 128 * 10

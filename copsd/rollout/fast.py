@@ -57,8 +57,9 @@ PROMPT_ALIGN = 8  # prefill pads prompts (on the right) to a multiple of this (a
 @dataclass(frozen=True)
 class EngineOptions:
     """Step-level levers of issue 15, off by default until a GPU run shows they pay (docs/benchmarks.md).
-    Each one leaves the tokens unchanged under greedy decoding (tests/test_rollout_fast.py); a
-    benchmark names them as `fast+fuse`, `fast+fuse+compile+search`, ..."""
+    Each one computes the same distribution: in fp32 the plain engine's greedy tokens exactly
+    (tests/test_rollout_fast.py); in bf16 fused kernels round differently, as `fast` does against
+    `hf`. A benchmark names them as `fast+fuse`, `fast+fuse+flex+search`, ..."""
 
     fuse: bool = False  # q/k/v and gate/up as one GEMM each (base weights re-homed into one buffer)
     compile: bool = False  # torch.compile the decode step (fused elementwise kernels) before graph capture
@@ -67,7 +68,7 @@ class EngineOptions:
 
     @classmethod
     def parse(cls, name: str) -> EngineOptions:
-        """`fast[+fuse][+compile][+search]` -> options; ValueError on anything else."""
+        """`fast[+fuse][+compile][+flex][+search]` -> options; ValueError on anything else."""
         head, *flags = name.split("+")
         known = {f.name for f in fields(cls)}
         if head != "fast" or any(f not in known for f in flags) or len(set(flags)) < len(flags):
@@ -122,7 +123,9 @@ def top_p_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     is below top_p, which is iff q >= the largest t with mass(p >= t) >= top_p. Non-negative
     floats order like their bit patterns, so bisecting the integers between 0 and the row's
     maximum finds t exactly in 30 fixed rounds (a CUDA graph cannot stop early). Ties at the
-    boundary are all kept; a sort keeps the ones it happens to put first."""
+    boundary are all kept; a sort keeps the ones it happens to put first. Where the mass above a
+    token is within fp32 rounding of top_p, summation order decides (the sort sums in sorted
+    order, this in vocabulary order), as between any two fp32 implementations."""
     bits = probs.view(torch.int32)
     lo = torch.zeros(probs.shape[0], dtype=torch.int32, device=probs.device)  # mass(p >= 0) = 1 >= top_p
     hi = bits.amax(-1) + 1  # mass(p >= hi) = 0 < top_p
@@ -188,14 +191,14 @@ class _Projections:
             if hasattr(m, "lora_A") and m.active_adapters and m.active_adapters[0] in m.lora_A:
                 name = m.active_adapters[0]
                 self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
-        self.weight = self.bias = None  # the group's one buffer, when fused
-        if fuse and len(self.base) > 1:
-            self.weight, self.bias = _rehome(self.base)
+        self.fused = fuse and len(self.base) > 1
+        if self.fused:
+            _rehome(self.base)
         if self.src:
             dev = self.src[0][1].device
             rank = sum(a.shape[0] for _, a, _, _ in self.src)
             self.A = torch.empty((rank, self.src[0][1].shape[1]), dtype=dtype, device=dev)
-            if self.weight is None:
+            if not self.fused:
                 self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
             else:  # one block-diagonal B over the group's outputs (the rows of a module without LoRA stay 0)
                 self.B = [torch.zeros((sum(self.sizes), rank), dtype=dtype, device=dev)]
@@ -209,7 +212,7 @@ class _Projections:
         for j, (i, a, b, scale) in enumerate(self.src):
             r = a.shape[0]
             self.A[off : off + r].copy_(a)
-            if self.weight is None:
+            if not self.fused:
                 self.B[j].copy_(b)
             else:
                 row = sum(self.sizes[:i])
@@ -220,8 +223,8 @@ class _Projections:
     def __call__(self, x: torch.Tensor, lora: bool) -> list[torch.Tensor]:
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
-        if self.weight is not None:
-            y = F.linear(x, self.weight, self.bias)
+        if self.fused:
+            y = F.linear(x, *self._buffers())
             if lora and self.A is not None:
                 y = torch.addmm(y, F.linear(x, self.A), self.B[0].t(), alpha=1.0 if self.alpha is None else self.alpha)
             return [part.reshape(*lead, -1) for part in y.split(self.sizes, dim=-1)]
@@ -235,11 +238,22 @@ class _Projections:
                 off += r
         return [y.view(*lead, -1) for y in ys]
 
+    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The group's weight (and bias) buffer, seen through its modules' parameters: the engine
+        keeps no reference of its own, so a model moved or re-weighted frees the old buffer as the
+        plain engine frees nothing (the fingerprint check rebuilds before the next decode)."""
+        w = self.base[0].weight
+        weight = w.as_strided((sum(self.sizes), w.shape[1]), (w.shape[1], 1), 0)
+        with_bias = [m.bias for m in self.base if m.bias is not None]
+        bias = with_bias[0].as_strided((sum(self.sizes),), (1,), 0) if with_bias else None
+        return weight, bias
+
 
 @torch.no_grad()
-def _rehome(layers: list) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Move the weights (and biases) of `layers` into one buffer each and make every layer's
-    parameter a view of its rows; returns (weight, bias). Costs one group's copy while it runs."""
+def _rehome(layers: list) -> None:
+    """Move the weights (and biases) of `layers` into one buffer each, starting at its storage's
+    offset 0, and make every layer's parameter a view of its rows. Costs one group's copy while
+    it runs; afterwards the parameters hold the only references."""
     weight = torch.cat([m.weight.data for m in layers])
     has_bias = [m.bias is not None for m in layers]
     bias = torch.cat([m.bias.data for m in layers]) if all(has_bias) else None
@@ -252,7 +266,6 @@ def _rehome(layers: list) -> tuple[torch.Tensor, torch.Tensor | None]:
         if m.bias is not None:
             m.bias.data = bias[off : off + n]
         off += n
-    return weight, bias
 
 
 def _flex_attention(*args, **kwargs) -> torch.Tensor:
@@ -309,7 +322,8 @@ class FastEngine:
         self.n_heads = base.config.num_attention_heads
         self._build_projections()
         # the step every decode runs (eagerly, or once per graph capture); compiled with aten's own
-        # random ops, so a compiled step samples what the eager step samples for the same seed
+        # random ops, so it draws the eager step's random numbers for a seed (in fp32 the same
+        # samples, tested; in bf16 inductor's fused kernels round differently)
         # (the function, not a bound method: the engine must not reference itself, or it would
         # outlive its model until a garbage collection)
         self._step = None
@@ -509,7 +523,10 @@ class FastEngine:
             self.decode_one_token(kv_len, params, stops, pad_id)
             return
         # one compiled graph per (cache bucket, batch shape): more than dynamo's default 8 per function
-        with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+        # (and past the limit an error, not a silent fall back to an eager step)
+        with torch._dynamo.config.patch(
+            recompile_limit=256, accumulated_recompile_limit=4096, fail_on_recompile_limit_hit=True
+        ):
             self._step(self, kv_len, params, stops, pad_id)
 
     # ---- CUDA graphs ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ it to the full budget flatters it. The fast engine's ms/step is the decode loop 
 from __future__ import annotations
 
 import time
+import traceback
 
 import torch
 
@@ -98,8 +99,12 @@ def bench_rollout(
                 rows.append(row)
                 log(row)
                 continue
-            except Exception as e:  # a lever that fails on this machine (e.g. torch.compile) must not end the run
+            except Exception as e:
+                if "+" not in engine:  # plain fast, static and hf failing is a failure of the run
+                    raise
+                # a lever that fails on this machine (e.g. torch.compile without a compiler) is a row result
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                row["traceback"] = traceback.format_exc()[-4000:]
                 rows.append(row)
                 log(row)
                 continue

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import time
+import traceback
 from dataclasses import dataclass
 from importlib import resources
 
@@ -140,8 +141,12 @@ def bench_workload(
             rows.append(row)
             log(row)
             continue
-        except Exception as e:  # a lever that fails on this machine (e.g. torch.compile) must not end the run
+        except Exception as e:
+            if "+" not in mode:  # plain fast, static and hf failing is a failure of the run
+                raise
+            # a lever that fails on this machine (e.g. torch.compile without a compiler) is a row result
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            row["traceback"] = traceback.format_exc()[-4000:]
             rows.append(row)
             log(row)
             continue
