@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything the GPU machine is asked to do in one lease (docs/benchmarks.md records the output).
-# Usage there: OUT=<dir> bash scripts/gpu_session.sh   (wheels for pydantic carried in .whl/)
+# Once here: bash scripts/gpu_wheels.sh (pydantic's wheels into .whl/, which the image lacks); then
+# the device call: run(command="bash scripts/gpu_session.sh", carry=[".whl"], timeout_s=600) ($OUT is set there)
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
+python3 -c "import pydantic" 2>/dev/null || { echo "pydantic missing: run scripts/gpu_wheels.sh here and carry .whl" | tee -a "$OUT/log.txt"; exit 3; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u;
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"; } \
   2>&1 | tee -a "$OUT/log.txt"

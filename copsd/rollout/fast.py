@@ -37,6 +37,7 @@ against: token-for-token under greedy decoding, in distribution under sampling
 
 from __future__ import annotations
 
+import inspect
 import time
 import weakref
 from collections.abc import Callable
@@ -327,6 +328,12 @@ class FastEngine:
         # (the function, not a bound method: the engine must not reference itself, or it would
         # outlive its model until a garbage collection)
         self._step = None
+        self._flex_kw: dict = {}
+        if self.options.flex:  # decoding needs no backward blocks (torch >= 2.6 lets us skip building them)
+            from torch.nn.attention.flex_attention import BlockMask
+
+            if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
+                self._flex_kw = {"compute_q_blocks": False}
         if self.options.compile or self.options.flex:
             self._step = torch.compile(type(self).decode_one_token, dynamic=False, options={"fallback_random": True})
         self.lora = False  # whether this batch applies the adapters (set per batch)
@@ -495,7 +502,7 @@ class FastEngine:
             BLOCK_SIZE=(BUCKET, BUCKET),
             mask_mod=lambda b, h, q, kv: kv <= pos[b],
             seq_lengths=(1, kv_len),
-            compute_q_blocks=False,
+            **self._flex_kw,
         )
 
     def decode_one_token(self, kv_len: int, params: SamplingParams, stops, pad_id: int) -> None:
@@ -523,10 +530,9 @@ class FastEngine:
             self.decode_one_token(kv_len, params, stops, pad_id)
             return
         # one compiled graph per (cache bucket, batch shape): more than dynamo's default 8 per function
-        # (and past the limit an error, not a silent fall back to an eager step)
-        with torch._dynamo.config.patch(
-            recompile_limit=256, accumulated_recompile_limit=4096, fail_on_recompile_limit_hit=True
-        ):
+        # (and past the limit an error, not a silent fall back to an eager step; keys older torch lacks are left out)
+        limits = {"recompile_limit": 256, "accumulated_recompile_limit": 4096, "fail_on_recompile_limit_hit": True}
+        with torch._dynamo.config.patch({k: v for k, v in limits.items() if hasattr(torch._dynamo.config, k)}):
             self._step(self, kv_len, params, stops, pad_id)
 
     # ---- CUDA graphs ----------------------------------------------------------------------
