@@ -188,3 +188,18 @@ def test_workload_every_mode_decodes_the_same_tokens(workdir):
     assert "useful" in r.stdout and "static" in r.stdout
     bad = run_cli("speed", "workload", "--device", "cpu", "--shape", "tiny", "--modes", "fast,vllm", cwd=workdir)
     assert bad.returncode == 2 and "unknown mode(s) vllm" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_only_a_lever_row_may_fail_without_failing_the_run():
+    from copsd.speed.shapes import failed_row
+
+    try:
+        raise RuntimeError("inductor: no C++ compiler\nsecond line")
+    except RuntimeError as e:
+        row = failed_row({"engine": "fast+flex"}, "fast+flex", e)
+        assert row["error"] == "RuntimeError: inductor: no C++ compiler" and "Traceback" in row["traceback"]
+        for plain in ("fast", "static", "hf"):
+            with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+                failed_row({}, plain, e)
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert failed_row({}, "hf", oom)["error"] == "out of memory"

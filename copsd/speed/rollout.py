@@ -11,7 +11,6 @@ it to the full budget flatters it. The fast engine's ms/step is the decode loop 
 from __future__ import annotations
 
 import time
-import traceback
 
 import torch
 
@@ -19,6 +18,7 @@ from copsd.rollout import SamplingParams, fast, hf
 from copsd.speed.shapes import (
     decode_weight_bytes,
     device_name,
+    failed_row,
     kv_bytes_per_token,
     measured_peak_bandwidth,
     peak_gib,
@@ -94,18 +94,8 @@ def bench_rollout(
                     sync(dev)
                     total_s = time.perf_counter() - t0
                     step_s = total_s / n_new
-            except torch.cuda.OutOfMemoryError:
-                row["error"] = "out of memory"
-                rows.append(row)
-                log(row)
-                continue
             except Exception as e:
-                if "+" not in engine:  # plain fast, static and hf failing is a failure of the run
-                    raise
-                # a lever that fails on this machine (e.g. torch.compile without a compiler) is a row result
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                row["traceback"] = traceback.format_exc()[-4000:]
-                rows.append(row)
+                rows.append(failed_row(row, engine, e))
                 log(row)
                 continue
             row.update(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import random
 import time
+import traceback
 
 import torch
 
@@ -189,3 +190,19 @@ def positive_ints(csv: str, option: str) -> list[int]:
     if not values or min(values) < 1:
         raise CopsdError(f"{option} takes comma-separated positive integers, got {csv!r}")
     return values
+
+
+def failed_row(row: dict, name: str, exc: Exception) -> dict:
+    """What a benchmark row records when its engine fails: running out of memory, for any engine;
+    any other error only for a lever engine (`fast+…`, e.g. torch.compile without a compiler), so
+    the run goes on to the next row. Anything else is re-raised: plain fast, static or hf failing
+    is a failed run."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        row["error"] = "out of memory"
+    elif "+" in name:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        row["error"] = f"{type(exc).__name__}: {first}"[:300]
+        row["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
+    else:
+        raise exc
+    return row

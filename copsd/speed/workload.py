@@ -26,14 +26,13 @@ import json
 import math
 import random
 import time
-import traceback
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 
 from copsd.rollout import SamplingParams, fast, hf
-from copsd.speed.shapes import device_name, peak_gib, random_model, reset_peak, sync, with_lora
+from copsd.speed.shapes import device_name, failed_row, peak_gib, random_model, reset_peak, sync, with_lora
 
 MODES = ("fast", "static", "hf")  # and fast+<lever>... (rollout.fast.EngineOptions)
 
@@ -136,18 +135,8 @@ def bench_workload(
         row: dict = {"mode": mode, "problems": len(set(part.seqs)), "sequences": len(part.seqs), "slots": slots}
         try:
             row.update(_run(model, mode, part, params, cfg.eos_token_id, cfg.pad_token_id, slots))
-        except torch.cuda.OutOfMemoryError:
-            row["error"] = "out of memory"
-            rows.append(row)
-            log(row)
-            continue
         except Exception as e:
-            if "+" not in mode:  # plain fast, static and hf failing is a failure of the run
-                raise
-            # a lever that fails on this machine (e.g. torch.compile without a compiler) is a row result
-            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-            row["traceback"] = traceback.format_exc()[-4000:]
-            rows.append(row)
+            rows.append(failed_row(row, mode, e))
             log(row)
             continue
         finally:
