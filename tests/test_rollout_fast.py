@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from copsd.rollout import SamplingParams, fast, generate, hf, resolve_engine
+from copsd.rollout import SamplingParams, fast, generate, hf, resolve_engine, sampling
 
 PROMPTS = [
     "Question: what is 2+3? Answer:",
@@ -120,7 +120,7 @@ def test_sampling_follows_the_reference_distribution(top_k, top_p, search):
     expected = _reference_probs(logits, 1.1, top_k, top_p)[0]
     torch.manual_seed(1)
     n = 40_000
-    draws = fast.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, top_p, search)
+    draws = sampling.sample_next(logits.expand(n, -1).contiguous(), 1.1, top_k, top_p, search)
     counts = torch.bincount(draws, minlength=400).double()
     support = expected > 0
     assert counts[~support].sum() == 0  # never a token the reference filters out
@@ -331,14 +331,14 @@ def test_top_p_search_keeps_exactly_what_the_sort_keeps():
     for scale in (0.3, 2.0, 5.0, 12.0):
         logits = torch.randn(32, 6000, generator=g) * scale
         probs = torch.softmax(logits, -1)
-        by_search = probs.view(torch.int32) >= fast.top_p_floor(probs, 0.95)[:, None]
+        by_search = probs.view(torch.int32) >= sampling.top_p_floor(probs, 0.95)[:, None]
         vals, idx = probs.sort(-1, descending=True)
         by_sort = torch.zeros_like(by_search).scatter(-1, idx, (vals.cumsum(-1) - vals) < 0.95)
         by_hf = TopPLogitsWarper(0.95)(None, logits.clone()) > float("-inf")
         assert torch.equal(by_search, by_sort) and torch.equal(by_search, by_hf), scale
     # ties at the cut are kept together: 40 equal tokens, 0.95 of the mass reached inside them
     probs = torch.full((1, 40), 1 / 40)
-    assert int((probs.view(torch.int32) >= fast.top_p_floor(probs, 0.95)[:, None]).sum()) == 40
+    assert int((probs.view(torch.int32) >= sampling.top_p_floor(probs, 0.95)[:, None]).sum()) == 40
 
 
 def _lora_copy(tiny_model, targets, alpha_pattern=None, seed=0):
@@ -444,3 +444,33 @@ def test_engine_options_are_named_as_benchmarks_name_them():
     assert opts.label() == "fast+fuse+search"
     with pytest.raises(ValueError, match="fast with optional"):
         fast.EngineOptions.parse("fast+turbo")
+
+
+def test_fused_projections_carry_biases():
+    """Qwen2's q/k/v carry biases (Qwen3's do not): fused, they are one bias buffer too."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    base = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in base.model.layers:
+            for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                m.bias.normal_(0, 0.5)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    ids = [[5, 9, 33, 7], [100, 200], [3] * 11]
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    want = hf.generate_ids(model, ids, params, [], 0, seed=0)
+    eng = fast.engine_for(model, fast.EngineOptions(fuse=True))
+    assert eng.generate_ids(ids, params, [], 0, seed=0) == want
+    q = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    v = model.get_base_model().model.layers[0].self_attn.v_proj.base_layer
+    assert q.bias.untyped_storage().data_ptr() == v.bias.untyped_storage().data_ptr()

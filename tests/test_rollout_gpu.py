@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.rollout import SamplingParams, fast, hf
+from copsd.rollout import SamplingParams, fast, hf, sampling
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -131,16 +131,16 @@ def test_top_p_search_in_a_graph_keeps_what_the_sort_keeps():
     g = torch.Generator(device="cuda").manual_seed(0)
     scale = torch.linspace(0.5, 8.0, 128, device="cuda")[:, None]  # near-flat to peaked rows
     probs = torch.softmax(torch.randn(128, 151936, device="cuda", generator=g) * scale, -1)
-    eager = fast.top_p_floor(probs, 0.95)
+    eager = sampling.top_p_floor(probs, 0.95)
     out = torch.zeros_like(eager)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        out.copy_(fast.top_p_floor(probs, 0.95))
+        out.copy_(sampling.top_p_floor(probs, 0.95))
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out.copy_(fast.top_p_floor(probs, 0.95))
+        out.copy_(sampling.top_p_floor(probs, 0.95))
     out.zero_()
     graph.replay()
     assert torch.equal(out, eager)

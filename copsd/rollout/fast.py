@@ -20,9 +20,11 @@ cache, the token loop and the way linear layers are applied:
   (so the optimizer's in-place updates are always seen), with the A matrices of q/k/v and of
   gate/up stacked: one extra GEMM plus one fused add-GEMM per projection. PEFT itself computes
   adapters in fp32 with casts around them, which made LoRA half of a decode step (profile in
-  docs/benchmarks.md). Disabled or merged adapters (`disable_adapter()`) are honoured;
+  docs/benchmarks.md). Disabled or merged adapters (`disable_adapter()`) are honoured
+  (`projections.py`);
 * sampling applies top-k before top-p, so only k logits are sorted (top_k=0 sorts the whole
-  vocabulary, exactly); a draw is argmax(p / Exp(1)), a categorical sample without a host sync;
+  vocabulary, exactly); a draw is argmax(p / Exp(1)), a categorical sample without a host sync
+  (`sampling.py`);
 * each slot stops at its own stop token or budget; a stopped slot emits padding and stands
   still until it is refilled or the run ends.
 
@@ -47,6 +49,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from copsd.rollout.projections import Projections
+from copsd.rollout.sampling import sample_next
 from copsd.rollout.types import SamplingParams
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
@@ -118,155 +122,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def top_p_floor(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The smallest probability top-p keeps in each row of `probs` [B, V] (fp32), found without a
-    sort, as its int32 bit pattern [B]: token q is kept iff the mass of tokens more likely than q
-    is below top_p, which is iff q >= the largest t with mass(p >= t) >= top_p. Non-negative
-    floats order like their bit patterns, so bisecting the integers between 0 and the row's
-    maximum finds t exactly in 30 fixed rounds (a CUDA graph cannot stop early). Ties at the
-    boundary are all kept; a sort keeps the ones it happens to put first. Where the mass above a
-    token is within fp32 rounding of top_p, summation order decides (the sort sums in sorted
-    order, this in vocabulary order), as between any two fp32 implementations."""
-    bits = probs.view(torch.int32)
-    lo = torch.zeros(probs.shape[0], dtype=torch.int32, device=probs.device)  # mass(p >= 0) = 1 >= top_p
-    hi = bits.amax(-1) + 1  # mass(p >= hi) = 0 < top_p
-    for _ in range(30):  # hi - lo <= bits of 1.0 + 1 < 2**30, halved every round
-        mid = lo + (hi - lo) // 2
-        enough = torch.where(bits >= mid[:, None], probs, 0.0).sum(-1) >= top_p
-        lo = torch.where(enough, mid, lo)
-        hi = torch.where(enough, hi, mid)
-    return lo
-
-
-def sample_next(
-    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, search: bool = False
-) -> torch.Tensor:
-    """Next token per row from fp32 logits [B, V]: greedy when temperature <= 0, else
-    temperature -> top-k -> top-p (transformers' order and semantics) -> a categorical draw.
-    `search`: top-p without top-k finds its cut with `top_p_floor` instead of sorting the vocabulary."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    full = top_k <= 0 or top_k >= logits.shape[-1]
-    if full and (top_p >= 1.0 or search):  # draw from the (cut) softmax in vocabulary order, no sort
-        probs = torch.softmax(logits, dim=-1)
-        if top_p < 1.0:
-            probs = probs.masked_fill(probs.view(torch.int32) < top_p_floor(probs, top_p)[:, None], 0.0)
-        return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
-    if not full:
-        vals, idx = torch.topk(logits, top_k, dim=-1)  # sorted, descending
-    else:  # top-p over the whole vocabulary needs the full sort
-        vals, idx = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(vals, dim=-1)
-    if top_p < 1.0:
-        # keep the smallest prefix whose mass reaches top_p (the most likely token always stays)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
-    choice = torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1, keepdim=True)
-    return idx.gather(-1, choice).squeeze(-1)
-
-
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-class _Projections:
-    """Linear layers that read the same input (q/k/v; gate/up; o; down). Base weights are read in
-    place; an active LoRA runs from shadow copies in the model dtype (refreshed by `sync` before
-    each batch) with the A matrices stacked, so a group costs one extra GEMM plus one fused
-    add-GEMM per layer instead of peft's fp32 casts, GEMMs and adds.
-
-    With `fuse` (EngineOptions) a group of several layers is one GEMM: their base weights are
-    moved into one buffer (the modules keep their parameters, now views of it: no extra memory,
-    and in-place changes such as peft's merge are seen) and their B matrices form one
-    block-diagonal shadow, so the whole group is one base GEMM, one A GEMM and one add-GEMM."""
-
-    def __init__(self, modules: list, dtype: torch.dtype, fuse: bool = False):
-        self.base = [getattr(m, "base_layer", m) for m in modules]
-        self.sizes = [m.weight.shape[0] for m in self.base]
-        self.src = []  # (index, A, B, scale) of the modules that carry LoRA
-        self.A: torch.Tensor | None = None
-        self.B: list[torch.Tensor] = []
-        for i, m in enumerate(modules):
-            if hasattr(m, "lora_A") and m.active_adapters and m.active_adapters[0] in m.lora_A:
-                name = m.active_adapters[0]
-                self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
-        self.fused = fuse and len(self.base) > 1
-        if self.fused:
-            _rehome(self.base)
-        if self.src:
-            dev = self.src[0][1].device
-            rank = sum(a.shape[0] for _, a, _, _ in self.src)
-            self.A = torch.empty((rank, self.src[0][1].shape[1]), dtype=dtype, device=dev)
-            if not self.fused:
-                self.B = [torch.empty(b.shape, dtype=dtype, device=dev) for _, _, b, _ in self.src]
-            else:  # one block-diagonal B over the group's outputs (the rows of a module without LoRA stay 0)
-                self.B = [torch.zeros((sum(self.sizes), rank), dtype=dtype, device=dev)]
-            scales = {scale for *_, scale in self.src}
-            self.alpha = scales.pop() if len(scales) == 1 else None  # None: scales are folded into B
-
-    def sync(self) -> None:
-        if self.A is None:
-            return
-        off = 0
-        for j, (i, a, b, scale) in enumerate(self.src):
-            r = a.shape[0]
-            self.A[off : off + r].copy_(a)
-            if not self.fused:
-                self.B[j].copy_(b)
-            else:
-                row = sum(self.sizes[:i])
-                block = self.B[0][row : row + b.shape[0], off : off + r]
-                block.copy_(b if self.alpha is not None else b * scale)
-            off += r
-
-    def __call__(self, x: torch.Tensor, lora: bool) -> list[torch.Tensor]:
-        lead = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
-        if self.fused:
-            y = F.linear(x, *self._buffers())
-            if lora and self.A is not None:
-                y = torch.addmm(y, F.linear(x, self.A), self.B[0].t(), alpha=1.0 if self.alpha is None else self.alpha)
-            return [part.reshape(*lead, -1) for part in y.split(self.sizes, dim=-1)]
-        ys = [F.linear(x, m.weight, m.bias) for m in self.base]
-        if lora and self.A is not None:
-            t = F.linear(x, self.A)
-            off = 0
-            for (i, a, _, scale), b16 in zip(self.src, self.B):
-                r = a.shape[0]
-                ys[i] = torch.addmm(ys[i], t[:, off : off + r], b16.t(), alpha=scale)
-                off += r
-        return [y.view(*lead, -1) for y in ys]
-
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The group's weight (and bias) buffer, seen through its modules' parameters: the engine
-        keeps no reference of its own, so a model moved or re-weighted frees the old buffer as the
-        plain engine frees nothing (the fingerprint check rebuilds before the next decode)."""
-        w = self.base[0].weight
-        weight = w.as_strided((sum(self.sizes), w.shape[1]), (w.shape[1], 1), 0)
-        with_bias = [m.bias for m in self.base if m.bias is not None]
-        bias = with_bias[0].as_strided((sum(self.sizes),), (1,), 0) if with_bias else None
-        return weight, bias
-
-
-@torch.no_grad()
-def _rehome(layers: list) -> None:
-    """Move the weights (and biases) of `layers` into one buffer each, starting at its storage's
-    offset 0, and make every layer's parameter a view of its rows. Costs one group's copy while
-    it runs; afterwards the parameters hold the only references."""
-    weight = torch.cat([m.weight.data for m in layers])
-    has_bias = [m.bias is not None for m in layers]
-    bias = torch.cat([m.bias.data for m in layers]) if all(has_bias) else None
-    if any(has_bias) and bias is None:  # some with a bias, some without: give the rest zeros
-        bias = torch.cat([m.bias.data if m.bias is not None else weight.new_zeros(m.weight.shape[0]) for m in layers])
-    off = 0
-    for m in layers:
-        n = m.weight.shape[0]
-        m.weight.data = weight[off : off + n]
-        if m.bias is not None:
-            m.bias.data = bias[off : off + n]
-        off += n
 
 
 def _flex_attention(*args, **kwargs) -> torch.Tensor:
@@ -386,10 +245,10 @@ class FastEngine:
             a, m = layer.self_attn, layer.mlp
             self.proj.append(
                 {
-                    "qkv": _Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype, fuse),
-                    "o": _Projections([a.o_proj], self.dtype),
-                    "gate_up": _Projections([m.gate_proj, m.up_proj], self.dtype, fuse),
-                    "down": _Projections([m.down_proj], self.dtype),
+                    "qkv": Projections([a.q_proj, a.k_proj, a.v_proj], self.dtype, fuse),
+                    "o": Projections([a.o_proj], self.dtype),
+                    "gate_up": Projections([m.gate_proj, m.up_proj], self.dtype, fuse),
+                    "down": Projections([m.down_proj], self.dtype),
                 }
             )
         self._built_for = self._fingerprint()  # after: fusing moves the base weights

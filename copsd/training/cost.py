@@ -76,7 +76,7 @@ def mean_length(budget: int) -> float:
 
 
 def sorts(s) -> bool:
-    """Whether sampling with these settings sorts the whole vocabulary (fast.sample_next: top-p
+    """Whether sampling with these settings sorts the whole vocabulary (sampling.sample_next: top-p
     without a top-k; not greedy, not unrestricted)."""
     return s.temperature > 0 and s.top_k <= 0 and s.top_p < 1.0
 
