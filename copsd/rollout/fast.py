@@ -181,18 +181,18 @@ class FastEngine:
         self.n_kv = base.config.num_key_value_heads
         self.n_heads = base.config.num_attention_heads
         self._build_projections()
-        # the step every decode runs (eagerly, or once per graph capture); compiled with aten's own
-        # random ops, so it draws the eager step's random numbers for a seed (in fp32 the same
-        # samples, tested; in bf16 inductor's fused kernels round differently)
-        # (the function, not a bound method: the engine must not reference itself, or it would
-        # outlive its model until a garbage collection)
-        self._step = None
         self._flex_kw: dict = {}
         if self.options.flex:  # decoding needs no backward blocks (torch >= 2.6 lets us skip building them)
             from torch.nn.attention.flex_attention import BlockMask
 
             if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
                 self._flex_kw = {"compute_q_blocks": False}
+        # the step every decode runs (eagerly, or once per graph capture); compiled with aten's own
+        # random ops, so it draws the eager step's random numbers for a seed (in fp32 the same
+        # samples, tested; in bf16 inductor's fused kernels round differently). The function, not a
+        # bound method: the engine must not reference itself, or it would outlive its model until a
+        # garbage collection.
+        self._step = None
         if self.options.compile or self.options.flex:
             self._step = torch.compile(type(self).decode_one_token, dynamic=False, options={"fallback_random": True})
         self.lora = False  # whether this batch applies the adapters (set per batch)
@@ -629,7 +629,9 @@ class FastEngine:
 
 def engine_for(model, options: EngineOptions | None = None) -> FastEngine:
     """The model's fast engine, created on first use and kept on the model (graphs persist).
-    The engine holds the model's modules but not the model, so dropping the model frees both."""
+    The engine holds the model's modules but not the model, so dropping the model frees both.
+    `options`: the engine is rebuilt when they differ from its own; None takes the engine the model
+    has (a plain one on first use: jobs never pass options, benchmarks and tests do)."""
     eng = model.__dict__.get("_copsd_fast_engine")
     if eng is not None and options is not None and eng.options != options:
         eng.release()
