@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -399,7 +400,12 @@ def test_fused_projections_decode_the_same_tokens(tiny_model, targets, alpha_pat
     assert eng.generate_ids(ids, params, [], 0, seed=0) == want
 
 
+# inductor builds its CPU kernels with g++ (part of this image; a machine without one cannot compile)
+NEEDS_CXX = pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs g++")
+
+
 @pytest.mark.slow
+@NEEDS_CXX
 def test_compiled_step_decodes_what_the_eager_step_decodes(tiny_model):
     """torch.compile (inductor, on CPU here) of the decode step: the same greedy tokens, and with
     aten's random ops the same samples for a seed. About a minute: one compile per cache bucket."""
@@ -416,6 +422,7 @@ def test_compiled_step_decodes_what_the_eager_step_decodes(tiny_model):
 
 
 @pytest.mark.slow
+@NEEDS_CXX
 def test_flex_attention_reads_each_slot_up_to_its_own_position(tiny_model, monkeypatch):
     """FlexAttention over block-sparse per-slot views of the cache: the same greedy tokens as the
     plain engine, with slots refilled at other positions and 16-position blocks crossed."""
