@@ -30,6 +30,8 @@ class Projections:
                 name = m.active_adapters[0]
                 self.src.append((i, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
         self.fused = fuse and len(self.base) > 1
+        # a layer whose bias views the group's bias buffer (None: no bias in the group)
+        self.bias_layer = next((m for m in self.base if m.bias is not None), None)
         if self.fused:
             rehome(self.base)
         if self.src:
@@ -78,13 +80,12 @@ class Projections:
         return [y.view(*lead, -1) for y in ys]
 
     def _buffers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The group's weight (and bias) buffer, seen through its modules' parameters: the engine
-        keeps no reference of its own, so a model moved or re-weighted frees the old buffer as the
-        plain engine frees nothing (the fingerprint check rebuilds before the next decode)."""
-        w = self.base[0].weight
-        weight = w.as_strided((sum(self.sizes), w.shape[1]), (w.shape[1], 1), 0)
-        with_bias = [m.bias for m in self.base if m.bias is not None]
-        bias = with_bias[0].as_strided((sum(self.sizes),), (1,), 0) if with_bias else None
+        """The group's weight (and bias) buffer, seen through its layers' parameters (views from
+        offset 0 of one storage). The engine keeps no reference of its own, so a model moved or
+        re-weighted frees the old buffer; the fingerprint check rebuilds before the next decode."""
+        w, rows = self.base[0].weight, sum(self.sizes)
+        weight = w.as_strided((rows, w.shape[1]), (w.shape[1], 1), 0)
+        bias = self.bias_layer.bias.as_strided((rows,), (1,), 0) if self.bias_layer is not None else None
         return weight, bias
 
 
