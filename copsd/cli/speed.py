@@ -237,6 +237,12 @@ def step(
     checkpointing: str = typer.Option(
         "on,off", "--checkpointing", help="with --method: train.gradient_checkpointing: on, off or on,off"
     ),
+    trace: bool = typer.Option(
+        False,
+        "--trace",
+        help="with --method: count the step's memory on fake tensors instead of running it (any shape, no GPU, "
+        "seconds; the live tensor bytes that max_memory_allocated would report)",
+    ),
 ):
     """One training step's time and peak memory.
 
@@ -244,10 +250,17 @@ def step(
     Per method (docs/benchmarks.md): copsd speed step --method grpo --shape qwen3-1.7b --completion 2048
     CPU: copsd speed step --method grpo --model builtin:smollm2-135m-instruct --device cpu --dtype float32
          --completion 256 --max-tokens 0,1024
+    Any shape, no GPU: copsd speed step --method grpo --shape qwen3-8b --completion 2048 --checkpointing on --trace
     """
     from copsd.speed.shapes import check_options, positive_ints
 
-    dev = check_options(device, shape, dtype)
+    if trace and method is None:
+        raise CopsdError("--trace needs --method copsd|grpo|sft")
+    if trace and device is not None:
+        raise CopsdError("--trace runs on no device: leave out --device")
+    dev = "trace" if trace else check_options(device, shape, dtype)
+    if trace:
+        check_options("cpu", shape, dtype)
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     if method is not None:
         _method_step(
@@ -352,7 +365,12 @@ def _method_step(
     console.print(
         _table(
             result["rows"],
-            ["checkpointing", "micro_batch", "max_tokens", "forwards_per_step", "step_s", "peak_gib", "step_gib"],
+            ["checkpointing", "micro_batch", "max_tokens", "forwards_per_step"]
+            + (
+                ["trace_s", "peak_gib", "step_gib", "estimate_gib"]
+                if dev == "trace"
+                else ["step_s", "peak_gib", "step_gib"]
+            ),
         )
     )
 
@@ -362,6 +380,8 @@ _HEADERS = {
     "step_s": "step s",
     "peak_gib": "peak GiB",
     "step_gib": "step GiB (peak - base)",
+    "trace_s": "trace s",
+    "estimate_gib": "estimate GiB",
     "max_tokens": "token cap",
     "micro_batch": "micro-batch",
     "checkpointing": "checkpointing",

@@ -72,17 +72,9 @@ def _model(s: StepSetting):
     return with_lora(random_model(s.shape, dev, getattr(torch, s.dtype)))
 
 
-def _trainer(s: StepSetting, model):
-    """The method's trainer with synthetic inputs in place of rollouts and data."""
+def _job(s: StepSetting):
+    """The job whose trainer the step runs: the setting's memory options over the method's defaults."""
     from copsd.config import JobConfig
-    from copsd.training import TRAINERS
-
-    cfg = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
-    vocab = cfg.vocab_size
-    rng = random.Random(0)
-
-    def ids(n: int) -> list[int]:
-        return [rng.randrange(min(1000, vocab // 4), vocab - min(1000, vocab // 4)) for _ in range(n)]
 
     train = {
         "method": s.method,
@@ -95,7 +87,39 @@ def _trainer(s: StepSetting, model):
     }
     if s.method == "grpo":
         train["num_generations"] = s.generations
-    job = JobConfig.model_validate({"method": s.method, "model": "bench", "language": "swa", "train": train})
+    if s.method == "sft":  # a pair is cut to max_length: the whole synthetic pair fits
+        train["max_length"] = s.prompt_len + s.completion
+    else:  # only the memory estimate reads it (the synthetic rollouts have exactly this length)
+        train["max_completion_length"] = s.completion
+    return JobConfig.model_validate({"method": s.method, "model": "bench", "language": "swa", "train": train})
+
+
+def estimate_gib(s: StepSetting, config) -> float:
+    """`copsd.training.memory`'s estimate for this setting (the preflight's), as tensor bytes on a GPU:
+    the larger of its loss step and teacher forward, with the setting's prompt lengths and no
+    rollout cache (the synthetic rollouts need none)."""
+    from copsd.training.memory import GiB, estimate, shape_from_config
+
+    job = _job(s).model_copy(update={"dtype": s.dtype})
+    job = job.model_copy(update={"train": job.train.model_copy(update={"rollout_engine": "hf"})})
+    est = estimate(
+        job, shape_from_config(config), "cuda", prompt_tokens=s.prompt_len, teacher_prompt_tokens=s.teacher_prompt
+    )
+    return max(est.total(p) for p in ("loss step", "teacher forward") if p in est.phases) / GiB
+
+
+def _trainer(s: StepSetting, model):
+    """The method's trainer with synthetic inputs in place of rollouts and data."""
+    from copsd.training import TRAINERS
+
+    cfg = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+    vocab = cfg.vocab_size
+    rng = random.Random(0)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(min(1000, vocab // 4), vocab - min(1000, vocab // 4)) for _ in range(n)]
+
+    job = _job(s)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
 
     class _Tok:  # all the trainers ask of a tokenizer once their inputs are token ids
@@ -161,25 +185,25 @@ def measure(s: StepSetting) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     else:
         peak = peak_gib(dev) or 0.0
-    forwards = sum(
-        len(trainer.forward_batches([s.prompt_len + s.completion] * n)) for n in _sequences_per_micro_batch(s, trainer)
-    )
     return {
         "step_s": min(times[1:]) if len(times) > 1 else times[0],  # reps 0: the one (cold) step
         "peak_gib": peak,
         "base_gib": base,
         "step_gib": peak - base,
         "load_peak_gib": load_peak,  # CPU: the peak before the first step (if equal to peak_gib, the step stayed below it)
-        "forwards_per_step": forwards,
+        "forwards_per_step": forwards_per_step(s, trainer),
+        "estimate_gib": estimate_gib(s, model.get_base_model().config),
         "loss": float(metrics.get("loss", float("nan"))),
     }
 
 
-def _sequences_per_micro_batch(s: StepSetting, trainer) -> list[int]:
+def forwards_per_step(s: StepSetting, trainer) -> int:
+    """Forwards (with their backwards) one optimizer step makes: micro-batches split by the token cap."""
     from copsd.training.trainer import micro_batches
 
     per = s.generations if s.method == "grpo" else 1
-    return [len(b) * per for b in micro_batches(list(range(s.prompts)), trainer.prompts_per_micro_batch())]
+    sizes = [len(b) * per for b in micro_batches(list(range(s.prompts)), trainer.prompts_per_micro_batch())]
+    return sum(len(trainer.forward_batches([s.prompt_len + s.completion] * n)) for n in sizes)
 
 
 def _child(s: StepSetting, q) -> None:
@@ -220,8 +244,11 @@ def bench_train_step(
     from copsd.speed.shapes import device_name
 
     first = settings[0]
+    traced = first.device == "trace"
     out: dict[str, Any] = {
-        "device": device_name(torch.device(first.device)),
+        "device": "none: traced on fake tensors (copsd.speed.trace_memory)"
+        if traced
+        else device_name(torch.device(first.device)),
         "torch": torch.__version__,
         "method": first.method,
         "model": first.model or f"random {first.shape}",
@@ -230,13 +257,19 @@ def bench_train_step(
         "generations": first.generations if first.method == "grpo" else 1,
         "prompt_len": first.prompt_len,
         "completion": first.completion,
-        "memory": "torch.cuda.max_memory_allocated"
+        "memory": "live tensor bytes of the traced step (copsd.speed.trace_memory.LiveBytes)"
+        if traced
+        else "torch.cuda.max_memory_allocated"
         if first.device.startswith("cuda")
         else "peak RSS (getrusage ru_maxrss) of a fresh process per setting, MALLOC_MMAP_THRESHOLD_=131072",
         "rows": [],
     }
     for s in settings:
-        if s.device.startswith("cuda"):
+        if s.device == "trace":
+            from copsd.speed.trace_memory import trace
+
+            r = trace(s)
+        elif s.device.startswith("cuda"):
             try:
                 r = measure(s)
             except torch.cuda.OutOfMemoryError:
