@@ -360,7 +360,12 @@ def _method_step(
         for mb in positive_ints(micro_batch, "--micro-batch")
         for cap in caps
     ]
-    result = bench_train_step(settings, log=show)
+    traced_by = None
+    if dev == "trace":
+        from copsd.speed.trace_memory import trace
+
+        traced_by = trace
+    result = bench_train_step(settings, log=show, traced_by=traced_by)
     _write(result, out)
     console.print(
         _table(

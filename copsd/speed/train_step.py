@@ -240,11 +240,15 @@ def bench_train_step(
     settings: list[StepSetting],
     *,
     log=print,
+    traced_by=None,
 ) -> dict:
+    """Each setting measured (CUDA in this process, CPU each in a fresh one), or, with `traced_by`
+    (`copsd.speed.trace_memory.trace`, passed in so the two modules import one way), counted on
+    fake tensors."""
     from copsd.speed.shapes import device_name
 
     first = settings[0]
-    traced = first.device == "trace"
+    traced = traced_by is not None
     out: dict[str, Any] = {
         "device": "none: traced on fake tensors (copsd.speed.trace_memory)"
         if traced
@@ -265,10 +269,8 @@ def bench_train_step(
         "rows": [],
     }
     for s in settings:
-        if s.device == "trace":
-            from copsd.speed.trace_memory import trace
-
-            r = trace(s)
+        if traced_by is not None:
+            r = traced_by(s)
         elif s.device.startswith("cuda"):
             try:
                 r = measure(s)
