@@ -108,12 +108,13 @@ def test_cli_trace_writes_rows_and_refuses_what_it_cannot_do(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "method,kw", [("grpo", {"prompts": 1, "generations": 8}), ("sft", {"prompts": 4}), ("copsd", {"prompts": 4})]
+    "method,kw",
+    [("grpo", {"prompts": 1, "generations": 8, "micro_batch": 8}), ("sft", {"prompts": 4}), ("copsd", {"prompts": 4})],
 )
 def test_qwen3_traces_match_the_shape_and_the_preflight_estimate_stays_above(method, kw):
     """At the Qwen3-1.7B shape: weights and adapters counted as the shape's parameter counts say; and the job preflight's estimate (`copsd.training.memory`, which refuses
     jobs that cannot fit) neither falls below what the step holds nor overstates it by much (traced
-    2026-11-27: +7% GRPO, +13% SFT, +14% COPSD at 512 tokens; docs/benchmarks.md, "Traced")."""
+    2026-11-27: +9% GRPO (8 per forward), +13% SFT, +14% COPSD at 512 tokens; docs/benchmarks.md, "Traced")."""
     from copsd.training.memory import KNOWN_SHAPES
 
     s = _setting(
