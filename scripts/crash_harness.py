@@ -4,7 +4,7 @@ the same moment on one new database. After each trial it asserts: every job DONE
 row exactly once, one MLflow run per job, nothing RUNNING, `PRAGMA integrity_check` ok.
 
     python scripts/crash_harness.py --kills 20 --checkpoint-kills 5 --concurrent 8   # docs/crash_safety.md
-    python scripts/crash_harness.py --kills 3 --checkpoint-kills 1 --concurrent 4 --json  # the slow test
+    python scripts/crash_harness.py --kills 1 --checkpoint-kills 1 --concurrent 3 --json  # the slow test
 
 Real processes, real signals, a real SQLite file and MLflow store; nothing is simulated.
 """

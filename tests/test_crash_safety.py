@@ -297,13 +297,15 @@ def test_an_unexpected_exception_is_one_line_not_a_traceback(workdir):
 
 @pytest.mark.slow
 def test_crash_harness_random_kills_and_concurrent_starts(tmp_path):
-    """The harness in scripts/ (20 kills + 8 concurrent starts for the documented figures), small here."""
+    """The harness in scripts/ (20 kills + 8 concurrent starts for the documented figures), small here:
+    one random kill, one timed into a checkpoint write, three concurrent starts (the targeted kill
+    tests above cover the other moments)."""
     r = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "crash_harness.py"),
             "--kills",
-            "2",
+            "1",
             "--checkpoint-kills",
             "1",
             "--concurrent",
@@ -323,7 +325,7 @@ def test_crash_harness_random_kills_and_concurrent_starts(tmp_path):
     import json
 
     report = json.loads(r.stdout.strip().splitlines()[-1])
-    assert report["summary"]["kill_trials"] == 2 and report["summary"]["all_invariants_held"]
+    assert report["summary"]["kill_trials"] == 1 and report["summary"]["all_invariants_held"]
     assert report["concurrent"]["exit_codes"] == [0, 0, 0]
     assert report["checkpoint_kills"][0]["caught_write"]  # a kill landed inside a checkpoint write
 
