@@ -114,7 +114,7 @@ def test_cli_trace_writes_rows_and_refuses_what_it_cannot_do(workdir):
 def test_qwen3_traces_match_the_shape_and_the_preflight_estimate_stays_above(method, kw):
     """At the Qwen3-1.7B shape: weights and adapters counted as the shape's parameter counts say; and the job preflight's estimate (`copsd.training.memory`, which refuses
     jobs that cannot fit) neither falls below what the step holds nor overstates it by much (traced
-    2026-11-27: +9% GRPO (8 per forward), +13% SFT, +14% COPSD at 512 tokens; docs/benchmarks.md, "Traced")."""
+    2026-11-27: +13% GRPO (8 per forward), +15% SFT, +16% COPSD at 512 tokens; docs/benchmarks.md, "Traced")."""
     from copsd.training.memory import KNOWN_SHAPES
 
     s = _setting(
