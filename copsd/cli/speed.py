@@ -258,9 +258,9 @@ def step(
         raise CopsdError("--trace needs --method copsd|grpo|sft")
     if trace and device is not None:
         raise CopsdError("--trace runs on no device: leave out --device")
-    dev = "trace" if trace else check_options(device, shape, dtype)
+    dev = check_options("cpu" if trace else device, shape, dtype)  # a trace's fake tensors are CPU tensors
     if trace:
-        check_options("cpu", shape, dtype)
+        dev = "trace"
     show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     if method is not None:
         _method_step(

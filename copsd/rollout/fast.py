@@ -193,8 +193,14 @@ class FastEngine:
         # bound method: the engine must not reference itself, or it would outlive its model until a
         # garbage collection.
         self._step = None
+        self._dynamo_limits: dict = {}
         if self.options.compile or self.options.flex:
             self._step = torch.compile(type(self).decode_one_token, dynamic=False, options={"fallback_random": True})
+            # one compiled graph per (cache bucket, batch shape): more than dynamo's default 8 per
+            # function, and past the limit an error, not a silent fall back to an eager step (keys
+            # an older torch lacks are left out)
+            limits = {"recompile_limit": 256, "accumulated_recompile_limit": 4096, "fail_on_recompile_limit_hit": True}
+            self._dynamo_limits = {k: v for k, v in limits.items() if hasattr(torch._dynamo.config, k)}
         self.lora = False  # whether this batch applies the adapters (set per batch)
         self.state: _State | None = None
         self.pool: Any = None  # the CUDA-graph memory pool, shared by every captured graph
@@ -388,10 +394,7 @@ class FastEngine:
         if self._step is None:
             self.decode_one_token(kv_len, params, stops, pad_id)
             return
-        # one compiled graph per (cache bucket, batch shape): more than dynamo's default 8 per function
-        # (and past the limit an error, not a silent fall back to an eager step; keys older torch lacks are left out)
-        limits = {"recompile_limit": 256, "accumulated_recompile_limit": 4096, "fail_on_recompile_limit_hit": True}
-        with torch._dynamo.config.patch({k: v for k, v in limits.items() if hasattr(torch._dynamo.config, k)}):
+        with torch._dynamo.config.patch(self._dynamo_limits):
             self._step(self, kv_len, params, stops, pad_id)
 
     # ---- CUDA graphs ----------------------------------------------------------------------

@@ -84,6 +84,7 @@ def _job(s: StepSetting):
         "loss_chunk_size": s.chunk,
         "batch_size": s.prompts * (s.generations if s.method == "grpo" else 1),
         "rollout_batch": "micro",  # rollouts are replaced below: nothing may sample for real
+        "rollout_engine": "hf",  # (and so the memory estimate counts no rollout cache kept by the fast engine)
     }
     if s.method == "grpo":
         train["num_generations"] = s.generations
@@ -101,7 +102,6 @@ def estimate_gib(s: StepSetting, config) -> float:
     from copsd.training.memory import GiB, estimate, shape_from_config
 
     job = _job(s).model_copy(update={"dtype": s.dtype})
-    job = job.model_copy(update={"train": job.train.model_copy(update={"rollout_engine": "hf"})})
     est = estimate(
         job, shape_from_config(config), "cuda", prompt_tokens=s.prompt_len, teacher_prompt_tokens=s.teacher_prompt
     )

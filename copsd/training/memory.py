@@ -26,7 +26,7 @@ budget (the worst case, and what a real model's GRPO rollouts do). On a CPU ever
 (as `resolve_dtype` runs it) and the process's Python runtime is counted; on a GPU the estimate is
 of allocated tensors (`torch.cuda.max_memory_allocated`), compared with the free memory.
 Calibration against measured peaks (-3% to +4% on the H100 rows with checkpointing, 5-15% high on
-CPU without it) and against steps counted on fake tensors at Qwen3 1.7B-8B (0-18% high):
+CPU without it) and against steps counted on fake tensors at Qwen3 1.7B-8B (3-18% high):
 docs/benchmarks.md, "Memory estimate vs measured" and "Traced".
 """
 
