@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from copsd.data.benchmarks import all_splits, benchmarks, check_language
 from copsd.data.languages import canonical_code, get_language
+from copsd.yaml_input import load_yaml
 
 METHODS = ("base", "copsd", "grpo", "sft")
 TRAINED_METHODS = ("copsd", "grpo", "sft")
@@ -311,7 +312,7 @@ class JobConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, text: str) -> JobConfig:
-        return cls.model_validate(yaml.safe_load(text))
+        return cls.model_validate(load_yaml(text, "job config"))
 
 
 def short_model_name(model: str) -> str:

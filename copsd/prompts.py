@@ -20,7 +20,56 @@ The teacher's prompt differs from the student's exactly by the privileged Englis
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+
 from copsd.data.languages import get_language
+from copsd.errors import CopsdError
+
+
+class TemplateTimeout(CopsdError):
+    """A chat template that did not render within the time limit (the job fails with this)."""
+
+
+def template_time_limit_s() -> float:
+    """`COPSD_TEMPLATE_TIMEOUT_S` (default 10): a real template renders one prompt in milliseconds;
+    a hostile one (nested loops over `range`) would hang the job forever."""
+    try:
+        return max(0.01, float(os.environ.get("COPSD_TEMPLATE_TIMEOUT_S", "10")))
+    except ValueError:
+        raise CopsdError("COPSD_TEMPLATE_TIMEOUT_S must be a number of seconds, e.g. 10") from None
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise TemplateTimeout in the rendering code after `seconds` (SIGALRM: it interrupts pure
+    Python such as jinja, which a watchdog thread could not). Jobs render on their process's main
+    thread; elsewhere (a signal needs the main thread) there is no limit."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise TemplateTimeout(
+            f"the model's chat template took more than {seconds:g} s to render one prompt (a template that "
+            "loops without end?); fix the chat_template in the model's tokenizer files, use another model, or "
+            "raise COPSD_TEMPLATE_TIMEOUT_S"
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _apply_template(tokenizer, messages: list[dict], **kwargs) -> str:
+    with _time_limit(template_time_limit_s()):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
 
 
 def has_thinking_tokens(tokenizer) -> bool:
@@ -38,13 +87,11 @@ def render_chat(tokenizer, user_text: str, *, thinking: bool, language: str) -> 
         return f"{user_text}\n\n"
     messages = [{"role": "user", "content": user_text}]
     if has_thinking_tokens(tokenizer):
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-        )
+        text = _apply_template(tokenizer, messages, enable_thinking=thinking)
         if thinking:
             text += "<think>\n" + get_language(language).thinking.strip()
         return text
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _apply_template(tokenizer, messages)
 
 
 def student_prompt(tokenizer, problem: str, language: str, *, thinking: bool = True) -> str:

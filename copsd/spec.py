@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from copsd.config import METHODS, TRAINED_METHODS, JobConfig
 from copsd.errors import SpecError
+from copsd.yaml_input import load_yaml, read_text_capped
 
 
 class RunnerSettings(BaseModel):
@@ -66,13 +68,44 @@ class ParamSpace(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> ParamSpace:
+        """Everything Optuna would refuse mid-study (with a traceback) is refused here, at load time."""
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs 'choices' (a non-empty list)")
-        elif self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a {self.type} parameter needs 'low' < 'high'")
-        elif self.log and self.low <= 0:
-            raise ValueError("'log: true' needs 'low' > 0")
+            given = [k for k in ("low", "high", "step") if getattr(self, k) is not None] + (["log"] if self.log else [])
+            if given:
+                raise ValueError(f"a categorical parameter takes 'choices' only, not {', '.join(given)}")
+            return self
+        if self.choices is not None:
+            raise ValueError(
+                f"'choices' is for 'type: categorical'; a {self.type} parameter takes low, high, step, log"
+            )
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"'low' and 'high' must be finite numbers, not {self.low:g} and {self.high:g}")
+        if not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs 'low' < 'high' (got low {self.low:g}, high {self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"'log: true' needs 'low' > 0 (got {self.low:g})")
+        if self.step is not None:
+            if self.log:
+                raise ValueError(
+                    "'step' and 'log: true' cannot be combined (Optuna samples a log range without a grid)"
+                )
+            if not (math.isfinite(self.step) and self.step > 0):
+                raise ValueError(f"'step' must be > 0, not {self.step:g}")
+        if self.type == "int":
+            bad = [f"{k} {v:g}" for k in ("low", "high", "step") if (v := getattr(self, k)) is not None and v != int(v)]
+            if bad:
+                raise ValueError(f"an int parameter needs whole numbers, not {', '.join(bad)}")
+        if self.step is not None:
+            n = (self.high - self.low) / self.step
+            if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+                raise ValueError(
+                    f"'high' - 'low' ({self.high - self.low:g}) must be a multiple of 'step' ({self.step:g}), "
+                    "or the top of the range is never sampled"
+                )
         return self
 
     def example(self) -> Any:
@@ -98,9 +131,17 @@ class SearchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     params: dict[str, ParamSpace] = Field(..., min_length=1, description="dotted job field -> its space")
     objective: Objective = Objective()
-    n_trials: int = Field(20, ge=1, description="trials in the study (finished or pruned), over all workers")
+    n_trials: int = Field(
+        20, ge=1, description="trials in the study that ended (complete, pruned or failed), over all workers"
+    )
+    max_failures: int = Field(
+        3,
+        ge=1,
+        description="a `copsd tune` process stops (exit 1) after this many failed trials in a row, "
+        "with the first one's reason",
+    )
     sampler: Literal["tpe", "random"] = "tpe"
-    seed: int = Field(0, description="the sampler's seed")
+    seed: int = Field(0, ge=0, lt=2**32, description="the sampler's seed")
     pruner: Literal["median", "successive_halving", "threshold", "none"] = Field(
         "median",
         description="median: stop a trial whose checkpoint evaluations trail the others'; threshold: stop "
@@ -220,7 +261,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(read_text_capped(path, str(path)), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -136,8 +136,9 @@ def package_graph(g: dict[str, set[str]]) -> dict[str, set[str]]:
 
 # The layout's layers, lowest first (docs/design.md): a unit may import only units of lower layers.
 LAYERS: list[tuple[str, ...]] = [
+    ("copsd.redact",),  # secrets masked in anything shown: below everything that prints
     ("copsd", "copsd.errors", "copsd.paths", "copsd.losses", "copsd.rollout", "copsd.grading"),
-    ("copsd.plugins",),
+    ("copsd.plugins", "copsd.yaml_input"),
     ("copsd.data",),
     ("copsd.config", "copsd.prompts", "copsd.models"),
     ("copsd.spec", "copsd.evaluation", "copsd.results"),

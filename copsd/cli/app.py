@@ -17,8 +17,9 @@ from rich.markup import escape
 
 from copsd.cli import data, evaluate, report, speed, sweep, tune
 from copsd.cli.common import err_console
-from copsd.errors import CopsdError
+from copsd.errors import CopsdError, environment_error
 from copsd.plugins import plugin_commands
+from copsd.redact import scrub, shorten
 
 app = typer.Typer(
     name="copsd",
@@ -52,7 +53,7 @@ def main() -> None:
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except CopsdError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -61,7 +62,7 @@ def main() -> None:
         from copsd.run.sweep import SweepInterrupted
 
         if isinstance(exc, SweepInterrupted):
-            err_console.print(str(exc))
+            err_console.print(escape(_line(exc)), highlight=False, soft_wrap=True)
             sys.exit(128 + int(exc.signum))
         for errors in _click_exception_modules():
             if isinstance(exc, getattr(errors, "ClickException", ())):
@@ -72,15 +73,25 @@ def main() -> None:
                 sys.exit(getattr(exc, "exit_code", 1))
             if isinstance(exc, getattr(errors, "Abort", ())):
                 sys.exit(130)
+        known = environment_error(exc)
+        if known is not None:  # a locked or full database, a full disk: the user's to fix, not a bug
+            err_console.print(f"[red]error:[/red] {escape(known)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         if os.environ.get("COPSD_DEBUG"):
             raise
         err_console.print(
-            f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
+            f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(_line(exc))} "
             "(a bug: please report it; COPSD_DEBUG=1 shows the traceback)",
             highlight=False,
             soft_wrap=True,
         )
         sys.exit(1)
+
+
+def _line(exc: BaseException) -> str:
+    """An exception's message as one readable line with no secret in it (a driver's message may
+    quote the DB URL; an expanded YAML value can be megabytes long)."""
+    return shorten(scrub(str(exc)), 500)
 
 
 def _click_exception_modules() -> list:

@@ -57,7 +57,7 @@ def import_prompts_cmd(
     src = Path(path).expanduser()
     if not src.is_file():
         raise CopsdError(f"{src}: file not found; pass a local copy of the released language_config.py")
-    entries = import_prompts(src, Path(out))
+    entries = import_prompts(src, Path(out).expanduser())
     console.print(
         f"wrote {out}: prompt strings for {len(entries)} languages ({', '.join(sorted(entries))})", soft_wrap=True
     )

@@ -11,6 +11,7 @@ from rich.markup import escape
 from copsd.cli import submit as submit_cmd
 from copsd.cli.common import DB_OPT, ONLY_HELP, console
 from copsd.errors import CopsdError
+from copsd.redact import display_url
 
 app = typer.Typer(help="Plan, run and inspect sweeps (YAML specs -> jobs -> results).", no_args_is_help=True)
 app.command("submit")(submit_cmd.submit)  # copsd/cli/submit.py: worker tasks on SLURM through submitit
@@ -208,7 +209,7 @@ def run(
     )
     console.print(
         f"sweep '{sel.spec.name}': {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
-        f"(already done or not retried); results in {opts.db_url}"
+        f"(already done or not retried); results in {display_url(opts.db_url)}"
     )
     for jid, e in summary.errors.items():
         console.print(f"  [red]FAILED[/red] {jid}: {escape(e)}", soft_wrap=True)
@@ -242,7 +243,7 @@ def status(
     from copsd.results.schema import FAILED, STATUSES
     from copsd.spec import select
 
-    rdb = ResultsDB(existing_db_url(db))
+    rdb = ResultsDB(existing_db_url(db), readonly=True)
     try:
         if job:
             _show_job(rdb, job)
@@ -251,7 +252,7 @@ def status(
         if not names:
             console.print("no sweeps in the database yet; run one with `copsd sweep run SPEC`")
             return
-        t = Table(title=f"sweeps in {rdb.url}")
+        t = Table(title=f"sweeps in {rdb.shown}")
         for c in ("sweep", "jobs", *STATUSES):
             t.add_column(c)
         failed = []
@@ -278,7 +279,7 @@ def _show_job(rdb, job_id: str) -> None:
 
     row = rdb.get_job(job_id)
     if row is None:
-        raise CopsdError(f"--job: no job '{job_id}' in {rdb.url}; `copsd sweep plan SPEC` lists job ids")
+        raise CopsdError(f"--job: no job '{job_id}' in {rdb.shown}; `copsd sweep plan SPEC` lists job ids")
     t = Table(title=f"job {row.id}: {row.method}/{row.language}/seed{row.seed}", show_header=False)
     t.add_column("field")
     t.add_column("value")

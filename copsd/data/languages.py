@@ -18,6 +18,7 @@ import yaml
 
 from copsd.errors import CopsdError
 from copsd.plugins import load_plugins
+from copsd.yaml_input import load_yaml, read_text_capped
 
 # A source maps the raw registry (code -> YAML entry) to more entries; existing codes win.
 LanguageSource = Callable[[dict], dict[str, dict]]
@@ -97,8 +98,7 @@ class Language:
 
 def _load_yaml(path: Path | str, what: str = "language file") -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        data = load_yaml(read_text_capped(Path(str(path)), f"{what} {path}"), f"{what} {path}") or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

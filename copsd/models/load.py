@@ -68,8 +68,18 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
+REMOTE_CODE = (
+    "copsd never runs Python code shipped with a model (trust_remote_code=False: that code could do anything "
+    "on this machine); use a model whose architecture transformers includes (Qwen3, Qwen2, Llama, ...)"
+)
+
+
 def _hub_error(name: str, exc: Exception) -> ModelLoadError:
     text = str(exc)
+    if "trust_remote_code" in text or "custom code" in text:  # before the offline guess: it is not the Hub
+        return ModelLoadError(
+            f"model '{name}' needs its own Python code to load (an auto_map in its config); {REMOTE_CODE}"
+        )
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or any(
         s in text for s in ("connect", "offline", "resolve", "Connection", "Max retries", "Network")
     )
@@ -90,7 +100,7 @@ def load_tokenizer(name: str):
 
     source = resolve_model_source(name)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
     if tok.pad_token_id is None:
@@ -109,7 +119,7 @@ def load_model(name: str, *, dtype: str = "auto", device: str | None = None) -> 
     tok = load_tokenizer(name)
     dev = resolve_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, dev))
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype, dev), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
     model.to(dev)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 
 from copsd.errors import CopsdError
 from copsd.paths import db_url, sqlite_path
+from copsd.redact import display_url, scrub
 from copsd.results.schema import (
     DONE,
     FAILED,
@@ -151,51 +152,184 @@ def owner_is_dead_here(owner: str | None) -> bool:
     return start != "-" and now_start is not None and now_start != start
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+def lock_timeout_s() -> float:
+    """How long a command waits for another process's write lock on a SQLite results DB
+    (`COPSD_DB_LOCK_TIMEOUT`, seconds; default 60) before it gives up with one line."""
+    raw = os.environ.get("COPSD_DB_LOCK_TIMEOUT", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise CopsdError(
+            f"COPSD_DB_LOCK_TIMEOUT={raw!r} is not a number of seconds; e.g. COPSD_DB_LOCK_TIMEOUT=60"
+        ) from None
+    if not 0 <= value <= 86_400:
+        raise CopsdError(f"COPSD_DB_LOCK_TIMEOUT={raw} is out of range; give 0 to 86400 seconds")
+    return value
+
+
+def _sqlite_pragmas(timeout_s: float, readonly: bool) -> Callable:
+    def on_connect(dbapi_conn, _record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        if readonly:
+            cur.execute("PRAGMA query_only=ON")  # a reading command cannot write, whatever it calls
+        else:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
+
+
+def locked_message(shown: str, waited_s: float) -> str:
+    return (
+        f"results database {shown} is locked: another process holds its write lock (waited {waited_s:.0f} s); "
+        "let that process finish (copsd sweep status shows RUNNING jobs), or wait longer with COPSD_DB_LOCK_TIMEOUT=SECONDS"
+    )
+
+
+def _wait_for_write_lock(path, shown: str, timeout_s: float) -> None:
+    """Before a writing command starts: if another process holds the SQLite write lock, say so
+    once, wait up to `timeout_s`, then stop with one line (instead of minutes of silence)."""
+    import sqlite3
+    import sys
+
+    def try_lock(wait: float) -> bool:
+        con = sqlite3.connect(path, timeout=wait, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                return False
+            return True  # not a lock: the real open reports it
+        finally:
+            con.close()
+
+    if not path.exists() or try_lock(0.2):
+        return
+    print(f"copsd: waiting up to {timeout_s:.0f} s for the write lock on {shown} (held by another process; "
+          "COPSD_DB_LOCK_TIMEOUT sets the wait)", file=sys.stderr, flush=True)  # fmt: skip
+    t0 = time.monotonic()
+    if not try_lock(timeout_s):
+        raise CopsdError(locked_message(shown, time.monotonic() - t0 + 0.2))
 
 
 class ResultsDB:
+    """The results DB. `readonly=True` (status, plan, reports) never writes: no tables created, no
+    migration, `query_only` on SQLite, read-only transactions on PostgreSQL; a SQLite file on a
+    read-only disk or in a read-only folder is still read."""
+
     def __init__(
         self,
         url: str | None = None,
         *,
         migrations: dict[int, Callable[[Engine], None]] | None = None,
         schema_version: int = SCHEMA_VERSION,
+        readonly: bool = False,
     ):
         self.url = db_url(url)
+        self.shown = display_url(self.url)  # the URL as people may see it (no password)
+        self.readonly = readonly
         path = sqlite_path(self.url)
         if path is not None and not path.parent.exists():
-            raise CopsdError(f"database directory '{path.parent}' does not exist (from --db/COPSD_DB '{self.url}')")
+            raise CopsdError(f"database directory '{path.parent}' does not exist (from --db/COPSD_DB '{self.shown}')")
+        timeout = lock_timeout_s()
+        if path is not None and not readonly:
+            _wait_for_write_lock(path, self.shown, timeout)
         try:
-            self.engine = create_engine(self.url, connect_args={"timeout": 30} if path is not None else {})
+            self.engine = self._engine(path, timeout)
         except ModuleNotFoundError as exc:
             hint = " (pip install 'copsd[postgres]' and use postgresql+psycopg://...)" if "postgres" in self.url else ""
-            raise CopsdError(f"cannot open database '{self.url}': no driver {exc.name!r}{hint}") from None
+            raise CopsdError(f"cannot open database '{self.shown}': no driver {exc.name!r}{hint}") from None
+        except CopsdError:
+            raise
         except Exception as exc:
-            raise CopsdError(f"cannot open database '{self.url}': {exc}") from None
-        if self.url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            raise CopsdError(f"cannot open database '{self.shown}': {scrub(str(exc))}") from None
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
-        self._migrate(MIGRATIONS if migrations is None else migrations, schema_version)
+        if readonly:
+            if not self._schema_is_current(schema_version):  # an older DB is upgraded once, as before
+                ResultsDB(self.url, migrations=migrations, schema_version=schema_version).close()
+        else:
+            self._migrate(MIGRATIONS if migrations is None else migrations, schema_version)
+
+    def _engine(self, path, timeout: float) -> Engine:
+        if path is None:
+            args: dict = {}
+            if self.readonly and self.url.startswith("postgresql"):
+                args = {"options": "-c default_transaction_read_only=on"}
+            return create_engine(self.url, connect_args=args)
+        if not self.readonly:
+            engine = create_engine(self.url, connect_args={"timeout": timeout})
+            event.listen(engine, "connect", _sqlite_pragmas(timeout, readonly=False))
+            return engine
+        # read-only: the file as SQLite opens it read-only; if even that needs a write (a WAL
+        # database without its -shm file on a read-only disk), as an immutable file
+        for flags in ("mode=ro", "immutable=1"):
+            engine = create_engine(
+                f"sqlite:///file:{path.resolve()}?{flags}&uri=true", connect_args={"timeout": timeout}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas(timeout, readonly=True))
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT count(*) FROM sqlite_master"))
+                return engine
+            except OperationalError as exc:
+                engine.dispose()
+                low = str(exc).lower()
+                if flags == "immutable=1" or not any(w in low for w in ("unable to open", "readonly", "read-only")):
+                    raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
+            except DatabaseError as exc:
+                engine.dispose()
+                raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _raise_if_lock_timed_out(self, exc: Exception, t0: float) -> None:
+        """A lock that outlasted the busy timeout is another process's, not a start-up race: one
+        line naming it, instead of 20 retries of a minute each."""
+        text_ = str(getattr(exc, "orig", exc)).lower()
+        waited = time.monotonic() - t0
+        if ("locked" in text_ or "busy" in text_) and waited >= min(1.0, lock_timeout_s()):
+            raise CopsdError(locked_message(self.shown, waited)) from None
+
+    def _schema_is_current(self, target: int) -> bool:
+        """Read-only open: the DB's schema is this copsd's (True), older (False), or refused."""
+        try:
+            with self.Session() as s:
+                row = s.get(Meta, "schema_version")
+        except (OperationalError, ProgrammingError, DatabaseError) as exc:
+            text_ = str(getattr(exc, "orig", exc)).lower()
+            if "no such table" in text_ or "does not exist" in text_:
+                raise CopsdError(
+                    f"database '{self.shown}' holds no copsd results (no 'meta' table); point --db/COPSD_DB at a "
+                    "results database, or run a sweep first"
+                ) from None
+            raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
+        current = int(row.value) if row else None
+        if current is None:
+            raise CopsdError(f"database '{self.shown}' has no schema version; it is not a copsd results database")
+        if current > target:
+            raise CopsdError(
+                f"database '{self.shown}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
+            )
+        return current >= target
 
     # ---- schema ----------------------------------------------------------------------------
     def _migrate(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
         """Create tables and run migrations; safe when several processes start on one DB at once
         (a race on table creation, the version row or a column shows up as an error that a retry
         resolves, since every step re-checks what exists)."""
+        t0 = time.monotonic()
         for attempt in range(20):
             try:
                 self._migrate_once(migrations, target)
                 return
             except (OperationalError, IntegrityError, ProgrammingError, DatabaseError) as exc:
+                self._raise_if_lock_timed_out(exc, t0)
                 if not _is_race(exc) or attempt == 19:
-                    raise CopsdError(f"cannot open database '{self.url}': {_db_error_hint(exc)}") from None
+                    raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
                 time.sleep(0.05 * (attempt + 1))
 
     def _migrate_once(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
@@ -208,7 +342,7 @@ class ResultsDB:
                 return
         if current > target:
             raise CopsdError(
-                f"database '{self.url}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
+                f"database '{self.shown}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
             )
         for version in range(current + 1, target + 1):
             migrations[version](self.engine)  # idempotent: re-checks the columns it adds
@@ -234,11 +368,13 @@ class ResultsDB:
         """Create/refresh the sweep row and add its jobs (new ones PENDING); existing jobs keep their
         state. Idempotent, and safe when several processes register the same sweep at once."""
         jobs = list(jobs)
+        t0 = time.monotonic()
         for attempt in range(20):
             try:
                 self._register_once(name, jobs, description, spec_path, spec_yaml)
                 return
             except (IntegrityError, OperationalError) as exc:
+                self._raise_if_lock_timed_out(exc, t0)
                 if not _is_race(exc) or attempt == 19:
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -510,7 +646,7 @@ def existing_statuses(url: str | None, ids: list[str]) -> dict[str, tuple[str, i
     p = sqlite_path(url)
     if p is not None and not p.exists():
         return {}
-    rdb = ResultsDB(url)
+    rdb = ResultsDB(url, readonly=True)
     try:
         return {j.id: (j.status, j.attempts, j.last_error) for j in rdb.jobs(ids=ids)}
     finally:

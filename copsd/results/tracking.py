@@ -23,6 +23,7 @@ from typing import Any
 from copsd.config import JobConfig, flatten
 from copsd.errors import CopsdError
 from copsd.paths import artifact_root
+from copsd.redact import display_url, scrub
 
 MAX_PARAM_LEN = 500
 # MLflow 3's UI opens an experiment by its kind: model training shows the runs table and charts
@@ -61,7 +62,7 @@ class RunLog:
             _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def set_tag(self, key: str, value: str) -> None:
-        _retry(lambda: self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LEN]))
+        _retry(lambda: self.client.set_tag(self.run_id, key, scrub(str(value))[:MAX_PARAM_LEN]))
 
     def log_jsonl(self, records: list[dict], name: str, artifact_path: str = "generations") -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -114,7 +115,7 @@ def _retry(call, attempts: int = 5) -> None:
             return
         except Exception as exc:  # noqa: BLE001 - MlflowException wraps the store's errors
             if i == attempts - 1:
-                logging.getLogger("copsd").warning("MLflow write failed, skipped: %s", str(exc).splitlines()[0])
+                logging.getLogger("copsd").warning("MLflow write failed, skipped: %s", scrub(str(exc).splitlines()[0]))
                 return
             time.sleep(0.05 * (i + 1))
 
@@ -174,12 +175,12 @@ def _store_refused(tracking_uri: str, exc: Exception) -> str:
     """One line for a store MLflow will not open. The common case is a `./mlruns` or `file:` URI:
     MLflow 3 refuses its file store unless told otherwise, and copsd's default is SQLite."""
     text = str(exc).strip()
-    why = text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
+    why = scrub(text.splitlines()[0].split(". ")[0][:200]) if text else type(exc).__name__
     if "://" not in tracking_uri or tracking_uri.startswith("file:"):
         fix = "use a database store, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db (or MLFLOW_ALLOW_FILE_STORE=true)"
     else:
         fix = "fix MLFLOW_TRACKING_URI"
-    return f"MLflow store {tracking_uri} cannot be opened ({why}); {fix}, or run with --no-mlflow"
+    return f"MLflow store {display_url(tracking_uri)} cannot be opened ({why}); {fix}, or run with --no-mlflow"
 
 
 class Tracker:
@@ -199,7 +200,7 @@ class Tracker:
                 exp = self.client.get_experiment_by_name(experiment)
             except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, HTTP errors
                 raise CopsdError(
-                    f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}); start it, fix "
+                    f"MLflow at {display_url(tracking_uri)} is unreachable ({type(exc).__name__}); start it, fix "
                     "MLFLOW_TRACKING_URI, or run with --no-mlflow"
                 ) from None
         self._init_experiment(exp, experiment, tracking_uri)

@@ -23,6 +23,7 @@ only the task's main process may decide what it means.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from typing import Any
 
 from copsd.errors import CopsdError
 from copsd.paths import Workspace
+from copsd.redact import MASK, display_url
 
 EXECUTORS = ("slurm", "local")
 
@@ -105,9 +107,12 @@ class SweepWorker:
         all_jobs = [JobConfig.model_validate_json(js) for js in self.all_job_jsons]
         # every task walks the whole list, rotated so that they start apart; claims make it exactly-once
         order = jobs[task::tasks] + [j for i, j in enumerate(jobs) if i % tasks != task]
-        opts = replace(self.run_opts, workers=1, progress=False)
+        opts = replace(self.run_opts, workers=1, progress=False, db_url=_task_db_url(self.run_opts.db_url))
         label = _task_label()
-        print(f"copsd worker {label}: sweep '{self.name}', {len(jobs)} job(s), results in {opts.db_url}", flush=True)
+        print(
+            f"copsd worker {label}: sweep '{self.name}', {len(jobs)} job(s), results in {display_url(opts.db_url)}",
+            flush=True,
+        )
         requeue = _UserSignal()
         with requeue.installed(isolate=opts.isolate):
             try:
@@ -134,6 +139,22 @@ class SweepWorker:
         from submitit.core.utils import DelayedSubmission
 
         return DelayedSubmission(self, *args, **kwargs)
+
+
+def _task_db_url(shown: str) -> str:
+    """The DB URL a task connects to. A URL with a password was submitted masked (submitit pickles
+    the worker into its folder, readable by others); the real one comes from the task's
+    environment, which SLURM and submitit's local executor pass on from the submitting shell."""
+    if MASK not in shown:
+        return shown
+    real = os.environ.get("COPSD_DB", "")
+    if display_url(real) != shown:
+        raise CopsdError(
+            f"the results DB {shown} has a password, which reaches a task only through COPSD_DB in its "
+            "environment, and this task's COPSD_DB does not match; submit without --export=NONE (sbatch's "
+            "default passes the environment on)"
+        )
+    return real
 
 
 def _task_label() -> str:
@@ -185,6 +206,47 @@ class _UserSignal:
             handler(signal.SIGUSR2, None)  # checkpoint() -> scontrol requeue -> sys.exit
 
 
+def check_submit(opts: SubmitOptions) -> None:
+    """The submit options, the executor and (for slurm) the scheduler's commands, checked before
+    the sweep is registered or any folder made: a mistake here writes nothing."""
+    import shutil
+
+    if opts.executor not in EXECUTORS:
+        raise CopsdError(f"--executor must be one of {', '.join(EXECUTORS)}, not '{opts.executor}'")
+    if opts.tasks < 1:
+        raise CopsdError("--tasks must be at least 1")
+    if opts.executor != "slurm" and (opts.slurm_args or opts.partition):
+        raise CopsdError("--partition and --slurm-arg apply to --executor slurm only")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise CopsdError("copsd sweep submit needs submitit: pip install 'copsd[slurm]'") from None
+    if opts.executor == "slurm":
+        missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+        if missing:
+            raise CopsdError(
+                f"no SLURM on this machine ({' and '.join(missing)} not on PATH); run this on a SLURM login node, "
+                "or use --executor local to run the worker tasks here"
+            )
+
+
+@contextlib.contextmanager
+def _db_url_in_environment(url: str | None):
+    """COPSD_DB set to `url` while the tasks are submitted (they inherit it), then restored."""
+    if url is None:
+        yield
+        return
+    old = os.environ.get("COPSD_DB")
+    os.environ["COPSD_DB"] = url
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("COPSD_DB", None)
+        else:
+            os.environ["COPSD_DB"] = old
+
+
 def make_executor(opts: SubmitOptions, folder: Path, name: str):
     """A submitit executor for `opts` (submitit is the `slurm` extra: pip install 'copsd[slurm]')."""
     try:
@@ -193,7 +255,13 @@ def make_executor(opts: SubmitOptions, folder: Path, name: str):
         raise CopsdError("copsd sweep submit needs submitit: pip install 'copsd[slurm]'") from None
     if opts.executor not in EXECUTORS:
         raise CopsdError(f"--executor must be one of {', '.join(EXECUTORS)}, not '{opts.executor}'")
-    ex = submitit.AutoExecutor(folder=folder, cluster=opts.executor)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=opts.executor)
+    except RuntimeError as exc:  # "Could not detect srun": SLURM's commands are there but not working
+        raise CopsdError(
+            f"--executor {opts.executor}: submitit cannot use it here ({str(exc).splitlines()[0]}); "
+            "use --executor local, or run on a SLURM login node"
+        ) from None
     params: dict[str, Any] = {
         "name": f"copsd-{name}",
         "timeout_min": opts.time_min,
@@ -249,8 +317,7 @@ def submit_sweep(
     if path is not None and not path.is_absolute():  # the tasks may start in another directory
         run_opts = replace(run_opts, db_url=f"sqlite:///{path.resolve()}")
     db_url = run_opts.db_url
-    if opts.tasks < 1:
-        raise CopsdError("--tasks must be at least 1")
+    check_submit(opts)  # every option checked before anything is written
     db = ResultsDB(db_url)  # registered once here, so that the tasks start on a known sweep
     try:
         db.register_sweep(name, all_jobs, description=description, spec_path=spec_path, spec_yaml=spec_yaml)
@@ -259,16 +326,18 @@ def submit_sweep(
     ws = Workspace(db_url)
     folder = opts.folder or ws.root / "slurm" / name
     ex = make_executor(opts, folder, name)
+    shown = display_url(db_url)
     worker = SweepWorker(
         name,
         [j.model_dump_json() for j in jobs],
         [j.model_dump_json() for j in all_jobs],
-        run_opts,
+        replace(run_opts, db_url=shown),  # pickled to disk: never the password (see _task_db_url)
         description=description,
         spec_path=spec_path,
         spec_yaml=spec_yaml,
     )
-    submitted = ex.map_array(worker, list(range(opts.tasks)), [opts.tasks] * opts.tasks)
+    with _db_url_in_environment(db_url if shown != db_url else None):
+        submitted = ex.map_array(worker, list(range(opts.tasks)), [opts.tasks] * opts.tasks)
     tasks = [SubmittedTask(str(j.job_id), str(j.paths.stdout), str(j.paths.stderr)) for j in submitted]
     record = ws.root / "slurm" / "submissions.jsonl"
     record.parent.mkdir(parents=True, exist_ok=True)

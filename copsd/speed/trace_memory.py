@@ -121,7 +121,7 @@ def _meta_model(s) -> Any:
     from copsd.models.load import resolve_model_source
     from copsd.training.adapters import wrap_lora
 
-    config = AutoConfig.from_pretrained(resolve_model_source(s.model))
+    config = AutoConfig.from_pretrained(resolve_model_source(s.model), trust_remote_code=False)
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, s.dtype))
     return wrap_lora(base, LoraSettings(), 0)

@@ -189,7 +189,7 @@ def model_shape(model: str) -> ModelShape | None:
             try:
                 from transformers import AutoConfig
 
-                return shape_from_config(AutoConfig.from_pretrained(str(path.parent)))
+                return shape_from_config(AutoConfig.from_pretrained(str(path.parent), trust_remote_code=False))
             except Exception:  # noqa: BLE001 - fall back to the table
                 pass
     if model in KNOWN_SHAPES:
@@ -200,7 +200,7 @@ def model_shape(model: str) -> ModelShape | None:
         try:  # a Hub model neither cached nor in the table: its config alone (a few kB)
             from transformers import AutoConfig
 
-            return shape_from_config(AutoConfig.from_pretrained(model))
+            return shape_from_config(AutoConfig.from_pretrained(model, trust_remote_code=False))
         except Exception:  # noqa: BLE001 - unreachable, gated, unknown: the shape stays unknown
             return None
     return None
