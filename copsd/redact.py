@@ -52,4 +52,5 @@ def shorten(text: str, limit: int = 500) -> str:
     text = " ".join(text.split()) if len(text) <= 4 * limit else " ".join(text[: 4 * limit].split())
     if len(text) <= limit:
         return text
-    return text[: limit - 20].rstrip() + f" … [cut at {limit} chars]"
+    tail = f" … [cut at {limit} chars]"
+    return text[: limit - len(tail)].rstrip() + tail

@@ -89,6 +89,22 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@/{name}?host={self.sock}"
 
 
+def add_password_user(server: PostgresServer, user: str, password: str) -> str:
+    """A role that must give its password (scram-sha-256, enforced by a pg_hba line ahead of the
+    cluster's trust lines), owning a fresh database: its SQLAlchemy URL, password included."""
+    import psycopg
+
+    server._counter += 1
+    name = f"copsd_pw_{os.getpid()}_{server._counter}"
+    with psycopg.connect(host=str(server.sock), user="postgres", dbname="postgres", autocommit=True) as con:
+        con.execute(f"CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'")
+        con.execute(f'CREATE DATABASE "{name}" OWNER "{user}"')
+    hba = server.data / "pg_hba.conf"
+    hba.write_text(f"local all {user} scram-sha-256\n" + hba.read_text())
+    server._as_postgres(f"{server.bin}/pg_ctl", "-D", str(server.data), "reload")
+    return f"postgresql+psycopg://{user}:{password}@/{name}?host={server.sock}"
+
+
 def _free_port() -> int:
     import socket
 

@@ -117,6 +117,65 @@ CASES = [
     ("status-unknown-job", {}, _setup_existing_db, ["sweep", "status", "--job", "abc"], {}, ["no job 'abc'"]),
     ("import-prompts-missing", {}, None, ["data", "import-prompts", "lc.py"], {}, ["lc.py", "not found"]),
     (
+        "import-prompts-too-large",
+        {"lc.py": b"LANGUAGE_CONFIG = {}\n" + b"#" * 1_100_000},
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "out.yaml"],
+        {},
+        ["lc.py", "1,100,021 bytes", "at most 1,048,576"],
+    ),
+    (
+        "import-prompts-out-is-input",
+        {"lc.py": b"LANGUAGE_CONFIG = {}\n"},
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "./lc.py"],
+        {},
+        ["--out lc.py is the input file"],
+    ),
+    (
+        "import-prompts-entry-not-dict",
+        {"lc.py": b"LANGUAGE_CONFIG = {'SWA': 5}\n"},
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "out.yaml"],
+        {},
+        ["entry 'SWA' is of type int, not a dict"],
+    ),
+    (
+        "import-prompts-huge-number",
+        {"lc.py": b"LANGUAGE_CONFIG = {'SWA': {'student_instruction': 1" + b"0" * 6000 + b"}}\n"},
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "out.yaml"],
+        {},
+        ["lc.py:1: not valid Python", "4300 digits"],
+    ),
+    (
+        "import-prompts-labels-not-dict",
+        {
+            "lc.py": b"LANGUAGE_CONFIG = {'SWA': {'student_instruction': 'a', 'think_prefix': 'b', "
+            b"'transition_prompt': 'c', 'teacher_final_instruction': 'd', 'labels': [1]}}\n"
+        },
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "out.yaml"],
+        {},
+        ["field 'labels' is of type list, not a dict"],
+    ),
+    (
+        "import-prompts-out-dir-missing",
+        {"lc.py": b"LANGUAGE_CONFIG = {}\n"},
+        None,
+        ["data", "import-prompts", "lc.py", "-o", "no/such/dir/x.yaml"],
+        {},
+        ["folder no/such/dir does not exist"],
+    ),
+    (
+        "spec-recursive-alias",
+        {"s.yaml": b"name: x\nmatrix: &m {seed: [*m]}\n"},
+        None,
+        ["sweep", "plan", "s.yaml"],
+        {},
+        ["s.yaml", "recursive anchor"],
+    ),
+    (
         "checkpoint-not-saved",
         {
             "s.yaml": SMALL_SPEC.replace("method: [base]", "method: [copsd]")

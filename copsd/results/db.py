@@ -76,6 +76,8 @@ def _db_error_hint(exc: Exception) -> str:
     low = text.lower()
     if "not a database" in low or "malformed" in low:
         return f"{text} (not an SQLite results database, or damaged: point --db/COPSD_DB elsewhere)"
+    if "disk is full" in low or "no space left" in low:
+        return f"disk full: {text} (free space, or point --db/COPSD_DB elsewhere)"
     if "readonly" in low or "read-only" in low or "unable to open" in low:
         return f"{text} (check that the file and its directory are writable)"
     return text
