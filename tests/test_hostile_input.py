@@ -297,7 +297,7 @@ def test_full_disk_is_one_line_and_a_read_only_disk_can_be_read(workdir, small_d
     for argv in (
         ["sweep", "status", "--db", str(db)],
         ["sweep", "plan", "s.yaml", "--db", str(db)],
-        ["report", "table", "--db", str(db), "--sweep", "small"],
+        ["report", "table", "--db", str(db), "--sweep", "small", "--out", str(workdir / "t.md")],
         ["report", "html", "--db", str(db), "--sweep", "small", "--out", str(workdir / "rep")],
     ):
         r = run_cli(*argv, cwd=workdir)

@@ -9,6 +9,7 @@ import typer
 
 from copsd.cli.common import DB_OPT, console, err_console
 from copsd.errors import CopsdError
+from copsd.redact import display_url, shorten
 
 app = typer.Typer(
     help="Comparison tables and figures from the results database (reports/ beside it).", no_args_is_help=True
@@ -17,19 +18,45 @@ FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 
 def _results(db: str | None, sweep: str | None):
-    """The results frame (of one sweep, if named) and where reports go by default."""
+    """The results frame (of one sweep, if named), where reports go by default, and the jobs."""
     from copsd.cli.common import existing_db_url
     from copsd.paths import Workspace
     from copsd.results.db import ResultsDB
 
-    rdb = ResultsDB(existing_db_url(db))
+    rdb = ResultsDB(existing_db_url(db), readonly=True)
     try:
         if sweep and rdb.get_sweep(sweep) is None:
             known = ", ".join(s.name for s in rdb.sweeps()) or "none"
-            raise CopsdError(f"no sweep named '{sweep}' in {rdb.url}; known: {known}")
-        return rdb.results_frame(sweep), Workspace(rdb.url).reports_dir
+            raise CopsdError(f"no sweep named '{sweep}' in {display_url(rdb.url)}; known: {known}")
+        return rdb.results_frame(sweep), Workspace(rdb.url).reports_dir, rdb.jobs(sweep=sweep)
     finally:
         rdb.close()
+
+
+def _failed(jobs: list) -> list:
+    return [j for j in jobs if j.status == "FAILED"]
+
+
+def _job_line(j) -> str:
+    return f"{j.id} ({j.method} {j.model} {j.language} seed {j.seed}): {j.last_error or 'no error recorded'}"
+
+
+def _no_results_but_failures(df, jobs: list) -> str | None:
+    """When the selection has no result and some jobs FAILED: one line that says so (instead of
+    'run a sweep first', which is wrong advice after a sweep whose every job failed)."""
+    failed = _failed(jobs)
+    if not df.empty or not failed:
+        return None
+    return (
+        f"no results for this selection: {len(failed)} of {len(jobs)} job(s) FAILED "
+        f"(first: {_job_line(failed[0])}); copsd report table lists them all, copsd report html makes a page"
+    )
+
+
+def _refuse_if_only_failures(df, jobs: list) -> None:
+    line = _no_results_but_failures(df, jobs)
+    if line:
+        raise CopsdError(shorten(line, 500))
 
 
 @app.command("table")
@@ -61,25 +88,46 @@ def table(
     db: str | None = DB_OPT,
 ):
     """Paper-style comparison table (mean ± std over seeds, (Δ vs base), best per row in bold)."""
-    from copsd.reports.tables import render, side_by_side, to_rich, with_grader
+    from copsd.reports.output import check_file_target, file_stem, write_text
+    from copsd.reports.tables import one_line, render, side_by_side, to_rich, with_grader
 
     if fmt not in FORMATS:
         raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
-    df, reports_dir = _results(db, sweep)
+    if out is not None:  # before the DB is opened or anything is written
+        check_file_target(out, example=f"table.{FORMATS[fmt]}")
+    df, reports_dir, jobs = _results(db, sweep)
+    if _no_results_but_failures(df, jobs):  # a sweep whose jobs all failed: say which and why
+        failed = _failed(jobs)
+        err_console.print(
+            f"no results for this selection: {len(failed)} of {len(jobs)} job(s) FAILED, nothing written:",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        for j in failed:
+            console.print(one_line(_job_line(j)), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
     df = with_grader(df, grader)
     chosen = [x.strip() for x in languages.split(",") if x.strip()] if languages else None
     metrics = [m.strip() for m in metric.split(",") if m.strip()]
     t = side_by_side(df, metrics, by=by, step=step, benchmark=benchmark, budget=budget, languages=chosen)
     text = render(t, fmt)
     name = "_".join(metrics) + (f"_{grader}" if grader else "")
-    out = out or reports_dir / f"{sweep or 'all'}_by_{by}_{name}.{FORMATS[fmt]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    out = out or check_file_target(reports_dir / f"{file_stem(sweep or 'all')}_by_{by}_{name}.{FORMATS[fmt]}", None)
+    write_text(out, text)
     if fmt == "csv" and not sys.stdout.isatty():
         sys.stdout.write(text)
     else:
         console.print(to_rich(t))
-    err_console.print(f"written to {out}")
+    err_console.print(f"written to {out}", highlight=False, markup=False, soft_wrap=True)
+    if _failed(jobs):
+        err_console.print(
+            f"{len(_failed(jobs))} job(s) of this selection FAILED and are not in the table "
+            "(copsd report html lists them with their errors)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("curves")
@@ -93,11 +141,20 @@ def curves(
     db: str | None = DB_OPT,
 ):
     """Training dynamics: the metric at each evaluated checkpoint, per language and method (PNG)."""
+    from copsd.reports.output import check_file_target, file_stem
     from copsd.reports.plots import plot_curves
 
-    df, reports_dir = _results(db, sweep)
-    path = plot_curves(df, out or reports_dir / f"{sweep or 'all'}_curves_{metric}.png", metric, benchmark)
-    console.print(f"written to {path}")
+    if out is not None:
+        if out.suffix.lower() != ".png":
+            raise CopsdError(f"--out {out}: give a .png path (the PDF is written beside it)")
+        check_file_target(out, beside=[out.with_suffix(".pdf")])
+    df, reports_dir, jobs = _results(db, sweep)
+    _refuse_if_only_failures(df, jobs)
+    if out is None:
+        out = reports_dir / f"{file_stem(sweep or 'all')}_curves_{file_stem(metric)}.png"
+        check_file_target(out, None, beside=[out.with_suffix(".pdf")])
+    path = plot_curves(df, out, metric, benchmark)
+    console.print(f"written to {path}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("figures")
@@ -110,10 +167,15 @@ def figures(
     """The paper's analysis figures (PNG + PDF): training curves from the base, gain per language,
     format rate vs accuracy with Pearson r, repetition by method, test-time scaling."""
     from copsd.reports.figures import write_figures
+    from copsd.reports.output import check_dir_target, file_stem
 
-    df, reports_dir = _results(db, sweep)
-    for name, where in write_figures(df, out_dir or reports_dir, sweep or "all", benchmark).items():
-        console.print(f"{name}: {where}", highlight=False, soft_wrap=True)
+    if out_dir is not None:
+        check_dir_target(out_dir)
+    df, reports_dir, jobs = _results(db, sweep)
+    _refuse_if_only_failures(df, jobs)
+    out_dir = out_dir or check_dir_target(reports_dir, None)
+    for name, where in write_figures(df, out_dir, file_stem(sweep or "all"), benchmark).items():
+        console.print(f"{name}: {where}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("html")
@@ -126,18 +188,21 @@ def html_report(
     figures embedded, opens offline in any browser)."""
     from copsd.cli.common import existing_db_url
     from copsd.reports.html_report import write_html_report
+    from copsd.reports.output import check_file_target, file_stem
     from copsd.results.db import ResultsDB
 
-    df, reports_dir = _results(db, sweep)
-    rdb = ResultsDB(existing_db_url(db))
+    if out is not None:  # before the DB is opened or anything is written (the figures' folder too)
+        check_file_target(out, dirs_beside=[out.parent / f"{out.stem}_figures"], example="report.html")
+    df, reports_dir, _ = _results(db, sweep)
+    rdb = ResultsDB(existing_db_url(db), readonly=True)
     try:
         jobs = rdb.jobs(sweep=sweep)
         row = rdb.get_sweep(sweep) if sweep else None
-        source = rdb.url
+        source = display_url(rdb.url)  # the page is mailed around: never a password in it
     finally:
         rdb.close()
     title = f"copsd sweep '{sweep}'" if sweep else "copsd results"
-    out = out or reports_dir / f"{sweep or 'all'}_report.html"
+    out = out or reports_dir / f"{file_stem(sweep or 'all')}_report.html"
     path = write_html_report(df, jobs, out, title=title, description=row.description if row else "", source=source)
     console.print(f"written to {path} (open it in a browser)", highlight=False, soft_wrap=True)
 
@@ -156,8 +221,10 @@ def tune_report(
     from copsd.paths import Workspace
     from copsd.run.tune import trials_frame, tune_figures
 
+    if top < 1:
+        raise CopsdError(f"--top must be at least 1, not {top}")
     url = existing_db_url(db)
-    df = trials_frame(url, study)
+    df = trials_frame(url, study)  # reads only: a DB without Optuna's tables is left as it was
     if df.empty:
         raise CopsdError(f"study '{study}' has no trials yet; run copsd tune SPEC")
     t = Table(title=f"study '{study}': {len(df)} trial(s), best first")

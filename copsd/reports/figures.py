@@ -17,27 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from copsd.reports.plots import plot_curves
+from copsd.reports.plots import plot_curves, save_figure
+from copsd.reports.plots import pyplot as _plt
 from copsd.reports.tables import METHOD_ORDER, at_full_budget, build_table, check_selection, select_rows
 from copsd.results.schema import METRIC_COLUMNS
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    fig.savefig(out.with_suffix(".pdf"))
-    _plt().close(fig)
-    return out
+    return save_figure(fig, out)  # plain text only (no mathtext, no LaTeX), PNG + PDF
 
 
 COLORS = {"base": "grey", "sft": "C0", "grpo": "C1", "copsd": "C2"}  # the same method, the same colour

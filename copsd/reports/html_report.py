@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from copsd.errors import CopsdError
+from copsd.redact import display_url
 from copsd.reports.figures import figure_set
+from copsd.reports.output import check_file_target, write_text
 from copsd.reports.tables import render, side_by_side
 
 CSS = """
@@ -100,6 +102,19 @@ def _provenance_html(jobs: list) -> str:
     return f"<ul>{items}</ul>"
 
 
+def _failures_html(jobs: list) -> str:
+    """Every FAILED job with the error that ended it (what to fix before rerunning)."""
+    failed = [j for j in jobs if j.status == "FAILED"]
+    if not failed:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(j.id)}</b> ({html.escape(' '.join([j.method, j.model, j.language, f'seed {j.seed}']))},"
+        f" {j.attempts} attempt(s)): <code>{html.escape(j.last_error or 'no error recorded')}</code></li>"
+        for j in sorted(failed, key=lambda j: (j.method, j.language, j.seed, j.id))
+    )
+    return f'<h2 id="failures">Failures</h2>\n<p>{len(failed)} of {len(jobs)} job(s) FAILED:</p>\n<ul>{items}</ul>'
+
+
 def _figure_html(name: str, path: Path | None, note: str) -> str:
     caption = html.escape(FIGURE_CAPTIONS.get(name, name) + (f" {note}" if note and path else ""))
     if path is None:
@@ -114,10 +129,13 @@ def _figure_html(name: str, path: Path | None, note: str) -> str:
 def write_html_report(
     df: pd.DataFrame, jobs: list, out: Path, *, title: str, description: str = "", source: str = ""
 ) -> Path:
-    """Render the page to `out` (figures' PNG/PDF files go to `<out stem>_figures/` beside it)."""
-    if df.empty:
+    """Render the page to `out` (figures' PNG/PDF files go to `<out stem>_figures/` beside it).
+    Without results, the page still shows the jobs, and why those that FAILED failed."""
+    if df.empty and not jobs:
         raise CopsdError("no results in the database for this selection; run a sweep first (copsd sweep run SPEC)")
-    figures = figure_set(df, out.parent / f"{out.stem}_figures", "report")
+    fig_dir = out.parent / f"{out.stem}_figures"
+    check_file_target(out, None, dirs_beside=[fig_dir])
+    figures = figure_set(df, fig_dir, "report") if not df.empty else {}
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
@@ -130,18 +148,19 @@ def write_html_report(
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(description)}</p>' if description else "",
         f'<p class="meta">{len(jobs)} jobs ({html.escape(status)}); {len(df)} result rows; '
-        f"from {html.escape(source)}; generated {when}</p>",
+        f"from {html.escape(display_url(source))}; generated {when}</p>",
         '<p id="broken" hidden></p>',
+        _failures_html(jobs),
         "<h2>Tables</h2>",
-        *(_table_html(df, m) for m in _metrics(df)),
+        *(_table_html(df, m) for m in (_metrics(df) if not df.empty else [])),
+        *([] if not df.empty else ['<p class="skipped">no results yet: no job has finished an evaluation</p>']),
         "<h2>Figures</h2>",
         *(_figure_html(name, path, note) for name, (path, note) in figures.items()),
+        *([] if figures else ['<p class="skipped">no figures: no results yet</p>']),
         "<h2>Jobs</h2>",
         _jobs_html(jobs),
         "<h2>Provenance</h2>",
         _provenance_html(jobs),
         "</body></html>",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(p for p in parts if p) + "\n", encoding="utf-8")
-    return out
+    return write_text(out, "\n".join(p for p in parts if p) + "\n")

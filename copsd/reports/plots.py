@@ -10,7 +10,46 @@ from pathlib import Path
 import pandas as pd
 
 from copsd.config import short_model_name
+from copsd.reports.output import replacing
 from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, at_full_budget, check_selection
+
+# Every string in a figure is plain text: a model directory, language or sweep named `a$b$`,
+# `x_{`, `\foo` must be drawn as written, never parsed as mathtext or handed to LaTeX (an
+# unparsable one would crash the figure). No figure of ours uses mathtext on purpose.
+PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False, "axes.formatter.use_mathtext": False}
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """The one way every report figure is laid out and saved: each text set to plain (also those
+    drawn while saving, under PLAIN_TEXT), PNG at `out` and PDF beside it, each written under a
+    temporary name and renamed; a failed write is one line naming the file. Closes `fig`."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    plt = pyplot()
+    try:
+        with matplotlib.rc_context(PLAIN_TEXT):
+            for text in fig.findobj(Text):
+                text.set_usetex(False)
+                text.set_parse_math(False)
+            fig.tight_layout(**({"rect": rect} if rect else {}))
+            with replacing(out) as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+            with replacing(out.with_suffix(".pdf")) as tmp:
+                fig.savefig(tmp, format="pdf")
+    finally:
+        plt.close(fig)
+    return out
 
 
 def _order(method: str) -> int:
@@ -43,11 +82,7 @@ def curve_data(df: pd.DataFrame, metric: str = "accuracy", benchmark: str | None
 def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark: str | None = None) -> Path:
     """Write the figure as PNG at `out` and as PDF beside it (for papers); returns `out`."""
     data = curve_data(df, metric, benchmark)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     langs = list(data)
     fig, axes = plt.subplots(1, len(langs), figsize=(4.2 * len(langs), 3.4), squeeze=False, sharey=True)
     several_models = len({model for lines in data.values() for model, _ in lines}) > 1
@@ -73,9 +108,4 @@ def plot_curves(df: pd.DataFrame, out: Path, metric: str = "accuracy", benchmark
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    fig.savefig(out.with_suffix(".pdf"))
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, rect=(0, 0, 0.88, 1))

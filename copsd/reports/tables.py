@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,9 +253,45 @@ _LATEX = {
 }
 
 
+def one_line(text) -> str:
+    """A name on one line: line breaks, tabs and other control characters become spaces (a
+    newline would end a Markdown or CSV row, a blank line a LaTeX cell)."""
+    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", str(text))
+
+
 def latex_escape(text: str) -> str:
     """Names and titles as LaTeX text (model names carry `_`, titles `%`, users anything)."""
-    return "".join(_LATEX.get(ch, ch) for ch in str(text)).replace("±", r"$\pm$")
+    return "".join(_LATEX.get(ch, ch) for ch in one_line(text)).replace("±", r"$\pm$")
+
+
+_MD_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_PUNCT = set("\\|*`~[]$")  # cell ends, emphasis, code, strike-through, links and images, math
+
+
+def md_escape(text) -> str:
+    """A name as Markdown text that renders as written: HTML (`<img onerror=...>`) as entities, the
+    characters Markdown (and GitHub's math) give meaning to backslash-escaped, `|` so it cannot
+    end a cell, one line. `_` is escaped where it could open or close emphasis (not inside a word:
+    `Qwen3_1.7B` stays readable)."""
+    s = one_line(text)
+    out = []
+    for i, ch in enumerate(s):
+        if ch in _MD_HTML:
+            out.append(_MD_HTML[ch])
+        elif ch in _MD_PUNCT:
+            out.append("\\" + ch)
+        elif ch == "_" and not (0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()):
+            out.append("\\_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def csv_cell(text) -> str:
+    """A name as a CSV cell a spreadsheet shows as text: one line, and a leading `=`, `+`, `-` or
+    `@` (which Excel and LibreOffice would run as a formula) quoted with `'`."""
+    s = one_line(text)
+    return "'" + s if s[:1] in ("=", "+", "-", "@") else s
 
 
 def steps_shown(df: pd.DataFrame) -> str:
@@ -332,13 +369,13 @@ def render(t: Table, fmt: str = "markdown") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        header = [t.row_name]
+        header = [csv_cell(t.row_name)]
         for c in t.columns:
-            n = "/".join(c)
+            n = csv_cell("/".join(c))
             header += [n, f"{n}:std", f"{n}:delta"]
         w.writerow(header)
         for r in t.rows:
-            line = [r]
+            line = [csv_cell(r)]
             for c in t.columns:
                 cell = t.cells.get((r, c))
                 line += [
@@ -355,7 +392,7 @@ def render(t: Table, fmt: str = "markdown") -> str:
         return bold(s) if cell is not None and cell.best else s
 
     if fmt == "markdown":
-        md = lambda x: str(x).replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")  # noqa: E731
+        md = md_escape
         out = [f"**{md(t.title)}**", "", "| " + " | ".join(md(h) for h in heads) + " |", "|" + "---|" * len(heads)]
         for r in t.rows:
             out.append("| " + " | ".join([md(r)] + [cell_text(r, c, lambda s: f"**{s}**") for c in t.columns]) + " |")
@@ -400,17 +437,23 @@ def render(t: Table, fmt: str = "markdown") -> str:
 
 
 def to_rich(t: Table):
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
-    rt = RichTable(title=t.title)
-    rt.add_column(t.row_name, style="bold")
+    # names are the user's: `[/x]` in a model or language would be rich markup (and an error)
+    rt = RichTable(title=escape(one_line(t.title)))
+    rt.add_column(escape(one_line(t.row_name)), style="bold")
     for c in t.columns:
-        rt.add_column(_col_name(c), justify="right")
+        rt.add_column(escape(one_line(_col_name(c))), justify="right")
     for r in t.rows:
         cells = []
         for c in t.columns:
             cell = t.cells.get((r, c))
             s = _fmt(cell)
             cells.append(f"[bold green]{s}[/]" if cell is not None and cell.best else s)
-        rt.add_row(r, *cells, end_section=(r == t.rows[-2] if len(t.rows) > 1 and t.rows[-1] == "Avg" else False))
+        rt.add_row(
+            escape(one_line(r)),
+            *cells,
+            end_section=(r == t.rows[-2] if len(t.rows) > 1 and t.rows[-1] == "Avg" else False),
+        )
     return rt
