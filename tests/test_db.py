@@ -13,7 +13,7 @@ from copsd.config import JobConfig
 from copsd.errors import CopsdError
 from copsd.results import DONE, FAILED, PENDING, RUNNING, ResultsDB
 from copsd.results.db import MIGRATIONS
-from copsd.results.schema import GRADER_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, JobRow, utcnow
+from copsd.results.schema import GRADER_COLUMNS, LANGUAGE_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, JobRow, utcnow
 
 
 def _jobs(n=3):
@@ -28,7 +28,7 @@ def db(db_url):
 
 
 def test_schema(db):
-    assert db.schema_version() == SCHEMA_VERSION == 3
+    assert db.schema_version() == SCHEMA_VERSION == 4
     insp = inspect(db.engine)
     assert {"sweeps", "jobs", "sweep_jobs", "results", "meta"} <= set(insp.get_table_names())
     cols = {c["name"] for c in insp.get_columns("results")}
@@ -112,22 +112,22 @@ def test_migrations_run_in_order_on_older_databases(db_url):
     ResultsDB(url).close()  # made by the current version
     calls = []
 
-    def v4(engine):
-        calls.append(4)
+    def v5(engine):
+        calls.append(5)
         with engine.begin() as c:
             c.execute(text("ALTER TABLE results ADD COLUMN extra_metric FLOAT"))
 
-    def v5(engine):
-        calls.append(5)
+    def v6(engine):
+        calls.append(6)
 
-    newer = ResultsDB(url, migrations={**MIGRATIONS, 4: v4, 5: v5}, schema_version=5)
-    assert calls == [4, 5] and newer.schema_version() == 5
+    newer = ResultsDB(url, migrations={**MIGRATIONS, 5: v5, 6: v6}, schema_version=6)
+    assert calls == [5, 6] and newer.schema_version() == 6
     newer.close()
-    again = ResultsDB(url, migrations={**MIGRATIONS, 4: v4, 5: v5}, schema_version=5)  # nothing left to do
-    assert calls == [4, 5]
+    again = ResultsDB(url, migrations={**MIGRATIONS, 5: v5, 6: v6}, schema_version=6)  # nothing left to do
+    assert calls == [5, 6]
     again.close()
     with pytest.raises(CopsdError, match="newer than this copsd"):
-        ResultsDB(url)  # this copsd knows only v3
+        ResultsDB(url)  # this copsd knows only v4
 
 
 def test_a_version_1_database_is_upgraded_keeping_its_rows(db_url):
@@ -150,14 +150,14 @@ def test_a_version_1_database_is_upgraded_keeping_its_rows(db_url):
     with db.engine.begin() as con:  # turn it back into the v1 layout
         con.execute(text("ALTER TABLE jobs DROP COLUMN provenance_json"))
         con.execute(text("ALTER TABLE jobs DROP COLUMN owner"))
-        for col in GRADER_COLUMNS:
+        for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS):
             con.execute(text(f"ALTER TABLE results DROP COLUMN {col}"))
         con.execute(text("UPDATE meta SET value='1' WHERE key='schema_version'"))
     db.close()
     up = ResultsDB(db_url)
-    assert up.schema_version() == 3 and up.get_job(j.job_id).owner is None
+    assert up.schema_version() == 4 and up.get_job(j.job_id).owner is None
     df = up.results_frame()
-    assert df.accuracy.iloc[0] == 0.5 and df.accuracy_paper.isna().all()
+    assert df.accuracy.iloc[0] == 0.5 and df.accuracy_paper.isna().all() and df.target_language_rate.isna().all()
     up.set_provenance(j.job_id, {"copsd_version": "x"})
     assert '"copsd_version"' in up.get_job(j.job_id).provenance_json
     up.close()

@@ -36,7 +36,10 @@ def _digest(p: Path) -> str | None:
         ("postgresql+psycopg://u:pw@host:5432/db", "postgresql+psycopg://u:***@host:5432/db"),
         ("mysql://u:p@ss:w@rd@h/db", "mysql://u:***@h/db"),
         ("http://user:tok@mlflow:5000/", "http://user:***@mlflow:5000/"),
-        ("postgresql://h/db?user=u&password=pw&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
+        (
+            "postgresql://h/db?user=u&password=pw&sslmode=require",
+            "postgresql://h/db?user=u&password=***&sslmode=require",
+        ),
         ("https://mlflow?token=abc#x", "https://mlflow?token=***#x"),
         ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
         ("http://host:8080/path", "http://host:8080/path"),
@@ -94,7 +97,9 @@ def test_no_secret_in_any_output_file_db_or_mlflow(workdir, postgres):
     wrong = url.replace(SECRET, SECRET + "x")
     r = cli("sweep", "run", "s.yaml", "--db", wrong, ok=False)
     assert r.returncode == 2 and "***" in r.stderr, r.stderr
-    r = cli("sweep", "run", "s.yaml", "--db", url, env={"MLFLOW_TRACKING_URI": f"http://me:{TOKEN}@127.0.0.1:9"}, ok=False)
+    r = cli(
+        "sweep", "run", "s.yaml", "--db", url, env={"MLFLOW_TRACKING_URI": f"http://me:{TOKEN}@127.0.0.1:9"}, ok=False
+    )
     assert r.returncode == 2 and "unreachable" in r.stderr and "me:***@" in r.stderr, r.stderr
 
     # submitit's local executor: the worker pickle and task logs hold the masked URL; the task
@@ -135,7 +140,9 @@ def _evil_model(root: Path, tiny_model, *, via: str) -> tuple[Path, Path]:
     d = root / f"evil-{via}"
     shutil.copytree(tiny_model.source, d)
     marker = root / f"RAN-{via}"
-    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig, PreTrainedTokenizerFast\n"
+    code = (
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig, PreTrainedTokenizerFast\n"
+    )
     code += "class EvilConfig(PretrainedConfig):\n    model_type = 'evilmodel'\n"
     code += "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
     for name in ("configuration_evil.py", "modeling_evil.py", "tokenization_evil.py"):
@@ -149,7 +156,9 @@ def _evil_model(root: Path, tiny_model, *, via: str) -> tuple[Path, Path]:
         (d / "config.json").write_text(json.dumps(cfg))
     else:
         tc = json.loads((d / "tokenizer_config.json").read_text())
-        tc.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]})
+        tc.update(
+            tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+        )
         (d / "tokenizer_config.json").write_text(json.dumps(tc))
     return d, marker
 

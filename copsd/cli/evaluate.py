@@ -98,4 +98,6 @@ def eval_cmd(
     t.add_column("value", justify="right")
     for c in METRIC_COLUMNS:
         t.add_row(c, f"{row[c]:.4f}")
+    for c in ("target_language_rate", "english_rate"):  # which language the responses are in
+        t.add_row(c, "–" if row[c] is None or row[c] != row[c] else f"{row[c]:.4f}")
     console.print(t)

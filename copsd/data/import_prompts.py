@@ -105,7 +105,9 @@ def _check_entry(code: object, entry: object, path: Path) -> None:
         raise CopsdError(f"{path}: entry {shown} field 'labels' is of type {type(labels).__name__}, not a dict")
     for k in _LABELS:
         if k in labels and not isinstance(labels[k], str):
-            raise CopsdError(f"{path}: entry {shown} field 'labels.{k}' is of type {type(labels[k]).__name__}, not text")
+            raise CopsdError(
+                f"{path}: entry {shown} field 'labels.{k}' is of type {type(labels[k]).__name__}, not text"
+            )
 
 
 def to_registry(released: dict[str, dict], path: Path) -> dict[str, dict]:

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from copsd.config import EvalConfig
 from copsd.data.benchmarks import Problem
+from copsd.evaluation.language_id import language_metrics
 from copsd.evaluation.metrics import Sample, compute_metrics
 from copsd.grading import GRADERS
-from copsd.prompts import student_prompt
+from copsd.prompts import has_thinking_tokens, student_prompt
 from copsd.rollout import Rollout, SamplingParams, at_budget, generate
 
 
@@ -47,14 +48,27 @@ def evaluate(
         engine=cfg.rollout_engine,
     )
     verdicts: dict[tuple, tuple] = {}  # a sample that ended before a budget is graded once, not per budget
+    thinking = cfg.thinking and has_thinking_tokens(tokenizer)  # did the prompt open a think block?
     metrics, records = _grade(problems, rollouts, cfg.grader, verdicts)
-    by_budget = {
-        b: _grade(problems, [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts], cfg.grader, verdicts)[
-            0
-        ]
-        for b in cfg.budgets
-    }
+    _add_languages(metrics, records, rollouts, language, thinking)
+    by_budget = {}
+    for b in cfg.budgets:
+        cut = [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts]
+        by_budget[b], cut_records = _grade(problems, cut, cfg.grader, verdicts)
+        _add_languages(by_budget[b], cut_records, cut, language, thinking)
     return EvalOutput(metrics, records, len(problems), by_budget)
+
+
+def _add_languages(
+    metrics: dict, records: list[dict], rollouts: list[list[Rollout]], language: str, thinking: bool
+) -> None:
+    """Which language each sample reasons and answers in (copsd.evaluation.language_id): the
+    rates join `metrics`, each sample's dominant languages and shares join its record."""
+    texts = [r.text for rolls in rollouts for r in rolls]
+    lang_metrics, per_sample = language_metrics(texts, [rec["correct"] for rec in records], language, thinking=thinking)
+    metrics.update(lang_metrics)
+    for rec, lang in zip(records, per_sample):
+        rec.update(lang)
 
 
 def _grade(

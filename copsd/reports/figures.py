@@ -6,6 +6,10 @@
 - `repetition`: repetition rate for n = 2..6 by method (final checkpoint, mean over languages);
 - `scaling`: accuracy against the decoding budget (test-time scaling), when results exist at
   more than one budget (`eval.budgets`);
+- `language_share`: which language the responses are written in, per language and method (stacked
+  bars: target language, English, other; final checkpoint; `copsd.evaluation.language_id`);
+- `accuracy_by_language`: accuracy of the samples whose dominant language is the target vs
+  English, per method (is English reasoning more accurate?);
 - `curves`: the training dynamics (`plots.plot_curves`).
 A figure whose data is missing is skipped with the reason, never drawn empty.
 """
@@ -121,6 +125,73 @@ def scaling(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path |
     return _save(fig, out)
 
 
+def _final_language_rows(df: pd.DataFrame, benchmark: str | None) -> pd.DataFrame | str:
+    df = select_rows(df, "accuracy", "final", benchmark)
+    if "target_language_rate" not in df or df.english_rate.isna().all():
+        return "no language identification in these results (rows written before copsd's schema v4)"
+    return df
+
+
+def language_share(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path | str:
+    """Stacked bars, one per (language, method): the share of response letters identified as the
+    target language, as English, and as anything else (final checkpoint, mean over seeds).
+    A target the identifier does not know has no target share: its bar shows English and the rest."""
+    rows = _final_language_rows(df, benchmark)
+    if isinstance(rows, str):
+        return rows
+    g = rows.groupby(["language", "method"])[["target_language_rate", "english_rate"]].mean().reset_index()
+    g = g.sort_values(["language", "method"], key=lambda s: s.map(_order_key) if s.name == "method" else s)
+    eng = g.language == "eng"
+    target = g.target_language_rate.where(~eng, 0.0).fillna(0.0)  # English targets: one colour
+    english = g.english_rate.fillna(0.0)
+    other = (1.0 - target - english).clip(lower=0.0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.8, 0.55 * len(g) + 1.5), 3.6))
+    x = np.arange(len(g))
+    ax.bar(x, 100 * target, color="C2", label="target language")
+    ax.bar(x, 100 * english, bottom=100 * target, color="C0", label="English")
+    ax.bar(x, 100 * other, bottom=100 * (target + english), color="lightgrey", label="other / unsupported")
+    ax.set_xticks(x, [f"{lang}\n{m}" for lang, m in zip(g.language, g.method)], fontsize=7)
+    ax.set(ylabel="share of response text (%)", ylim=(0, 100), title="language of the responses, final checkpoint")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, out)
+
+
+def accuracy_by_language(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path | str:
+    """Accuracy of the samples dominated by the target language vs by English, per method (mean
+    over non-English languages and seeds, final checkpoint); the share of samples in each group
+    is printed on its bar."""
+    rows = _final_language_rows(df, benchmark)
+    if isinstance(rows, str):
+        return rows
+    rows = rows[rows.language != "eng"]
+    cols = ["accuracy_target_dominant", "accuracy_english_dominant", "target_dominant_rate", "english_dominant_rate"]
+    g = rows.groupby("method")[cols].mean()
+    if g[cols[:2]].isna().all().all():
+        return "no sample is dominated by the target language or by English (or no non-English language)"
+    methods = [m for m in _methods(rows) if m in g.index]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.6, 1.2 * len(methods) + 1.5), 3.4))
+    x = np.arange(len(methods))
+    for k, (acc, share, label, color) in enumerate(
+        [(cols[0], cols[2], "target-language samples", "C2"), (cols[1], cols[3], "English samples", "C0")]
+    ):
+        vals = [100 * g.loc[m, acc] if pd.notna(g.loc[m, acc]) else np.nan for m in methods]
+        bars = ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, color=color, label=label)
+        for b, m in zip(bars, methods):
+            if pd.notna(g.loc[m, share]) and pd.notna(b.get_height()):
+                ax.annotate(f"{100 * g.loc[m, share]:.0f}% of samples", (b.get_x() + b.get_width() / 2, b.get_height()),
+                            ha="center", va="bottom", fontsize=6)  # fmt: skip
+    ax.set_xticks(x, methods)
+    ax.set(ylabel="accuracy (%)", title="accuracy by the sample's dominant language")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, out)
+
+
+def _order_key(m: str):
+    return METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
+
+
 def job_figures(df: pd.DataFrame, job_id: str, out_dir: Path) -> list[Path]:
     """The figures of one job, for its MLflow run: its curve from the base model (step 0) and, with
     several budgets, its test-time scaling. `df` holds the job's rows and may hold others of the
@@ -155,6 +226,9 @@ def figure_set(
     done["repetition"] = (repetition(df, out_dir / f"{prefix}_repetition.png", benchmark), "")
     sc = scaling(df, out_dir / f"{prefix}_scaling.png", benchmark)
     done["scaling"] = (None, sc) if isinstance(sc, str) else (sc, "")
+    for name, draw in (("language_share", language_share), ("accuracy_by_language", accuracy_by_language)):
+        got = draw(df, out_dir / f"{prefix}_{name}.png", benchmark)
+        done[name] = (None, got) if isinstance(got, str) else (got, "")
     return done
 
 

@@ -58,6 +58,9 @@ FIGURE_CAPTIONS = {
     "format_vs_accuracy": "Format rate vs accuracy, one point per (job, checkpoint).",
     "repetition": "n-gram repetition rate (n = 2..6) by method, final checkpoint.",
     "scaling": "Test-time scaling: accuracy against the generation budget, final checkpoint.",
+    "language_share": "Language of the responses (share of text identified as the target language, English, "
+    "other), final checkpoint.",
+    "accuracy_by_language": "Accuracy of the samples whose dominant language is the target vs English.",
 }
 
 
@@ -70,7 +73,8 @@ def _table_html(df: pd.DataFrame, metric: str) -> str:
 
 def _metrics(df: pd.DataFrame) -> list[str]:
     several = (df.n_samples > 1).any()
-    return ["accuracy", *(["pass_at_k", "maj_at_k"] if several else []), "format_rate"]
+    langs = ["target_language_rate"] if "target_language_rate" in df and df.target_language_rate.notna().any() else []
+    return ["accuracy", *(["pass_at_k", "maj_at_k"] if several else []), "format_rate", *langs]
 
 
 def _jobs_html(jobs: list) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from copsd.config import short_model_name
 from copsd.errors import CopsdError
-from copsd.results.schema import METRIC_COLUMNS
+from copsd.results.schema import REPORT_METRICS
 
 METHOD_ORDER = ("base", "sft", "grpo", "copsd")
 REFERENCE_LANGUAGES = ("eng",)  # shown apart from, and not counted in, the default average
@@ -65,8 +65,8 @@ def _method_key(m: str) -> tuple:
 
 def check_selection(df: pd.DataFrame, metric: str, benchmark: str | None) -> pd.DataFrame:
     """Validate the metric and narrow the results to one benchmark (shared by tables and plots)."""
-    if metric not in METRIC_COLUMNS:
-        raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(METRIC_COLUMNS)}")
+    if metric not in REPORT_METRICS:
+        raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(REPORT_METRICS)}")
     if df.empty:
         raise CopsdError("no results in the database for this selection; run a sweep first (copsd sweep run SPEC)")
     if benchmark:

@@ -25,6 +25,7 @@ from copsd.results.schema import (
     DONE,
     FAILED,
     GRADER_COLUMNS,
+    LANGUAGE_COLUMNS,
     METRIC_COLUMNS,
     PENDING,
     RUNNING,
@@ -62,8 +63,12 @@ def _v3(engine: Engine) -> None:
     _add_columns("jobs", {"owner": "VARCHAR(255)"})(engine)
 
 
+def _v4(engine: Engine) -> None:
+    _add_columns("results", dict.fromkeys(LANGUAGE_COLUMNS, "FLOAT"))(engine)
+
+
 # version -> function(engine) that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2, 3: _v3}
+MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2, 3: _v3, 4: _v4}
 
 
 def _rowcount(result) -> int:
@@ -601,8 +606,9 @@ class ResultsDB:
             row.n_samples, row.n_problems, row.created_at = n_samples, n_problems, utcnow()
             for col in METRIC_COLUMNS:
                 setattr(row, col, float(metrics[col]))
-            for col in GRADER_COLUMNS:
-                setattr(row, col, float(metrics[col]) if col in metrics else None)
+            for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS):
+                value = metrics.get(col)
+                setattr(row, col, float(value) if value is not None else None)
 
     def results_frame(self, sweep: str | None = None, *, model: str | None = None, language: str | None = None):
         """Results joined with their jobs, as a pandas DataFrame (one row per result); narrowed to
@@ -622,7 +628,7 @@ class ResultsDB:
             ResultRow.max_new_tokens,
             ResultRow.n_samples,
             ResultRow.n_problems,
-            *[getattr(ResultRow, c) for c in (*METRIC_COLUMNS, *GRADER_COLUMNS)],
+            *[getattr(ResultRow, c) for c in (*METRIC_COLUMNS, *GRADER_COLUMNS, *LANGUAGE_COLUMNS)],
         ]
         q = select(*cols).join(JobRow, JobRow.id == ResultRow.job_id)
         if sweep is not None:

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3  # v2: jobs.provenance_json, results' per-grader columns; v3: jobs.owner
+SCHEMA_VERSION = 4  # v2: jobs.provenance_json, results' per-grader columns; v3: jobs.owner;
+# v4: results' language-identification columns
 
 PENDING, RUNNING, DONE, FAILED = "PENDING", "RUNNING", "DONE", "FAILED"
 STATUSES = (PENDING, RUNNING, DONE, FAILED)
@@ -46,6 +47,26 @@ GRADER_COLUMNS = (
     "pass_at_k_lenient",
     "maj_at_k_lenient",
 )
+
+
+# Which language the responses are written in (copsd.evaluation.language_id): shares of letters
+# in the target language / English over the whole response, its thinking part and its answer
+# part; shares of samples whose dominant language is the target / English; accuracy within each.
+# NULL where nothing was identifiable, for an unsupported target, and in rows written before v4.
+LANGUAGE_COLUMNS = (
+    "target_language_rate",
+    "english_rate",
+    "target_language_rate_think",
+    "english_rate_think",
+    "target_language_rate_answer",
+    "english_rate_answer",
+    "target_dominant_rate",
+    "english_dominant_rate",
+    "accuracy_target_dominant",
+    "accuracy_english_dominant",
+)
+# what `copsd report table --metric` accepts
+REPORT_METRICS = (*METRIC_COLUMNS, *LANGUAGE_COLUMNS)
 
 
 def utcnow() -> datetime:
@@ -139,4 +160,14 @@ class ResultRow(Base):
     accuracy_lenient: Mapped[float | None] = mapped_column(Float)
     pass_at_k_lenient: Mapped[float | None] = mapped_column(Float)
     maj_at_k_lenient: Mapped[float | None] = mapped_column(Float)
+    target_language_rate: Mapped[float | None] = mapped_column(Float)
+    english_rate: Mapped[float | None] = mapped_column(Float)
+    target_language_rate_think: Mapped[float | None] = mapped_column(Float)
+    english_rate_think: Mapped[float | None] = mapped_column(Float)
+    target_language_rate_answer: Mapped[float | None] = mapped_column(Float)
+    english_rate_answer: Mapped[float | None] = mapped_column(Float)
+    target_dominant_rate: Mapped[float | None] = mapped_column(Float)
+    english_dominant_rate: Mapped[float | None] = mapped_column(Float)
+    accuracy_target_dominant: Mapped[float | None] = mapped_column(Float)
+    accuracy_english_dominant: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

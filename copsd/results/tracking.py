@@ -56,7 +56,11 @@ class RunLog:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if not self._already_logged(k, step)]
+        batch = [
+            Metric(k, float(v), ts, int(step))
+            for k, v in metrics.items()
+            if v is not None and not self._already_logged(k, step)  # None: not measured (e.g. language id)
+        ]
         for i in range(0, len(batch), 1000):
             chunk = batch[i : i + 1000]
             _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))

@@ -42,9 +42,17 @@ def _build_model():
     return testbed_model()
 
 
+def _identifier():
+    from copsd.testbed.world import identify_segments
+
+    return identify_segments
+
+
 def register() -> None:
+    from copsd.evaluation.language_id import register_identifier
     from copsd.testbed.world import SYNTHETIC
 
+    register_identifier(SYNTHETIC, _identifier)
     languages.add_language_source(_languages)
     benchmarks.register_source(
         "testbed", benchmarks.Source(load=_load_problems, availability=lambda b, lang, split: "generated")

@@ -204,6 +204,33 @@ def translate(text: str, code: str, eng: dict | None = None) -> str:
     return " ".join(out)
 
 
+def vocabularies() -> dict[str, frozenset[str]]:
+    """The words of English world text and of each synthetic language (their translations)."""
+    from copsd.data.languages import registry
+
+    r = registry()["eng"]
+    out: dict[str, frozenset[str]] = {}
+    for code in SYNTHETIC:
+        mapping = _language_mapping(code, r.instruction, r.thinking)
+        out["eng"] = frozenset(mapping)
+        out[code] = frozenset(mapping.values())
+    return out
+
+
+def identify_segments(texts: list[str]) -> list[str]:
+    """The testbed's language identifier: each segment's language is the vocabulary most of its
+    words belong to ("und" when none of them is a world word); exact, since the languages are
+    word-by-word codes of the same English."""
+    vocab = vocabularies()
+    out = []
+    for text in texts:
+        words = text.lower().split()
+        counts = {code: sum(w in v for w in words) for code, v in vocab.items()}
+        best = max(counts, key=lambda c: counts[c])
+        out.append(best if counts[best] else "und")
+    return out
+
+
 def language_entries(eng: dict) -> dict[str, dict]:
     """Registry entries of the synthetic languages, from the registry's English entry."""
     out = {}
