@@ -51,7 +51,7 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    def compose_document(self):  # type: ignore[no-untyped-def]
+    def compose_document(self):
         node = super().compose_document()
         if node is not None and _expanded_size(node, MAX_VALUES) > MAX_VALUES:
             raise YamlTooLarge(

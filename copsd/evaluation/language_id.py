@@ -83,7 +83,7 @@ def split_thinking(text: str, thinking: bool) -> tuple[str, str]:
 def _iso1_to_ours() -> dict[str, str]:
     from copsd.data.languages import registry
 
-    out = {}
+    out: dict[str, str] = {}
     for code, lang in registry().items():
         for alias in lang.aliases:
             out.setdefault(alias, code)

@@ -16,7 +16,7 @@ from copsd.reports.tables import METHOD_ORDER, NOT_PERCENT, at_full_budget, chec
 # Every string in a figure is plain text: a model directory, language or sweep named `a$b$`,
 # `x_{`, `\foo` must be drawn as written, never parsed as mathtext or handed to LaTeX (an
 # unparsable one would crash the figure). No figure of ours uses mathtext on purpose.
-PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False, "axes.formatter.use_mathtext": False}
+PLAIN_TEXT: dict = {"text.usetex": False, "text.parse_math": False, "axes.formatter.use_mathtext": False}
 
 
 def pyplot():

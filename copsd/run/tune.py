@@ -111,7 +111,7 @@ def check_search(spec: SweepSpec, where: str) -> SearchSettings:
         values = space.choices if space.type == "categorical" else [space.low, space.high]
         for value in (values or [])[1:]:
             if space.type == "int":
-                value = int(value)
+                value = int(value)  # type: ignore[arg-type]  # an int range: low and high are set
             try:
                 expand(with_values(spec, {**examples, name: value}), where)
             except SpecError as exc:
