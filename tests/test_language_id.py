@@ -10,7 +10,6 @@ import pytest
 from conftest import run_cli
 
 from copsd.evaluation.language_id import (
-    LANGUAGE_METRICS,
     identifier_for,
     identify_parts,
     language_metrics,
@@ -24,7 +23,8 @@ EN = "Janet's ducks lay eggs every day. She eats three of them for breakfast eve
 
 
 def test_the_stored_columns_are_the_computed_metrics():
-    assert tuple(LANGUAGE_METRICS) == LANGUAGE_COLUMNS
+    metrics, _ = language_metrics([EN], [True], "swa", thinking=False)
+    assert tuple(metrics) == LANGUAGE_COLUMNS
 
 
 def test_math_numbers_and_latex_are_stripped_before_identification():

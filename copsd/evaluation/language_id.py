@@ -189,20 +189,6 @@ def identify_parts(texts: list[str], lid: LanguageIdentifier) -> list[Shares]:
     return out
 
 
-LANGUAGE_METRICS = (
-    "target_language_rate",
-    "english_rate",
-    "target_language_rate_think",
-    "english_rate_think",
-    "target_language_rate_answer",
-    "english_rate_answer",
-    "target_dominant_rate",
-    "english_dominant_rate",
-    "accuracy_target_dominant",
-    "accuracy_english_dominant",
-)
-
-
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -211,7 +197,7 @@ def _mean(values: list[float | None]) -> float | None:
 def language_metrics(
     responses: list[str], correct: list[bool], target: str, *, thinking: bool
 ) -> tuple[dict[str, float | None], list[dict]]:
-    """The LANGUAGE_METRICS over samples (means of per-sample shares; samples with nothing
+    """The language rates (results.schema.LANGUAGE_COLUMNS, in that order) over samples (means of per-sample shares; samples with nothing
     identifiable left out), and per sample: the dominant language of each part and the shares."""
     lid = identifier_for(target)
     parts = [split_thinking(r, thinking) for r in responses]
