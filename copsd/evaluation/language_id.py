@@ -33,13 +33,16 @@ MIN_LETTERS = 12
 # identifier's own tag; "und" when it cannot tell)
 Identifier = Callable[[list[str]], list[str]]
 
-_PLUGIN_IDENTIFIERS: dict[str, Callable[[], Identifier]] = {}
+_PLUGIN_IDENTIFIERS: dict[str, tuple[Callable[[], Identifier], int]] = {}
 
 
-def register_identifier(codes: Iterable[str], factory: Callable[[], Identifier]) -> None:
-    """A plugin's identifier for its languages (`factory` is called once, when first needed)."""
+def register_identifier(
+    codes: Iterable[str], factory: Callable[[], Identifier], min_letters: int = MIN_LETTERS
+) -> None:
+    """A plugin's identifier for its languages (`factory` is called once, when first needed);
+    `min_letters`: the shortest segment it can name (an exact vocabulary lookup needs one word)."""
     for code in codes:
-        _PLUGIN_IDENTIFIERS[code] = factory
+        _PLUGIN_IDENTIFIERS[code] = (factory, min_letters)
 
 
 # ---- text preparation ---------------------------------------------------------------------------
@@ -58,14 +61,14 @@ def _strip_math(text: str) -> str:
     return _LATEX_CMD.sub(" ", text)
 
 
-def segments(text: str) -> list[tuple[str, int]]:
+def segments(text: str, min_letters: int = MIN_LETTERS) -> list[tuple[str, int]]:
     """(segment with math, digits and symbols removed, its letter count), for every segment with
-    at least MIN_LETTERS letters."""
+    at least `min_letters` letters."""
     out = []
     for seg in _SPLIT.split(_strip_math(text or "")):
         words = _NOT_LETTER.sub(" ", seg).split()
         letters = sum(len(w) for w in words)
-        if letters >= MIN_LETTERS:
+        if letters >= min_letters:
             out.append((" ".join(words), letters))
     return out
 
@@ -125,6 +128,7 @@ class LanguageIdentifier:
     identify: Identifier
     supported: bool
     name: str  # "py3langid" or "plugin:<code>", for provenance
+    min_letters: int = MIN_LETTERS
 
 
 @lru_cache(maxsize=64)
@@ -133,7 +137,8 @@ def identifier_for(target: str) -> LanguageIdentifier:
 
     load_plugins()
     if target in _PLUGIN_IDENTIFIERS:
-        return LanguageIdentifier(target, _PLUGIN_IDENTIFIERS[target](), True, f"plugin:{target}")
+        factory, min_letters = _PLUGIN_IDENTIFIERS[target]
+        return LanguageIdentifier(target, factory(), True, f"plugin:{target}", min_letters)
     return LanguageIdentifier(target, _langid(), langid_supports(target), "py3langid")
 
 
@@ -171,7 +176,7 @@ class Shares:
 
 def identify_parts(texts: list[str], lid: LanguageIdentifier) -> list[Shares]:
     """Shares of each text (one identifier call for all their segments: batched)."""
-    per_text = [segments(t) for t in texts]
+    per_text = [segments(t, lid.min_letters) for t in texts]
     flat = [s for segs in per_text for s, _ in segs]
     labels = iter(lid.identify(flat)) if flat else iter(())
     out = []

@@ -209,6 +209,9 @@ def build_table(
             if vals is None or len(vals) == 0:
                 continue
             v = np.asarray(vals, dtype=float)
+            v = v[~np.isnan(v)]  # a seed with nothing measured (e.g. no identifiable language) is left out
+            if len(v) == 0:
+                continue
             t.cells[(r, c)] = Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, None, len(v))
     # delta vs base (the Avg row's columns average the same languages, so its delta is paired)
     for (r, c), cell in t.cells.items():

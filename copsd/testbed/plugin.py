@@ -52,7 +52,7 @@ def register() -> None:
     from copsd.evaluation.language_id import register_identifier
     from copsd.testbed.world import SYNTHETIC
 
-    register_identifier(SYNTHETIC, _identifier)
+    register_identifier(SYNTHETIC, _identifier, min_letters=3)  # exact vocabularies: one word is enough
     languages.add_language_source(_languages)
     benchmarks.register_source(
         "testbed", benchmarks.Source(load=_load_problems, availability=lambda b, lang, split: "generated")
