@@ -140,6 +140,7 @@ def language_share(df: pd.DataFrame, out: Path, benchmark: str | None = None) ->
     if isinstance(rows, str):
         return rows
     g = rows.groupby(["language", "method"])[["target_language_rate", "english_rate"]].mean().reset_index()
+    g = g[g.english_rate.notna()]  # nothing identifiable (only numbers and short phrases): no bar, not "other"
     g = g.sort_values(["language", "method"], key=lambda s: s.map(_order_key) if s.name == "method" else s)
     eng = g.language == "eng"
     target = g.target_language_rate.where(~eng, 0.0).fillna(0.0)  # English targets: one colour
