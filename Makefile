@@ -25,10 +25,10 @@ demo: install
 	$(PY) -m copsd report html --sweep demo
 
 test: install-dev
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 test-fast: install-dev
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not service"
 
 # the testbed model rebuilt from its recipe (5-11 min; `make test` checks the recipe's first 40
 # steps instead): run it after changing the recipe, the synthetic world or the English prompts

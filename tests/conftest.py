@@ -37,6 +37,23 @@ def _offline_env(tmp_path_factory):
             os.environ[k] = v
 
 
+# fixtures that start a real service (a PostgreSQL or SLURM daemon), and the tests that start
+# their own (an MLflow server, Chromium) mark themselves `service`
+SERVICE_FIXTURES = {"postgres", "slurm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers by what a test needs, so `-m "not slow and not service"` runs in a few minutes and
+    `-m gpu` selects the GPU checks: `service` for a test that starts a server, `gpu` for one that
+    needs CUDA."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("db_url") == "postgresql":
+            item.add_marker(pytest.mark.service)
+        if item.module is not None and item.module.__name__ == "test_rollout_gpu":
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

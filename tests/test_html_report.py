@@ -53,6 +53,7 @@ def _chromium(*args: str, cwd) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_html_report_renders_tables_and_every_figure_in_chromium(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     db = ResultsDB(url)

@@ -50,6 +50,7 @@ matrix:
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_runs_logged_to_server_and_read_back_over_rest(workdir):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
