@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-
-from tests.conftest import run_cli
+from conftest import run_cli
 
 
 @pytest.mark.slow
@@ -39,9 +38,14 @@ def test_bench_rollout_measures_fast_and_hf(workdir):
     out = json.loads((workdir / "r.json").read_text())
     rows = out["rows"]
     assert [(x["engine"], x["batch"]) for x in rows] == [("fast", 2), ("hf", 2), ("fast", 3), ("hf", 3)]
+    by = {(x["engine"], x["batch"]): x for x in rows}
     for x in rows:
         assert x["tokens_per_s"] > 0 and x["ms_per_step"] > 0 and x["bytes_per_step_gb"] > 0
-    assert all(x["speedup_vs_hf"] > 0 for x in rows if x["engine"] == "fast")
+        assert x["decode_tokens_per_s"] == pytest.approx(1e3 * x["batch"] / x["ms_per_step"])
+    for b in (2, 3):  # the speed-up is the step-time ratio of the same run's rows; bytes are the shape's
+        fast, hf = by[("fast", b)], by[("hf", b)]
+        assert fast["speedup_vs_hf"] == pytest.approx(hf["ms_per_step"] / fast["ms_per_step"])
+    assert by[("fast", 3)]["bytes_per_step_gb"] > by[("fast", 2)]["bytes_per_step_gb"]  # a larger batch's cache
     assert out["profile"]["eager_ms_per_step"] > 0
     assert "tok/s" in r.stdout and "x hf" in r.stdout
 

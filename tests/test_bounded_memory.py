@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from training_helpers import EX, _job, _setup
 
 from copsd.config import JobConfig
 from copsd.training.trainer import StepStats, sequence_batches
-from tests.test_training import EX, _job, _setup
 
 
 def _trainer(method, tmp_path, **train):

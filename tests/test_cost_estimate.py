@@ -8,11 +8,11 @@ import math
 import random
 
 import pytest
+from conftest import ROOT, run_cli
 
 from copsd.spec import select
 from copsd.speed.workload import make_workload
 from copsd.training import cost
-from tests.conftest import ROOT, run_cli
 
 
 def test_length_integrals_match_draws_of_the_same_distribution():

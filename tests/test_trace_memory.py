@@ -82,7 +82,7 @@ def test_trace_matches_the_cpu_allocator(method, kw):
 def test_cli_trace_writes_rows_and_refuses_what_it_cannot_do(workdir):
     import json
 
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     r = run_cli(
         "speed", "step", "--method", "grpo", "--shape", "tiny", "--trace", "--dtype", "float32",
