@@ -114,3 +114,24 @@ def test_eval_stores_reports_and_draws_the_language_rates(workdir):
     assert language_share(df, workdir / "share.png").exists()
     got = accuracy_by_language(df, workdir / "acc.png")
     assert not isinstance(got, str) and got.exists()
+
+
+def test_each_distinct_segment_is_identified_once_across_parts_and_budgets():
+    """An evaluation shares one cache: the cut responses of every budget and the samples that
+    repeat a sentence cost no second identification, and the labels are the same."""
+    from copsd.evaluation.language_id import LanguageIdentifier
+
+    real = identifier_for("swa")
+    asked: list[str] = []
+
+    def counting(texts):
+        asked.extend(texts)
+        return real.identify(texts)
+
+    lid = LanguageIdentifier("swa", counting, True, "py3langid")
+    cache: dict[str, str] = {}
+    first = identify_parts([f"{SW} {EN}", SW, EN], lid, cache)
+    assert sorted(asked) == sorted(set(asked)) and len(asked) == 4  # two Swahili, two English sentences
+    again = identify_parts([SW, EN], lid, cache)
+    assert len(asked) == 4 and again == first[1:]
+    assert first == identify_parts([f"{SW} {EN}", SW, EN], real)  # the same labels without a cache

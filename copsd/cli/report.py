@@ -9,7 +9,7 @@ import typer
 
 from copsd.cli.common import DB_OPT, console, err_console
 from copsd.errors import CopsdError
-from copsd.redact import display_url, shorten
+from copsd.redact import shorten
 
 app = typer.Typer(
     help="Comparison tables and figures from the results database (reports/ beside it).", no_args_is_help=True
@@ -27,7 +27,7 @@ def _results(db: str | None, sweep: str | None):
     try:
         if sweep and rdb.get_sweep(sweep) is None:
             known = ", ".join(s.name for s in rdb.sweeps()) or "none"
-            raise CopsdError(f"no sweep named '{sweep}' in {display_url(rdb.url)}; known: {known}")
+            raise CopsdError(f"no sweep named '{sweep}' in {rdb.shown}; known: {known}")
         return rdb.results_frame(sweep), Workspace(rdb.url).reports_dir, rdb.jobs(sweep=sweep)
     finally:
         rdb.close()
@@ -193,12 +193,11 @@ def html_report(
 
     if out is not None:  # before the DB is opened or anything is written (the figures' folder too)
         check_file_target(out, dirs_beside=[out.parent / f"{out.stem}_figures"], example="report.html")
-    df, reports_dir, _ = _results(db, sweep)
+    df, reports_dir, jobs = _results(db, sweep)
     rdb = ResultsDB(existing_db_url(db), readonly=True)
     try:
-        jobs = rdb.jobs(sweep=sweep)
         row = rdb.get_sweep(sweep) if sweep else None
-        source = display_url(rdb.url)  # the page is mailed around: never a password in it
+        source = rdb.shown  # the page is mailed around: never a password in it
     finally:
         rdb.close()
     title = f"copsd sweep '{sweep}'" if sweep else "copsd results"

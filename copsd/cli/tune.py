@@ -6,7 +6,6 @@ import typer
 from rich.markup import escape
 
 from copsd.cli.common import DB_OPT, ONLY_HELP, console, err_console
-from copsd.errors import CopsdError
 
 
 def tune_cmd(
@@ -36,10 +35,6 @@ def tune_cmd(
     from copsd.run.tune import run_tune
     from copsd.spec import load_spec, resolve_spec_path
 
-    if n_trials is not None and n_trials < 1:
-        raise CopsdError(f"--n-trials must be at least 1, not {n_trials}")
-    if worker is not None and worker < 0:
-        raise CopsdError(f"--worker must be 0 or more, not {worker}")
     path = resolve_spec_path(spec)
     s = load_spec(path)
     opts = RunOptions.from_spec(s, db_url(db), device=device, mlflow=not no_mlflow, progress=False)

@@ -49,23 +49,25 @@ def evaluate(
     )
     verdicts: dict[tuple, tuple] = {}  # a sample that ended before a budget is graded once, not per budget
     thinking = cfg.thinking and has_thinking_tokens(tokenizer)  # did the prompt open a think block?
+    labels: dict[str, str] = {}  # segment -> language, shared by the budgets (cut samples repeat segments)
     metrics, records = _grade(problems, rollouts, cfg.grader, verdicts)
-    _add_languages(metrics, records, rollouts, language, thinking)
+    _add_languages(metrics, records, rollouts, language, thinking, labels)
     by_budget = {}
     for b in cfg.budgets:
         cut = [[at_budget(r, b, tokenizer) for r in rolls] for rolls in rollouts]
         by_budget[b], cut_records = _grade(problems, cut, cfg.grader, verdicts)
-        _add_languages(by_budget[b], cut_records, cut, language, thinking)
+        _add_languages(by_budget[b], cut_records, cut, language, thinking, labels)
     return EvalOutput(metrics, records, len(problems), by_budget)
 
 
 def _add_languages(
-    metrics: dict, records: list[dict], rollouts: list[list[Rollout]], language: str, thinking: bool
+    metrics: dict, records: list[dict], rollouts: list[list[Rollout]], language: str, thinking: bool, labels: dict
 ) -> None:
     """Which language each sample reasons and answers in (copsd.evaluation.language_id): the
     rates join `metrics`, each sample's dominant languages and shares join its record."""
     texts = [r.text for rolls in rollouts for r in rolls]
-    lang_metrics, per_sample = language_metrics(texts, [rec["correct"] for rec in records], language, thinking=thinking)
+    correct = [rec["correct"] for rec in records]
+    lang_metrics, per_sample = language_metrics(texts, correct, language, thinking=thinking, cache=labels)
     metrics.update(lang_metrics)
     for rec, lang in zip(records, per_sample):
         rec.update(lang)

@@ -174,11 +174,17 @@ class Shares:
         return best
 
 
-def identify_parts(texts: list[str], lid: LanguageIdentifier) -> list[Shares]:
-    """Shares of each text (one identifier call for all their segments: batched)."""
+def identify_parts(texts: list[str], lid: LanguageIdentifier, cache: dict[str, str] | None = None) -> list[Shares]:
+    """Shares of each text: one identifier call for the distinct segments not in `cache` (an
+    evaluation passes one cache to its every budget, whose cut responses repeat the full ones'
+    segments, and samples repeat the question)."""
     per_text = [segments(t, lid.min_letters) for t in texts]
     flat = [s for segs in per_text for s, _ in segs]
-    labels = iter(lid.identify(flat)) if flat else iter(())
+    cache = {} if cache is None else cache
+    todo = [s for s in dict.fromkeys(flat) if s not in cache]
+    if todo:
+        cache.update(zip(todo, lid.identify(todo)))
+    labels = iter([cache[s] for s in flat])
     out = []
     for segs in per_text:
         t = e = o = 0
@@ -200,14 +206,15 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def language_metrics(
-    responses: list[str], correct: list[bool], target: str, *, thinking: bool
+    responses: list[str], correct: list[bool], target: str, *, thinking: bool, cache: dict[str, str] | None = None
 ) -> tuple[dict[str, float | None], list[dict]]:
     """The language rates (results.schema.LANGUAGE_COLUMNS, in that order) over samples (means of per-sample shares; samples with nothing
     identifiable left out), and per sample: the dominant language of each part and the shares."""
     lid = identifier_for(target)
     parts = [split_thinking(r, thinking) for r in responses]
-    think = identify_parts([p[0] for p in parts], lid)
-    answer = identify_parts([p[1] for p in parts], lid)
+    cache = {} if cache is None else cache  # segment -> label, shared by both parts
+    think = identify_parts([p[0] for p in parts], lid, cache)
+    answer = identify_parts([p[1] for p in parts], lid, cache)
     whole = [a + b for a, b in zip(think, answer)]
     sup = lid.supported
     dom = [w.dominant(sup) for w in whole]

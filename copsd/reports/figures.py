@@ -141,7 +141,8 @@ def language_share(df: pd.DataFrame, out: Path, benchmark: str | None = None) ->
         return rows
     g = rows.groupby(["language", "method"])[["target_language_rate", "english_rate"]].mean().reset_index()
     g = g[g.english_rate.notna()]  # nothing identifiable (only numbers and short phrases): no bar, not "other"
-    g = g.sort_values(["language", "method"], key=lambda s: s.map(_order_key) if s.name == "method" else s)
+    order = {m: i for i, m in enumerate(_methods(g))}
+    g = g.sort_values(["language", "method"], key=lambda s: s.map(order) if s.name == "method" else s)
     eng = g.language == "eng"
     target = g.target_language_rate.where(~eng, 0.0).fillna(0.0)  # English targets: one colour
     english = g.english_rate.fillna(0.0)
@@ -187,10 +188,6 @@ def accuracy_by_language(df: pd.DataFrame, out: Path, benchmark: str | None = No
     ax.set(ylabel="accuracy (%)", title="accuracy by the sample's dominant language")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, out)
-
-
-def _order_key(m: str):
-    return METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def job_figures(df: pd.DataFrame, job_id: str, out_dir: Path) -> list[Path]:
