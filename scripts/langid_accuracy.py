@@ -6,6 +6,7 @@ dominant language), should come out as its own language (English for GSM8K).
     python scripts/langid_accuracy.py --benchmark afrimgsm # with COPSD_AFRIMGSM_DIR or the Hub cache
     python scripts/langid_accuracy.py --json out.json
     python scripts/langid_accuracy.py --cost               # 12 x 250 responses of ~1,024 tokens
+    python scripts/langid_accuracy.py --eval-share         # its share of a real CPU evaluation, same run
 
 Prints one row per (benchmark, language): questions, the share whose dominant language is the
 right one, the mean share of letters identified as it, and the time per question. The numbers in
@@ -78,19 +79,55 @@ def cost(samples: int = 12 * 250, tokens: int = 1024) -> dict:
     return {"samples": samples, "chars_per_sample": sum(map(len, texts)) // len(texts), "seconds": secs}
 
 
+def eval_share(problems: int = 16, samples: int = 2, tokens: int = 256) -> dict:
+    """The identification's share of one real evaluation, both timed in the same run: SmolLM2-135M
+    (real weights, CPU, fp32) on MGSM Swahili, sampled; then the same responses identified again
+    alone (the evaluation already identified them once, inside its own time)."""
+    from copsd.config import EvalConfig
+    from copsd.data.benchmarks import load_problems
+    from copsd.evaluation.evaluate import evaluate
+    from copsd.evaluation.language_id import language_metrics
+    from copsd.models import load_model
+
+    lm = load_model("builtin:smollm2-135m-instruct", dtype="float32", device="cpu")
+    probs = load_problems("mgsm", "swa")[:problems]
+    cfg = EvalConfig(
+        benchmark="mgsm",
+        decoding={"n_samples": samples, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": tokens},
+        batch_size=problems * samples,
+    )
+    t0 = time.perf_counter()
+    out = evaluate(lm.model, lm.tokenizer, probs, "swa", cfg, seed=0)
+    eval_s = time.perf_counter() - t0
+    texts = [r["response"] for r in out.records]
+    t0 = time.perf_counter()
+    language_metrics(texts, [r["correct"] for r in out.records], "swa", thinking=False)
+    lid_s = time.perf_counter() - t0
+    return {
+        "responses": len(texts),
+        "mean_chars": sum(map(len, texts)) // len(texts),
+        "evaluation_s": eval_s,
+        "identification_s": lid_s,
+        "share": lid_s / eval_s,
+        "target_language_rate": out.metrics["target_language_rate"],
+        "english_rate": out.metrics["english_rate"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--benchmark", action="append", help="benchmark[:split]; default: the bundled sets")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--cost", action="store_true", help="time 12 x 250 responses of ~1,024 tokens instead")
+    ap.add_argument("--eval-share", action="store_true", help="its share of a real CPU evaluation instead")
     args = ap.parse_args()
-    if args.cost:
+    if args.cost or args.eval_share:
         import platform
 
         import torch
 
         out = {
-            **cost(),
+            **(cost() if args.cost else eval_share()),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"),
         }
