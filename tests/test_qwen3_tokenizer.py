@@ -145,7 +145,6 @@ def test_one_copsd_step_with_the_real_tokenizer(real, tmp_path):
     )  # fmt: skip
     examples = load_training_data("swa", val_size=2)[0][:4]
     model = wrap_lora(load_model(job.model, dtype="float32", device="cpu").model, job.train.lora, 0)
-    logged: list[dict] = []
-    trainer = CopsdTrainer(job, model, real.tokenizer, examples, tmp_path, log=lambda m, s: logged.append(m))
-    trainer.train()
-    assert torch.isfinite(torch.tensor(logged[0]["train/loss"])) and logged[0]["train/rollout_length"] > 0
+    trainer = CopsdTrainer(job, model, real.tokenizer, examples, tmp_path)
+    logged = [m for _step, m in trainer.steps()]
+    assert torch.isfinite(torch.tensor(logged[0]["loss"])) and logged[0]["rollout_length"] > 0

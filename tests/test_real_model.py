@@ -81,9 +81,8 @@ def test_copsd_steps_on_swahili_with_real_rollouts(smol, tmp_path):
     )  # fmt: skip
     examples = load_training_data("swa", val_size=2)[0][:4]
     model = wrap_lora(load_model(MODEL, dtype="float32", device="cpu").model, job.train.lora, 0)
-    logged: list[dict] = []
-    CopsdTrainer(job, model, smol.tokenizer, examples, tmp_path, log=lambda m, s: logged.append(m)).train()
+    logged = [m for _step, m in CopsdTrainer(job, model, smol.tokenizer, examples, tmp_path).steps()]
     assert len(logged) == 2
     for m in logged:
-        assert torch.isfinite(torch.tensor(m["train/loss"])) and m["train/loss"] > 0
-        assert 0 < m["train/rollout_length"] <= 32 and 0 <= m["train/truncation_rate"] <= 1
+        assert torch.isfinite(torch.tensor(m["loss"])) and m["loss"] > 0
+        assert 0 < m["rollout_length"] <= 32 and 0 <= m["truncation_rate"] <= 1

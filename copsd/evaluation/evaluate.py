@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from copsd.config import EvalConfig
@@ -11,7 +11,7 @@ from copsd.evaluation.language_id import language_metrics
 from copsd.evaluation.metrics import Sample, compute_metrics
 from copsd.grading import GRADERS
 from copsd.prompts import has_thinking_tokens, student_prompt
-from copsd.rollout import Rollout, SamplingParams, at_budget, generate
+from copsd.rollout import Rollout, SamplingParams, at_budget, drain, generate_stream
 
 
 @dataclass
@@ -22,30 +22,22 @@ class EvalOutput:
     by_budget: dict[int, dict[str, float]] = field(default_factory=dict)  # eval.budgets (test-time scaling)
 
 
-def evaluate(
-    model,
-    tokenizer,
-    problems: list[Problem],
-    language: str,
-    cfg: EvalConfig,
-    *,
-    seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
-) -> EvalOutput:
+def evaluate(model, tokenizer, problems: list[Problem], language: str, cfg: EvalConfig, *, seed: int = 0) -> EvalOutput:
+    """`evaluate_stream` drained."""
+    return drain(evaluate_stream(model, tokenizer, problems, language, cfg, seed=seed))
+
+
+def evaluate_stream(
+    model, tokenizer, problems: list[Problem], language: str, cfg: EvalConfig, *, seed: int = 0
+) -> Generator[int, None, EvalOutput]:
+    """Yields how many samples were decoded since the last yield; returns the graded output."""
     prompts = [student_prompt(tokenizer, p.question, language, thinking=cfg.thinking) for p in problems]
     d = cfg.decoding
     params = SamplingParams(
         n=d.n_samples, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, max_new_tokens=d.max_new_tokens
     )
-    rollouts = generate(
-        model,
-        tokenizer,
-        prompts,
-        params,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        on_batch=on_batch,
-        engine=cfg.rollout_engine,
+    rollouts = yield from generate_stream(
+        model, tokenizer, prompts, params, batch_size=cfg.batch_size, seed=seed, engine=cfg.rollout_engine
     )
     verdicts: dict[tuple, tuple] = {}  # a sample that ended before a budget is graded once, not per budget
     thinking = cfg.thinking and has_thinking_tokens(tokenizer)  # did the prompt open a think block?

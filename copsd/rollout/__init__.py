@@ -3,10 +3,22 @@ method use.
 
 * `hf`   -- transformers `generate`, the reference (`hf.py`);
 * `fast` -- static KV cache + CUDA-graph decode over the model's own modules (`fast.py`);
-* `auto` -- `fast` where supported (CUDA, Llama/Qwen family), else `hf` with a one-line note.
+* `auto` -- `fast` where supported (CUDA, Llama/Qwen family), else `hf` (`engine_note` says why, once per sweep).
 """
 
-from copsd.rollout.api import ENGINES, at_budget, generate, resolve_engine
-from copsd.rollout.types import Rollout, SamplingParams, stop_token_ids
+from copsd.rollout.api import ENGINES, at_budget, engine_note, generate, generate_stream, resolve_engine
+from copsd.rollout.types import Rollout, SamplingParams, base_model, drain, stop_token_ids
 
-__all__ = ["ENGINES", "at_budget", "Rollout", "SamplingParams", "generate", "resolve_engine", "stop_token_ids"]
+__all__ = [
+    "ENGINES",
+    "Rollout",
+    "SamplingParams",
+    "at_budget",
+    "base_model",
+    "drain",
+    "engine_note",
+    "generate",
+    "generate_stream",
+    "resolve_engine",
+    "stop_token_ids",
+]

@@ -9,14 +9,12 @@ run and after a resume.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from functools import cache
+from collections.abc import Generator
 
 import torch
 
 from copsd.rollout import fast, hf
-from copsd.rollout.types import Rollout, SamplingParams, stop_token_ids
+from copsd.rollout.types import Rollout, SamplingParams, drain, stop_token_ids
 
 ENGINES = ("auto", "fast", "hf")
 
@@ -25,28 +23,31 @@ def _batch_seed(seed: int, batch_index: int) -> int:
     return (seed * 1_000_003 + batch_index * 7919) % (2**63 - 1)
 
 
-def resolve_engine(engine: str, model) -> str:
-    """`auto` is `fast` on a CUDA device for supported models, else `hf` (said once per model)."""
+def engine_choice(engine: str, model) -> tuple[str, str | None]:
+    """The engine `engine` means for `model`, and why `auto` fell back to `hf` (None when it did not).
+    `auto` is `fast` on a CUDA device for supported models, else `hf`."""
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine != "auto":
         if engine == "fast" and (reason := fast.unsupported_reason(model)):
             raise ValueError(f"rollout engine 'fast' cannot run this model: {reason}; use engine 'hf'")
-        return engine
+        return engine, None
     device = next(model.parameters()).device
     reason = fast.unsupported_reason(model)
     if reason is None and device.type != "cuda":
         reason = "CUDA graphs need a GPU (on CPU the two engines cost about the same)"
-    if reason is None:
-        return "fast"
-    _note_once(f"note: rollout engine 'hf' ({reason})")
-    return "hf"
+    return ("fast", None) if reason is None else ("hf", reason)
 
 
-@cache
-def _note_once(message: str) -> None:
-    """Say a note once per process, not once per job or model (a sweep loads many models)."""
-    print(message, file=sys.stderr)
+def resolve_engine(engine: str, model) -> str:
+    """The engine's name only; whoever runs a job says the fallback note once (`engine_note`)."""
+    return engine_choice(engine, model)[0]
+
+
+def engine_note(engine: str, model) -> str | None:
+    """The line that tells a user `auto` chose `hf`, and why; None when there is nothing to say."""
+    name, reason = engine_choice(engine, model)
+    return f"note: rollout engine '{name}' ({reason})" if reason else None
 
 
 @torch.no_grad()
@@ -58,10 +59,27 @@ def generate(
     *,
     batch_size: int = 64,
     seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
     engine: str = "auto",
 ) -> list[list[Rollout]]:
-    """`params.n` samples for each prompt; returns rollouts grouped by prompt, in sample order.
+    """`generate_stream` drained."""
+    return drain(
+        generate_stream(model, tokenizer, prompts, params, batch_size=batch_size, seed=seed, engine=engine)
+    )
+
+
+@torch.no_grad()
+def generate_stream(
+    model,
+    tokenizer,
+    prompts: list[str],
+    params: SamplingParams,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    engine: str = "auto",
+) -> Generator[int, None, list[list[Rollout]]]:
+    """Yields how many sequences finished since the last yield (its caller shows progress and can
+    stop between yields); returns `params.n` samples for each prompt, grouped by prompt, in sample order.
     `fast` decodes every sequence through `batch_size` slots with continuous batching (one seed);
     `hf` decodes static batches of `batch_size`, each seeded from (seed, batch index)."""
     name = resolve_engine(engine, model)
@@ -83,16 +101,13 @@ def generate(
 
     if name == "fast" and seqs:
         eng = fast.engine_for(model)
-        new = eng.run(
-            encoded, [i for i, _ in seqs], params, stops, pad_id, _batch_seed(seed, 0), rows, on_done=on_batch
-        )
+        new = yield from eng.stream(encoded, [i for i, _ in seqs], params, stops, pad_id, _batch_seed(seed, 0), rows)
         keep(seqs, new)
         return out  # type: ignore[return-value]
     for b, start in enumerate(range(0, len(seqs), batch_size)):
         batch = seqs[start : start + batch_size]
         keep(batch, hf.generate_ids(model, [encoded[i] for i, _ in batch], params, stops, pad_id, _batch_seed(seed, b)))
-        if on_batch:
-            on_batch(len(batch))
+        yield len(batch)
     return out  # type: ignore[return-value]
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import inspect
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Generator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from copsd.rollout.projections import Projections
 from copsd.rollout.sampling import sample_next
-from copsd.rollout.types import SamplingParams
+from copsd.rollout.types import SamplingParams, base_model, drain
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 BUCKET = 128  # decode attends to the cache in multiples of this many positions
@@ -88,13 +88,9 @@ def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
 
-def _base_causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def unsupported_reason(model) -> str | None:
     """None when the fast engine can run `model`, else why not (one line)."""
-    base = _base_causal_lm(model)
+    base = base_model(model)
     cfg = getattr(base, "config", None)
     mtype = getattr(cfg, "model_type", None)
     if mtype not in SUPPORTED_MODEL_TYPES:
@@ -172,7 +168,7 @@ class FastEngine:
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"fast engine: {reason}")
-        base = _base_causal_lm(model)
+        base = base_model(model)
         self._base = weakref.ref(base)  # not a strong reference: the model owns the engine
         self.inner = base.model
         self.layers = list(self.inner.layers)
@@ -476,8 +472,12 @@ class FastEngine:
         s.finished[slots] = (tok[:, None] == stops[None, :]).any(-1) | (s.limit[slots] <= 1)
         return len(fill)
 
+    def run(self, *args, **kwargs) -> list[list[int]]:
+        """`stream` drained: each sequence's new tokens, through its stop token."""
+        return drain(self.stream(*args, **kwargs))
+
     @torch.no_grad()
-    def run(
+    def stream(
         self,
         prompts: list[list[int]],
         seqs: list[int],
@@ -491,14 +491,14 @@ class FastEngine:
         share: bool = True,
         limits: list[int] | None = None,
         use_graph: bool | None = None,
-        on_done: Callable[[int], None] | None = None,
-    ) -> list[list[int]]:
+    ) -> Generator[int, None, list[list[int]]]:
         """Decode one sequence per entry of `seqs` (a prompt index each; samples of one prompt
         adjacent) through `slots` cache rows. With `refill` a slot whose sequence stopped takes the
         next one at the following check (continuous batching); without, all slots wait for the
         slowest (a static batch, as before). `share`: prefill each prompt once (see `_start`).
         `limits`: a token budget per sequence (<= max_new_tokens; benchmarks use it to end rows
-        at drawn lengths). Returns each sequence's new tokens, through its stop token. Samples
+        at drawn lengths). Yields how many sequences finished at each check that finished some;
+returns each sequence's new tokens, through its stop token. Samples
         depend on (seed, slots, refill, share, the order of `seqs`), not on history."""
         self._prepare()
         if use_graph is None:
@@ -587,8 +587,7 @@ class FastEngine:
                     results[owner[b]] = row[:n]
                     useful += n
                     owner[b] = -1
-                if on_done:
-                    on_done(len(done))
+                yield len(done)
             bound = s.pos.tolist()
             free = [b for b in range(slots) if owner[b] < 0]
             if queue < len(seqs) and free and (refill or len(free) == slots):

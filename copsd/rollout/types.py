@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,17 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     elif eos:
         ids.update(int(e) for e in eos)
     return sorted(ids)
+
+
+def drain(stream: Generator[object, None, R]) -> R:
+    """Run a progress stream (a generator that yields progress and returns its result) to its end."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as stop:
+            return stop.value
+
+
+def base_model(model):
+    """The model under a peft wrapper (or the model itself): where its config and layers live."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

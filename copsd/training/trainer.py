@@ -23,7 +23,7 @@ import resource
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,9 +77,6 @@ class Trainer:
         tokenizer,
         examples: list,
         run_dir: Path,
-        *,
-        log: Callable[[dict, int], None] | None = None,
-        on_step: Callable[[int], None] | None = None,
     ):
         if job.train is None:
             raise CopsdError(f"{job.label}: a trainer needs a training block (method '{job.method}' has none)")
@@ -88,8 +85,6 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.examples = examples
         self.run_dir = Path(run_dir)
-        self.log = log or (lambda metrics, step: None)
-        self.on_step = on_step
         self.device = next(model.parameters()).device
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -291,10 +286,16 @@ class Trainer:
 
     def train(self) -> int:
         """Train to `max_steps` (resuming from the last checkpoint); returns the final step."""
+        last = 0
+        for last, _metrics in self.steps():
+            pass
+        return last or (saved_steps(self.run_dir) or [0])[-1]
+
+    def steps(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Train to `max_steps` (resuming from the last checkpoint), yielding (step, metrics) after
+        each optimizer step and its checkpoint: the caller records them and may stop between steps."""
         cfg = self.cfg
         start = self.resume()
-        if start >= cfg.max_steps:
-            return start
         for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
             self.model.train()
@@ -327,12 +328,9 @@ class Trainer:
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["peak_memory_gib"] = peak_memory_gib(self.device)
             metrics["lr"] = lr
-            self.log({f"train/{k}": v for k, v in metrics.items()}, step)
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
                 self.save(step)
-            if self.on_step:
-                self.on_step(step)
-        return cfg.max_steps
+            yield step, metrics
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCommon) -> torch.optim.lr_scheduler.LambdaLR:
