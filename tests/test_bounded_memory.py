@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from training_helpers import EX, _job, _setup
+from training_helpers import EX, _job, _setup, divergence_loss
 
 from copsd.config import JobConfig
 from copsd.training.trainer import StepStats, sequence_batches
@@ -68,7 +68,7 @@ def test_capped_step_equals_one_forward_per_micro_batch(tmp_path, method):
     capped, _ = _trainer(method, tmp_path / "b", batch_size=4, max_tokens_per_forward=1)
     assert capped.decoder.gradient_checkpointing and not ref.decoder.gradient_checkpointing
     examples = ref.batch_for(1, 4)
-    # the unbounded path: one forward per micro-batch, the loss as `micro_batch_loss` computed it before
+    # the unbounded path: one forward per micro-batch
     n_micro = 2
     want_loss, diags = 0.0, []
     for index, batch in enumerate([examples[:2], examples[2:]]):
@@ -77,7 +77,7 @@ def test_capped_step_equals_one_forward_per_micro_batch(tmp_path, method):
             ps, cs = [p for p, _ in pairs], [c for _, c in pairs]
             loss = -ref.target_logprob_sum(ps, cs) / sum(len(c) for c in cs)
         else:
-            loss, diag = ref.divergence_loss(batch, ref.rollouts(batch, 1, index))
+            loss, diag = divergence_loss(ref, batch, ref.rollouts(batch, 1, index))
             diags.append(diag["divergence_unclipped"])
         (loss / n_micro).backward()
         want_loss += float(loss.detach()) / n_micro
@@ -133,18 +133,20 @@ def test_grpo_sequence_micro_batches_equal_whole_groups(tmp_path, loss_type):
         _same(want_grads, grads)
 
 
-def test_micro_batch_loss_still_sums_the_parts(tmp_path):
-    """Plugins and tests may call `micro_batch_loss`: it equals the sum of `loss_parts`."""
-    trainer, _ = _trainer("sft", tmp_path, max_tokens_per_forward=1)
-    parts = list(trainer.loss_parts(EX[:2], 1, 0, StepStats()))
+def test_capped_loss_parts_sum_to_the_one_forward_loss(tmp_path):
+    """Under the token cap a micro-batch's loss comes in parts, one per forward, that sum to its
+    loss in one forward."""
+    capped, _ = _trainer("sft", tmp_path / "a", max_tokens_per_forward=1)
+    whole, _ = _trainer("sft", tmp_path / "b")
+    parts = list(capped.loss_parts(EX[:2], 1, 0, StepStats()))
+    (one,) = whole.loss_parts(EX[:2], 1, 0, StepStats())
     assert len(parts) == 2
-    whole = trainer.micro_batch_loss(EX[:2], 1, 0, StepStats())
-    torch.testing.assert_close(whole, parts[0] + parts[1])
+    torch.testing.assert_close(one, parts[0] + parts[1])
 
 
 _FRAGMENT = """
 import sys, torch
-from copsd.training.memory import return_freed_memory
+from copsd.training.host_memory import return_freed_memory
 def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "on":
     assert return_freed_memory()

@@ -17,8 +17,11 @@ from sqlalchemy import update
 
 from copsd.config import JobConfig
 from copsd.results import DONE, PENDING, RUNNING, ResultsDB
-from copsd.results.db import LostOwnership, _host, _process_start, owner_is_dead_here
+from copsd.results.db import LostOwnership
 from copsd.results.schema import METRIC_COLUMNS, JobRow, utcnow
+from copsd.run.identity import host_namespace as _host
+from copsd.run.identity import owner_is_dead_here, this_process
+from copsd.run.identity import process_start as _process_start
 
 KEY = dict(benchmark="mgsm", language="swa", split="test", step=0, max_new_tokens=16, n_samples=1, n_problems=1)
 
@@ -80,8 +83,9 @@ def test_an_orphan_on_this_host_is_reclaimed_at_once_a_live_owner_is_not(db):
         )
     assert owner_is_dead_here(db.get_job(j.job_id).owner) and not owner_is_dead_here(me)
     assert not owner_is_dead_here("otherhost|1|1|z")  # another host cannot be checked: wait out the heartbeat
-    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
-    assert db.claim(k.job_id, max_attempts=3, stale_after_s=600) is None
+    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600, claimant=this_process())
+    assert db.claim(k.job_id, max_attempts=3, stale_after_s=600, claimant=this_process()) is None
+    assert db.get_job(j.job_id).pid == os.getpid()  # the claimant's process, shown by sweep status
     # a reused pid (same pid, another start time) is not the owner
     assert owner_is_dead_here(f"{host}|{os.getpid()}|{int(_process_start(os.getpid())) + 1}|w")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from copsd.data.benchmarks import Problem, benchmarks, get_benchmark, load_problems
+from copsd.data.benchmarks import benchmarks, get_benchmark, load_problems
 from copsd.data.languages import canonical_code, get_language, registry
 from copsd.errors import CopsdError, DataError, ModelLoadError
 from copsd.models import load_model, load_tokenizer
@@ -75,10 +75,14 @@ def test_bundled_benchmarks(bench, lang, split, n, first_answer, first_id):
 def test_afrimgsm_local_dir_and_errors(tmp_path):
     d = tmp_path / "afrimgsm" / "swa"
     d.mkdir(parents=True)
-    (d / "test.tsv").write_text("question\tanswer_number\nNi ngapi 2+2?\t4\nNa 1,000 + 1?\t1,001\n", encoding="utf-8")
+    quoted = 'Alisema "habari" mara 3, kisha "asante" mara 4. Ni mara ngapi?'
+    (d / "test.tsv").write_text(
+        f"question\tanswer_number\nNi ngapi 2+2?\t4\nNa 1,000 + 1?\t1,001\n{quoted}\t7\n", encoding="utf-8"
+    )
     probs = load_problems("afrimgsm", "swa", "test", data_dir=str(tmp_path / "afrimgsm"))
-    assert [p.answer for p in probs] == ["4", "1,001"]
-    assert [p.id for p in probs] == ["afrimgsm-swa-test-0", "afrimgsm-swa-test-1"]
+    assert [p.answer for p in probs] == ["4", "1,001", "7"]
+    assert [p.id for p in probs] == ["afrimgsm-swa-test-0", "afrimgsm-swa-test-1", "afrimgsm-swa-test-2"]
+    assert probs[2].question == quoted  # quotes are text (pandas' default quoting would eat them)
     with pytest.raises(DataError, match="does not exist"):
         load_problems("afrimgsm", "swa", data_dir=str(tmp_path / "nope"))
     with pytest.raises(DataError, match="dev.tsv not found"):
@@ -86,19 +90,6 @@ def test_afrimgsm_local_dir_and_errors(tmp_path):
     (d / "dev.tsv").write_text("q\ta\nx\t1\n")
     with pytest.raises(DataError, match="needs columns 'question'"):
         load_problems("afrimgsm", "swa", "dev", data_dir=str(tmp_path / "afrimgsm"))
-
-
-def test_afrimgsm_local_copy_reads_like_the_bundled_tsv_reader(tmp_path):
-    """The `datasets` csv builder keeps quotes, commas and answers exactly as our own TSV reader does."""
-    extra = Problem("x", 'Alisema "habari" mara 3, kisha "asante" mara 4. Ni mara ngapi?', "1,000")
-    mgsm = [*load_problems("mgsm", "swa"), extra]
-    d = tmp_path / "swa"
-    d.mkdir()
-    rows = ["question\tanswer_number"] + [f"{p.question}\t{p.answer}" for p in mgsm]
-    (d / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    local = load_problems("afrimgsm", "swa", "test", data_dir=str(tmp_path))
-    assert [(p.question, p.answer) for p in local] == [(p.question, p.answer) for p in mgsm]
-    assert local[-1].question.count('"') == 4  # pandas' default quoting would have eaten these
 
 
 def test_afrimgsm_unreachable_hub_is_one_line(monkeypatch):

@@ -3,6 +3,7 @@ schema, job claims, retries, stale heartbeats, results, migrations."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from copsd.errors import CopsdError
 from copsd.results import DONE, FAILED, PENDING, RUNNING, ResultsDB
 from copsd.results.db import MIGRATIONS
 from copsd.results.schema import GRADER_COLUMNS, LANGUAGE_COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, JobRow, utcnow
+from copsd.run.identity import this_process
 
 
 def _jobs(n=3):
@@ -57,10 +59,11 @@ def test_register_is_idempotent_and_keeps_state(db):
 def test_claim_is_exclusive_and_counts_attempts(db):
     j = _jobs(1)[0]
     db.register_sweep("s", [j])
-    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600)
+    assert db.claim(j.job_id, max_attempts=3, stale_after_s=600, claimant=this_process())
     assert not db.claim(j.job_id, max_attempts=3, stale_after_s=600)  # RUNNING with a fresh heartbeat
     row = db.get_job(j.job_id)
     assert (row.status, row.attempts, row.host is not None, row.heartbeat_at is not None) == (RUNNING, 1, True, True)
+    assert row.pid == os.getpid() and row.owner.split("|")[1] == str(os.getpid())  # this_process's identity
 
 
 def test_failed_jobs_retry_up_to_cap(db):

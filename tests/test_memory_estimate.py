@@ -11,8 +11,9 @@ import pytest
 
 from copsd.config import JobConfig
 from copsd.errors import CopsdError
-from copsd.results import ResultsDB
-from copsd.training.memory import KNOWN_SHAPES, estimate, host_memory, model_shape
+from copsd.models.shapes import KNOWN_SHAPES, model_shape
+from copsd.training.host_memory import host_memory
+from copsd.training.memory import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 QWEN = "Qwen/Qwen3-1.7B"
@@ -142,17 +143,13 @@ def _huge_job(tmp_path):
 def test_a_cpu_job_larger_than_ram_fails_before_loading_weights(tmp_path):
     """A model directory with a config.json and no weights: had the job got as far as loading, it
     would fail for the missing weights; it fails on the estimate instead, in one line."""
-    from copsd.run.job import run_job
+    from copsd.run.job import JobPlan, run_job
 
     job, model = _huge_job(tmp_path)
     est = estimate(job, model_shape(str(model)), "cpu", n_problems=1)
     assert est.phase == "evaluation" and est.peak > host_memory()[1]  # honestly more than this machine has
-    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
-    try:
-        with pytest.raises(CopsdError) as info:
-            run_job(job, db, device="cpu", runs_dir=tmp_path / "runs")
-    finally:
-        db.close()
+    with pytest.raises(CopsdError) as info:
+        list(run_job(job, JobPlan(tmp_path / "runs", device="cpu")))
     msg = str(info.value)
     assert "\n" not in msg
     assert "estimated peak memory" in msg and "exceeds this machine's RAM" in msg
@@ -178,3 +175,14 @@ def test_no_preflight_lets_the_job_go_on_to_load(tmp_path):
         errors[preflight] = run_sweep("pf", [job], opts).errors[job.job_id]
     assert "estimated peak memory" in errors[True]
     assert "estimated peak memory" not in errors[False] and "tiny" in errors[False]
+
+
+def test_fast_cache_layout_is_the_engines():
+    """The estimate restates the fast engine's cache layout (importing the engine loads torch, which
+    `sweep plan --estimate` must not): it must be the engine's own."""
+    from copsd.rollout import fast
+    from copsd.training import memory
+
+    assert (memory.PROMPT_ALIGN, memory.KV_BUCKET) == (fast.cache.PROMPT_ALIGN, fast.cache.BUCKET)
+    for prompt, new in [(1, 1), (256, 1024), (255, 129), (300, 2048)]:
+        assert memory._kv_positions("fast", prompt, new) == fast.cache.capacity(prompt, new)

@@ -125,7 +125,8 @@ def test_any_string_renders_in_every_format(tmp_path):
     assert "&lt;img src=x onerror=alert(2)&gt;" in body and 'id="failures"' in body  # the failed job, escaped
     assert body.count("<img ") == 4  # the four figures drawn, nothing else
 
-    from copsd.reports.tables import render, side_by_side
+    from copsd.reports.table_formats import render
+    from copsd.reports.tables import side_by_side
 
     df = ResultsDB(url).results_frame("s$w")
     t = side_by_side(df, ["accuracy"], by="language")
@@ -137,7 +138,8 @@ def test_any_string_renders_in_every_format(tmp_path):
 
 
 def test_names_with_newlines_and_formulas_stay_in_their_cell():
-    from copsd.reports.tables import Cell, Table, render
+    from copsd.reports.table_formats import render
+    from copsd.reports.tables import Cell, Table
 
     t = Table(
         title="acc",

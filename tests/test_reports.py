@@ -148,8 +148,38 @@ def test_csv_and_errors(db):
         build_table(db.results_frame("nonexistent"))
 
 
+def test_latex_and_html_keep_their_layout_and_numbers(db):
+    import re
+
+    t = build_table(db.results_frame("t"), by="language")
+    tex = render(t, "latex").splitlines()
+    assert tex[:6] == [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{lrr}",
+        r"\toprule",
+        r"language & M-1B base & M-1B copsd \\",
+        r"\midrule",
+    ]
+    assert tex[6] == r"swa & 15.00 $\pm$ 7.07 & \textbf{35.00 $\pm$ 7.07 (+20.00)} \\"
+    assert tex[7] == r"\midrule" and tex[8] == r"Avg & 15.00 $\pm$ 7.07 & \textbf{35.00 $\pm$ 7.07 (+20.00)} \\"
+    assert tex[9] == r"eng & \textbf{50.00 $\pm$ 0.00} & 40.00 $\pm$ 0.00 (-10.00) \\"
+    assert tex[10:12] == [r"\bottomrule", r"\end{tabular}"] and tex[-1] == r"\end{table}"
+    assert tex[12].startswith(r"\caption{accuracy (\%) by language, final checkpoint")  # below the tabular
+    page = render(t, "html")
+    assert re.search(r"<caption>accuracy \(%\) by language, final checkpoint", page)
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", page)
+    assert cells == [
+        "language", "M-1B base", "M-1B copsd",
+        "swa", "15.00 ± 7.07", "<b>35.00 ± 7.07 (+20.00)</b>",
+        "Avg", "15.00 ± 7.07", "<b>35.00 ± 7.07 (+20.00)</b>",
+        "eng", "<b>50.00 ± 0.00</b>", "40.00 ± 0.00 (-10.00)",
+    ]  # fmt: skip
+    assert re.findall(r"<th[^>]*>", page) and page.count("<tr") == 4  # a header row and three rows
+
+
 def test_curves_plot_is_written(db, tmp_path):
-    from copsd.reports.plots import plot_curves
+    from copsd.reports.curves import plot_curves
 
     out = plot_curves(db.results_frame("t"), tmp_path / "c.png")
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -159,7 +189,7 @@ def test_curves_plot_is_written(db, tmp_path):
 
 
 def test_curves_start_from_the_base_and_skip_untrained_languages(db):
-    from copsd.reports.plots import curve_data
+    from copsd.reports.curves import curve_data
 
     df = db.results_frame("t")
     data = curve_data(df)
@@ -167,6 +197,25 @@ def test_curves_start_from_the_base_and_skip_untrained_languages(db):
     assert list(line.step) == [0, 5, 10] and list(line["mean"]) == pytest.approx([15.0, 90.0, 35.0])
     only_swa = curve_data(df[~((df.method == "copsd") & (df.language == "eng"))])
     assert list(only_swa) == ["swa"]  # English has only the base: no empty panel
+
+
+def test_every_figure_gives_a_method_the_same_colour(db, tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgba
+
+    import copsd.reports.curves as curves
+    import copsd.reports.figures as figures
+    from copsd.reports.plots import METHOD_COLORS
+
+    drawn = []
+    for module in (curves, figures):
+        monkeypatch.setattr(module, "save_figure", lambda fig, out, **kw: drawn.append(fig) or out)
+    df = db.results_frame("t")
+    curves.plot_curves(df, tmp_path / "c.png")
+    figures.repetition(df, tmp_path / "r.png")
+    for fig in drawn:
+        lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+        assert to_rgba(lines["copsd"].get_color()) == to_rgba(METHOD_COLORS["copsd"])
+        assert to_rgba(lines["base"].get_color()) == to_rgba(METHOD_COLORS["base"])
 
 
 def test_figures_are_written_or_skipped_with_a_reason(db, tmp_path):

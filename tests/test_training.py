@@ -1,8 +1,10 @@
-"""The methods on a tiny real Qwen3: what changes, what the teacher sees, resuming, data formats."""
+# Over 350 lines: the shared loop's tests for every method (steps, resume, schedules, teachers, rollouts) together.
+"""The methods on a tiny real Qwen3: what changes, what the teacher sees, resuming, schedules,
+rollouts; the training data's tests are in test_training_data.py."""
 
 from __future__ import annotations
 
-import json
+import random
 
 import pytest
 import torch
@@ -10,12 +12,12 @@ from training_helpers import EX, _job, _setup
 
 from copsd.config import JobConfig
 from copsd.data.languages import get_language
-from copsd.data.training import clean_gsm8k_solution, load_training_data
-from copsd.errors import CopsdError, DataError
+from copsd.errors import CopsdError
 from copsd.models import load_model
 from copsd.prompts import student_prompt, teacher_prompt, teacher_user_message, training_student_prompt
 from copsd.training.adapters import load_adapter, saved_steps
 from copsd.training.grpo_trainer import final_answer_region, reward
+from copsd.training.step_stats import StepStats
 
 
 def test_teacher_prompt_differs_from_student_exactly_by_privileged_context(tiny_model):
@@ -67,7 +69,7 @@ def test_copsd_step_changes_only_lora_and_fixed_teacher_is_the_base(tmp_path):
 
 
 def test_rollouts_are_sampled_from_the_student_prompt_alone(tmp_path, monkeypatch):
-    import copsd.training.trainer as ct  # the shared loop samples every method's rollouts
+    import copsd.training.rollouts as ct  # the shared loop samples every method's rollouts
 
     seen = []
     real = ct.generate
@@ -92,8 +94,7 @@ def test_teacher_with_the_students_prompt_gives_zero_loss_and_gradient(tmp_path,
     job = _job(teacher=teacher, include_problem_en=False, include_reference_solution_en=False, clip=None)
     trainer, _ = _setup(job, tmp_path)
     trainer.model.train()
-    comps = trainer.rollouts(EX[:2], 1, 0)
-    loss, _ = trainer.divergence_loss(EX[:2], comps)
+    loss = sum(trainer.loss_parts(EX[:2], 1, 0, StepStats()))  # rollouts, then the loss, as a step runs
     loss.backward()
     assert abs(float(loss.detach())) < 1e-6
     grads = [p.grad.abs().max() for p in trainer.params if p.grad is not None]
@@ -102,8 +103,7 @@ def test_teacher_with_the_students_prompt_gives_zero_loss_and_gradient(tmp_path,
 
 def test_privileged_context_gives_a_nonzero_signal(tmp_path):
     trainer, _ = _setup(_job(clip=None), tmp_path)
-    comps = trainer.rollouts(EX[:2], 1, 0)
-    loss, _ = trainer.divergence_loss(EX[:2], comps)
+    loss = sum(trainer.loss_parts(EX[:2], 1, 0, StepStats()))
     assert float(loss.detach()) > 1e-4
 
 
@@ -111,8 +111,8 @@ def test_chunked_and_direct_loss_agree_in_trainer(tmp_path):
     t1, _ = _setup(_job(loss_chunk_size=3), tmp_path / "a")
     t2, _ = _setup(_job(loss_chunk_size=0), tmp_path / "b")
     comps = t1.rollouts(EX[:2], 1, 0)
-    l1, _ = t1.divergence_loss(EX[:2], comps)
-    l2, _ = t2.divergence_loss(EX[:2], comps)
+    l1 = sum(t1.divergence_parts(EX[:2], comps, StepStats()))
+    l2 = sum(t2.divergence_parts(EX[:2], comps, StepStats()))
     torch.testing.assert_close(l1, l2)
 
 
@@ -120,33 +120,51 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     # linear decay with a warmup step: the resumed run must continue the schedule, not restart it
     job = _job(max_steps=3, warmup_steps=1)
     assert job.train.lr_scheduler == "linear"
-    lrs: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+    seen: dict[str, dict[int, dict]] = {"a": {}, "b": {}}
+    random.seed(0)
     straight, _ = _setup(job, tmp_path / "a")
-    straight.log = lambda m, step: lrs["a"].__setitem__(step, m["train/lr"])
-    straight.train()
+    for step, m in straight.steps():
+        seen["a"][step] = m
+    rng_after = (torch.get_rng_state(), random.getstate())
     # warmup 0 -> peak over 1 step, then linear to 0 at max_steps: multipliers 0, 1, 1/2
-    assert [lrs["a"][s] for s in (1, 2, 3)] == pytest.approx([0.0, 5e-2, 2.5e-2])
+    assert [seen["a"][s]["lr"] for s in (1, 2, 3)] == pytest.approx([0.0, 5e-2, 2.5e-2])
 
+    random.seed(0)
     crashed, _ = _setup(job, tmp_path / "b")
-    crashed.log = lambda m, step: lrs["b"].__setitem__(step, m["train/lr"])
-
-    def boom(step):
-        if step == 2:
-            raise RuntimeError("node lost")
-
-    crashed.on_step = boom
-    with pytest.raises(RuntimeError):
-        crashed.train()
+    with pytest.raises(RuntimeError, match="node lost"):
+        for step, m in crashed.steps():  # yielded after the step's checkpoint
+            seen["b"][step] = m
+            if step == 2:
+                raise RuntimeError("node lost")
     assert saved_steps(tmp_path / "b" / "run") == [1, 2]
     resumed, _ = _setup(job, tmp_path / "b")
-    resumed.log = lambda m, step: lrs["b"].__setitem__(step, m["train/lr"])
-    assert resumed.train() == 3
-    assert lrs["b"] == lrs["a"]
+    torch.manual_seed(12345)  # a fresh process's generators: the checkpoint's must replace them
+    random.seed(12345)
+    for step, m in resumed.steps():
+        seen["b"][step] = m
+    assert resumed.train() == 3  # nothing left to do: the last saved step
+    assert [seen["b"][s]["lr"] for s in (1, 2, 3)] == [seen["a"][s]["lr"] for s in (1, 2, 3)]
+    assert seen["b"][3]["loss"] == pytest.approx(seen["a"][3]["loss"], rel=1e-6)
     assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
+    assert torch.equal(torch.get_rng_state(), rng_after[0]) and random.getstate() == rng_after[1]
     a = {n: p for n, p in straight.model.named_parameters() if "lora_" in n}
     b = {n: p for n, p in resumed.model.named_parameters() if "lora_" in n}
     for n in a:
         torch.testing.assert_close(a[n], b[n])
+
+
+def test_checkpoint_rng_states_round_trip():
+    """What resume restores: torch's and Python's generators (and every CUDA device's once CUDA is in use)."""
+    from copsd.training.checkpoints import rng_states, set_rng_states
+
+    state = rng_states()
+    assert ("cuda_rng" in state) == torch.cuda.is_initialized()
+    want = (torch.rand(3), random.random(), torch.rand(3, device="cuda") if "cuda_rng" in state else None)
+    set_rng_states(state)
+    got = (torch.rand(3), random.random(), torch.rand(3, device="cuda") if "cuda_rng" in state else None)
+    assert torch.equal(got[0], want[0]) and got[1] == want[1]
+    if want[2] is not None:
+        assert torch.equal(got[2], want[2])
 
 
 @pytest.mark.parametrize(
@@ -200,12 +218,11 @@ def test_ema_teacher_as_released(tmp_path):
     step 1, undecayed; then ema <- d * ema + (1 - d) * weights after each step."""
     trainer, _ = _setup(_job(teacher="ema", ema_decay=0.5, max_steps=2), tmp_path)
     assert trainer.cfg.teacher == "ema" and trainer.ema is None
-    seen = []
-    trainer.on_step = lambda step: seen.append(
-        (step, {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
-    )
-    trainer.train()
-    (_, after1), (_, after2) = seen
+    seen = [
+        {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        for _step, _metrics in trainer.steps()
+    ]
+    after1, after2 = seen
     b = next(n for n in after1 if "lora_B" in n)
     assert float(after1[b].abs().max()) > 0
     torch.testing.assert_close(trainer.ema[b], 0.5 * after1[b] + 0.5 * after2[b])
@@ -224,14 +241,12 @@ def test_sft_step_trains_lora_and_grpo_logs_its_diagnostics(tmp_path):
     for method in ("grpo", "sft"):
         trainer, _ = _setup(_job(method, max_steps=1), tmp_path / method)
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
-        logged: list[dict] = []
-        trainer.log = lambda m, s, logged=logged: logged.append(m)
-        trainer.train()
-        assert "train/loss" in logged[0]
+        logged = [m for _step, m in trainer.steps()]
+        assert "loss" in logged[0]
         if method == "sft":
             assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)
         else:  # a random model earns no reward: every group has zero variance, so no update
-            assert logged[0]["train/zero_variance_group_share"] == 1.0 and logged[0]["train/reward"] == 0.0
+            assert logged[0]["zero_variance_group_share"] == 1.0 and logged[0]["reward"] == 0.0
 
 
 def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
@@ -316,84 +331,6 @@ def test_load_adapter_step_zero_is_the_base(tmp_path):
     assert any(float(p.abs().max()) > 0 for n, p in trainer.model.named_parameters() if "lora_B" in n)
 
 
-# ---- training data -----------------------------------------------------------------------------
-
-
-def test_bundled_swahili_set_and_gsm8k_cleaning():
-    train, val = load_training_data("swa", val_size=64)
-    assert len(train) + len(val) == 7468 and len(val) == 64
-    assert all("<<" not in e.solution_en and "\\boxed{" in e.solution_en for e in train[:50])
-    sol, ans = clean_gsm8k_solution("3 * 2 = <<3*2=6>>6 apples\n#### 1,006")
-    assert sol == "3 * 2 = 6 apples\nThe answer is \\boxed{1006}." and ans == "1006"
-
-
-def test_copsd_json_hub_variant_directory_and_errors(tmp_path):
-    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(10)]
-    (tmp_path / "translated_hau.json").write_text(json.dumps(recs))
-    train, val = load_training_data("hau", str(tmp_path / "translated_{language}.json"), val_size=2)
-    assert len(train) == 8 and {e.answer for e in train + val} == {str(i) for i in range(10)}
-    hub = [
-        {"problem": f"Q{i}", "solution": "x #### 7", "problem_translated": f"T{i}", "language": "Hausa"}
-        for i in range(5)
-    ] + [{"problem": "Z", "solution": "y", "problem_translated": "W", "language": "yor"}]
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "part.jsonl").write_text("\n".join(json.dumps(r) for r in hub))
-    train, val = load_training_data("ha", str(tmp_path / "d"), val_size=1)
-    assert len(train) + len(val) == 5 and train[0].answer == "7" and "\\boxed{7}" in train[0].solution_en
-    # never train on evaluation test problems
-    leak = [{"problem": open_mgsm_en_first(), "solution": "s", "problem_hau": "h"}] + recs
-    (tmp_path / "leak.json").write_text(json.dumps(leak))
-    train, val = load_training_data("hau", str(tmp_path / "leak.json"), val_size=2)
-    assert len(train) + len(val) == 10
-    with pytest.raises(DataError, match="no training data for language 'hau'"):
-        load_training_data("hau")
-    with pytest.raises(DataError, match="lacks 'problem'"):
-        (tmp_path / "bad.json").write_text(json.dumps([{"problem_hau": "x", "problem": "y"}]))
-        load_training_data("hau", str(tmp_path / "bad.json"), val_size=1)
-    with pytest.raises(DataError, match="not found"):
-        load_training_data("hau", str(tmp_path / "missing.json"))
-
-
-def test_translation_quality_flag_drops_records_as_released(tmp_path):
-    """`problem_<lang>_ok` present and not exactly true -> dropped; absent -> kept."""
-    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(8)]
-    recs[0]["problem_hau_ok"] = True
-    recs[1]["problem_hau_ok"] = False
-    recs[2]["problem_hau_ok"] = True
-    recs[3]["problem_hau_ok"] = None
-    path = tmp_path / "flags.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in recs))
-    counts: dict = {}
-    train, val = load_training_data("hau", str(path), val_size=1, counts=counts)
-    kept = sorted(e.problem for e in train + val)
-    # datasets reads the flag column for every record: records 4-7 get null there and are dropped,
-    # exactly as the released filter does on the same file
-    assert kept == ["H0", "H2"]
-    assert counts["dropped_quality_flag"] == 6 and counts["records_read"] == 8
-    # a flag written as text is not true either
-    for i, r in enumerate(recs):
-        r["problem_hau_ok"] = "true" if i < 4 else "yes"
-    path.write_text("\n".join(json.dumps(r) for r in recs))
-    with pytest.raises(DataError, match="only 0 usable"):
-        load_training_data("hau", str(path), val_size=1)
-
-
-def test_quality_flag_on_some_records_of_a_plain_list(tmp_path):
-    recs = [{"problem": f"P{i}", "solution": f"S \\boxed{{{i}}}", "problem_hau": f"H{i}"} for i in range(6)]
-    path = tmp_path / "noflags.json"
-    path.write_text(json.dumps(recs))
-    counts: dict = {}
-    train, val = load_training_data("hau", str(path), val_size=1, counts=counts)
-    assert len(train) + len(val) == 6 and counts["dropped_quality_flag"] == 0
-    assert counts["train"] == 5 and counts["validation"] == 1 and counts["dropped_test_overlap"] == 0
-
-
-def open_mgsm_en_first() -> str:
-    from copsd.data.benchmarks import load_problems
-
-    return load_problems("mgsm", "eng", limit=1)[0].question
-
-
 def test_checkpoints_must_be_saved_steps():
     from pydantic import ValidationError
 
@@ -431,11 +368,9 @@ def test_training_with_the_fast_engine_follows_each_optimizer_step(tmp_path):
     from copsd.rollout import SamplingParams, fast, hf
 
     trainer, lm = _setup(_job(rollout_engine="fast", max_steps=2), tmp_path)
-    logged = []
-    trainer.log = lambda m, s: logged.append(m)
-    trainer.train()
+    logged = [m for _step, m in trainer.steps()]
     assert "_copsd_fast_engine" in trainer.model.__dict__  # rollouts came from the fast engine
-    assert all(torch.isfinite(torch.tensor(m["train/loss"])) for m in logged)
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(m["loss"])) for m in logged)
     tok = lm.tokenizer
     ids = [tok(training_student_prompt(tok, e.problem, "swa"), add_special_tokens=False)["input_ids"] for e in EX[:3]]
     params = SamplingParams(temperature=0, max_new_tokens=10)
@@ -451,7 +386,7 @@ def test_rollouts_of_a_step_in_one_call_equal_per_micro_batch_calls(tmp_path, me
     """train.rollout_batch: `step` samples the whole step in one call (continuous batching in the
     fast engine), `micro` one call per micro-batch. With top-k 1 sampling is greedy, so both give
     the same rollouts and the same step; `auto` picks step for fast and micro for hf."""
-    import copsd.training.trainer as trainer_mod
+    import copsd.training.rollouts as trainer_mod
 
     kw = {"batch_size": 4, "micro_batch_size": 2} if method == "copsd" else {"batch_size": 8, "micro_batch_size": 4}
     calls = []

@@ -49,3 +49,16 @@ def _setup(job, tmp_path):
     lm = load_model("builtin:tiny-qwen3", dtype="float32", device="cpu")
     model = wrap_lora(lm.model, job.train.lora, job.seed)
     return TRAINERS[job.method](job, model, lm.tokenizer, EX, tmp_path / "run"), lm
+
+
+def divergence_loss(trainer, examples, completions: list[list[int]]):
+    """COPSD's (loss, diagnostics) of these rollouts in one forward each for teacher and student: the
+    unsplit reference that `CopsdTrainer.loss_parts` (one part per forward sub-batch) must add up to."""
+    keep = [i for i, c in enumerate(completions) if c]
+    examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
+    return trainer.token_loss(
+        [trainer.student_ids(e) for e in examples],
+        [trainer.teacher_ids(e) for e in examples],
+        completions,
+        trainer.tok.pad_token_id,
+    )

@@ -14,10 +14,9 @@ from copsd.redact import shorten
 app = typer.Typer(
     help="Comparison tables and figures from the results database (reports/ beside it).", no_args_is_help=True
 )
-FORMATS = {"markdown": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 
-def _results(db: str | None, sweep: str | None):
+def _read_selection(db: str | None, sweep: str | None):
     """The results frame (of one sweep, if named), where reports go by default, and the jobs."""
     from copsd.cli.common import existing_db_url
     from copsd.paths import Workspace
@@ -89,13 +88,13 @@ def table(
 ):
     """Paper-style comparison table (mean ± std over seeds, (Δ vs base), best per row in bold)."""
     from copsd.reports.output import check_file_target, file_stem, write_text
-    from copsd.reports.tables import one_line, render, side_by_side, to_rich, with_grader
+    from copsd.reports.table_formats import file_suffix, one_line, render, to_rich
+    from copsd.reports.tables import side_by_side, with_grader
 
-    if fmt not in FORMATS:
-        raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
+    suffix = file_suffix(fmt)
     if out is not None:  # before the DB is opened or anything is written
-        check_file_target(out, example=f"table.{FORMATS[fmt]}")
-    df, reports_dir, jobs = _results(db, sweep)
+        check_file_target(out, example=f"table.{suffix}")
+    df, reports_dir, jobs = _read_selection(db, sweep)
     if _no_results_but_failures(df, jobs):  # a sweep whose jobs all failed: say which and why
         failed = _failed(jobs)
         err_console.print(
@@ -113,7 +112,7 @@ def table(
     t = side_by_side(df, metrics, by=by, step=step, benchmark=benchmark, budget=budget, languages=chosen)
     text = render(t, fmt)
     name = "_".join(metrics) + (f"_{grader}" if grader else "")
-    out = out or check_file_target(reports_dir / f"{file_stem(sweep or 'all')}_by_{by}_{name}.{FORMATS[fmt]}", None)
+    out = out or check_file_target(reports_dir / f"{file_stem(sweep or 'all')}_by_{by}_{name}.{suffix}", None)
     write_text(out, text)
     if fmt == "csv" and not sys.stdout.isatty():
         sys.stdout.write(text)
@@ -141,14 +140,14 @@ def curves(
     db: str | None = DB_OPT,
 ):
     """Training dynamics: the metric at each evaluated checkpoint, per language and method (PNG)."""
+    from copsd.reports.curves import plot_curves
     from copsd.reports.output import check_file_target, file_stem
-    from copsd.reports.plots import plot_curves
 
     if out is not None:
         if out.suffix.lower() != ".png":
             raise CopsdError(f"--out {out}: give a .png path (the PDF is written beside it)")
         check_file_target(out, beside=[out.with_suffix(".pdf")])
-    df, reports_dir, jobs = _results(db, sweep)
+    df, reports_dir, jobs = _read_selection(db, sweep)
     _refuse_if_only_failures(df, jobs)
     if out is None:
         out = reports_dir / f"{file_stem(sweep or 'all')}_curves_{file_stem(metric)}.png"
@@ -171,7 +170,7 @@ def figures(
 
     if out_dir is not None:
         check_dir_target(out_dir)
-    df, reports_dir, jobs = _results(db, sweep)
+    df, reports_dir, jobs = _read_selection(db, sweep)
     _refuse_if_only_failures(df, jobs)
     out_dir = out_dir or check_dir_target(reports_dir, None)
     for name, where in write_figures(df, out_dir, file_stem(sweep or "all"), benchmark).items():
@@ -193,7 +192,7 @@ def html_report(
 
     if out is not None:  # before the DB is opened or anything is written (the figures' folder too)
         check_file_target(out, dirs_beside=[out.parent / f"{out.stem}_figures"], example="report.html")
-    df, reports_dir, jobs = _results(db, sweep)
+    df, reports_dir, jobs = _read_selection(db, sweep)
     rdb = ResultsDB(existing_db_url(db), readonly=True)
     try:
         row = rdb.get_sweep(sweep) if sweep else None
@@ -230,13 +229,13 @@ def tune_report(
     for c in df.columns:
         t.add_column(c.removeprefix("param:"))
     for _, row in df.head(top).iterrows():
-        t.add_row(*[_cell(v) for v in row.tolist()])
+        t.add_row(*[_trial_value(v) for v in row.tolist()])
     console.print(t)
     for name, where in tune_figures(url, study, out_dir or Workspace(url).reports_dir).items():
         console.print(f"{name}: {where}", highlight=False, soft_wrap=True)
 
 
-def _cell(v) -> str:
+def _trial_value(v) -> str:
     if v is None or (isinstance(v, float) and v != v):  # a null choice, or no value (pruned, failed)
         return "–"
     return f"{v:.4g}" if isinstance(v, float) else str(v)

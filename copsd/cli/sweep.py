@@ -319,7 +319,8 @@ def reset(
     exists; jobs held by a live process, or by another host (which cannot be checked from here),
     need --force (a worker that is in fact alive then stops at its next heartbeat without writing).
     """
-    from copsd.results.db import ResultsDB, owner_is_dead_here
+    from copsd.results.db import ResultsDB
+    from copsd.run.identity import owner_is_dead_here
     from copsd.results.schema import RUNNING, STATUSES
     from copsd.spec import select
 

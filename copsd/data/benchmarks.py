@@ -157,30 +157,45 @@ def availability(benchmark: str, language: str, split: str) -> str:
 
 
 # ---- reading files -------------------------------------------------------------------------------
-def _read_tsv(
-    path: Path, has_header: bool, question: str = "question", answers: tuple[str, ...] = ("answer",)
-) -> list[dict]:
+def quiet_datasets() -> None:
+    """No per-call progress bars from `datasets` in sweep logs."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def read_tsv(path: Path, has_header: bool) -> list[dict]:
+    """A tab-separated file through the `datasets` csv builder, as the released evaluation reads
+    AfriMGSM: no quoting (quotes are text), "NA" is text, every field a string as written. Without a
+    header row the file has two columns, question and answer."""
+    from datasets import Features, Value, load_dataset
+
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if has_header:
-        if not rows:
-            raise DataError(f"{path}: empty file")
-        header = [h.strip() for h in rows[0]]
-        answer_col = next((a for a in answers if a in header), None)
-        if question not in header or answer_col is None:
-            raise DataError(
-                f"{path}: needs columns '{question}' and {' or '.join(repr(a) for a in answers)}; found {header}"
-            )
-        qi, ai = header.index(question), header.index(answer_col)
-        return [{"question": r[qi], "answer": r[ai]} for r in rows[1:] if len(r) > max(qi, ai)]
-    out = []
-    for i, r in enumerate(rows, 1):
-        if len(r) != 2:
-            raise DataError(f"{path}:{i}: expected 2 tab-separated columns (question, answer), found {len(r)}")
-        out.append({"question": r[0], "answer": r[1]})
-    return out
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\r\n").split("\t")
+    if first == [""]:
+        raise DataError(f"{path}: empty file")
+    columns = first if has_header else ["question", "answer"]
+    if not has_header and len(first) != 2:
+        raise DataError(f"{path}:1: expected 2 tab-separated columns (question, answer), found {len(first)}")
+    quiet_datasets()
+    try:
+        ds = load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            header=0 if has_header else None,
+            column_names=None if has_header else columns,
+            keep_default_na=False,
+            features=Features({c: Value("string") for c in columns}),  # answers stay as written
+        )
+    except Exception as exc:  # noqa: BLE001 - pandas/arrow raise many types for a malformed file
+        raise DataError(f"{path}: cannot read as a tab-separated file ({type(exc).__name__}: {exc})") from None
+    return list(ds)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -213,7 +228,7 @@ def read_problems(b: Benchmark, path: Path, language: str, split: str) -> list[P
                 raise DataError(f"{path}: records need '{b.question}' and {' or '.join(b.answer)}")
             r["answer"], r["question"] = ans, r[b.question]
     else:
-        records = _read_tsv(path, b.format == "tsv", b.question, b.answer)
+        records = _with_fields(b, read_tsv(path, b.format == "tsv"), str(path))
     return problems_from_records(b, records, language, split)
 
 
@@ -250,17 +265,10 @@ register_source(
 # ---- Hub datasets with a local-copy alternative ------------------------------------------------
 # Both go through the `datasets` library, as the released evaluation loads AfriMGSM:
 # `load_dataset(hub_id, <language config>, split=...)` for the Hub (nothing here assumes a file
-# layout inside the Hub repository) and the `csv` builder for a local copy (<lang>/<split>.tsv).
+# layout inside the Hub repository) and `read_tsv` (its `csv` builder) for a local copy
+# (<lang>/<split>.tsv).
 def _local_dir(b: Benchmark, data_dir: str | None) -> str | None:
     return data_dir or (os.environ.get(b.local_dir_env) if b.local_dir_env else None) or None
-
-
-def quiet_datasets() -> None:
-    """No per-call progress bars from `datasets` in sweep logs."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
 
 
 def _local_file(b: Benchmark, language: str, split: str, local: str) -> Path:
@@ -278,28 +286,6 @@ def _local_file(b: Benchmark, language: str, split: str, local: str) -> Path:
         if cand.is_file():
             return cand
     raise DataError(f"{b.display} file {root / code / leaf} not found (layout: <lang>/{leaf})")
-
-
-def _local_records(b: Benchmark, path: Path) -> list[dict]:
-    """A local TSV copy through the `datasets` csv builder (tab-separated, no quoting, all strings)."""
-    from datasets import Features, Value, load_dataset
-
-    quiet_datasets()
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\r\n").split("\t")
-    try:
-        ds = load_dataset(
-            "csv",
-            data_files=str(path),
-            split="train",
-            delimiter="\t",
-            quoting=csv.QUOTE_NONE,
-            keep_default_na=False,  # "NA" is text, not a missing value
-            features=Features({c: Value("string") for c in header}),  # answers stay as written
-        )
-    except Exception as exc:  # noqa: BLE001 - pandas/arrow raise many types for a malformed file
-        raise DataError(f"{path}: cannot read as a tab-separated file ({type(exc).__name__}: {exc})") from None
-    return _with_fields(b, list(ds), str(path))
 
 
 def _with_fields(b: Benchmark, records: list[dict], where: str) -> list[dict]:
@@ -334,7 +320,8 @@ def _hub_records(b: Benchmark, language: str, split: str) -> list[dict]:
 def _hub_load(b: Benchmark, language: str, split: str, data_dir: str | None) -> list[Problem]:
     local = _local_dir(b, data_dir)
     if local:
-        records = _local_records(b, _local_file(b, language, split, local))
+        path = _local_file(b, language, split, local)
+        records = _with_fields(b, read_tsv(path, b.format != "tsv_noheader"), str(path))
     else:
         records = _hub_records(b, language, split)
     return problems_from_records(b, records, language, split)

@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from copsd.data.benchmarks import quiet_datasets, read_jsonl
+from copsd.data.benchmarks import load_problems, quiet_datasets, read_jsonl
 from copsd.data.languages import canonical_code, registry
 from copsd.errors import DataError
 from copsd.grading import extract_boxed
@@ -58,13 +58,7 @@ def _norm(q: str) -> str:
 @lru_cache(maxsize=1)
 def test_problem_set() -> frozenset[str]:
     """English evaluation test problems (GSM8K test; MGSM is its first 250)."""
-    out = set()
-    for line in _res("benchmarks", "gsm8k", "test.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.add(_norm(json.loads(line)["question"]))
-    for line in _res("benchmarks", "mgsm", "mgsm_en.tsv").read_text(encoding="utf-8").splitlines():
-        out.add(_norm(line.split("\t")[0]))
-    return frozenset(out)
+    return frozenset(_norm(p.question) for b in ("gsm8k", "mgsm") for p in load_problems(b, "eng"))
 
 
 def _bundled_swahili() -> list[TrainExample]:

@@ -11,7 +11,7 @@ from copsd.evaluation.language_id import language_metrics
 from copsd.evaluation.metrics import Sample, compute_metrics
 from copsd.grading import GRADERS
 from copsd.prompts import has_thinking_tokens, student_prompt
-from copsd.rollout import Rollout, SamplingParams, at_budget, drain, generate_stream
+from copsd.rollout import Rollout, at_budget, drain, generate_stream
 
 
 @dataclass
@@ -33,9 +33,7 @@ def evaluate_stream(
     """Yields how many samples were decoded since the last yield; returns the graded output."""
     prompts = [student_prompt(tokenizer, p.question, language, thinking=cfg.thinking) for p in problems]
     d = cfg.decoding
-    params = SamplingParams(
-        n=d.n_samples, temperature=d.temperature, top_p=d.top_p, top_k=d.top_k, max_new_tokens=d.max_new_tokens
-    )
+    params = d.sampling_params()
     rollouts = yield from generate_stream(
         model, tokenizer, prompts, params, batch_size=cfg.batch_size, seed=seed, engine=cfg.rollout_engine
     )

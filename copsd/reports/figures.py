@@ -10,8 +10,9 @@
   bars: target language, English, other; final checkpoint; `copsd.evaluation.language_id`);
 - `accuracy_by_language`: accuracy of the samples whose dominant language is the target vs
   English, per method (is English reasoning more accurate?);
-- `curves`: the training dynamics (`plots.plot_curves`).
-A figure whose data is missing is skipped with the reason, never drawn empty.
+- `curves`: the training dynamics (`copsd.reports.curves`).
+A figure whose data is missing is skipped with the reason, never drawn empty. Each is drawn and
+saved the one way `copsd.reports.plots` sets (plain text, METHOD_COLORS, PNG + PDF).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from copsd.reports.plots import plot_curves, save_figure
-from copsd.reports.plots import pyplot as _plt
-from copsd.reports.tables import METHOD_ORDER, at_full_budget, build_table, check_selection, select_rows
-from copsd.results.schema import METRIC_COLUMNS
-
-
-def _save(fig, out: Path) -> Path:
-    return save_figure(fig, out)  # plain text only (no mathtext, no LaTeX), PNG + PDF
-
-
-COLORS = {"base": "grey", "sft": "C0", "grpo": "C1", "copsd": "C2"}  # the same method, the same colour
+from copsd.reports.curves import plot_curves
+from copsd.reports.plots import METHOD_COLORS, RESPONSE_LANGUAGE_COLORS, pyplot, save_figure
+from copsd.reports.tables import (
+    REFERENCE_LANGUAGES,
+    REPETITION_METRICS,
+    at_final_step,
+    at_full_budget,
+    build_table,
+    check_selection,
+    method_key,
+    select_rows,
+)
 
 
 def _methods(df: pd.DataFrame) -> list[str]:
-    return sorted(df.method.unique(), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    return sorted(df.method.unique(), key=method_key)
 
 
 def pearson_r(x, y) -> float | None:
@@ -52,66 +54,67 @@ def delta_bars(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Pat
     rows = [r for r in t.rows if r != "Avg" and any(has(r, c) for c in cols)]
     if not rows:
         return "no trained method to compare with the base"
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) * max(1, len(cols)) / 2), 3.4))
     width = 0.8 / len(cols)
     for k, c in enumerate(cols):
         vals = [t.cells[(r, c)].delta if has(r, c) else np.nan for r in rows]
         label = " ".join(c) if len({m for m, _ in cols}) > 1 else c[1]
-        ax.bar(np.arange(len(rows)) + k * width, vals, width, label=label, color=COLORS.get(c[1]))
+        ax.bar(np.arange(len(rows)) + k * width, vals, width, label=label, color=METHOD_COLORS.get(c[1]))
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xticks(np.arange(len(rows)) + width * (len(cols) - 1) / 2, rows)
     ax.set(ylabel="accuracy gain over base (points)", title="gain over the base model, final checkpoint")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def format_vs_accuracy(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> tuple[Path, float | None]:
     df = at_full_budget(check_selection(df, "accuracy", benchmark))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     for method in _methods(df):
         g = df[df.method == method]
-        ax.scatter(100 * g.format_rate, 100 * g.accuracy, s=14, alpha=0.7, label=method, color=COLORS.get(method))
+        ax.scatter(
+            100 * g.format_rate, 100 * g.accuracy, s=14, alpha=0.7, label=method, color=METHOD_COLORS.get(method)
+        )
     r = pearson_r(df.format_rate, df.accuracy)
     ax.set(xlabel="format rate (%)", ylabel="accuracy (%)",
            title=f"format rate vs accuracy (Pearson r = {r:.2f}, n = {len(df)})" if r is not None else
            f"format rate vs accuracy (n = {len(df)})")  # fmt: skip
     ax.legend(fontsize=8)
-    return _save(fig, out), r
+    return save_figure(fig, out), r
 
 
 def repetition(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path:
     df = select_rows(df, "repetition_rate", "final", benchmark)
-    ns = [c for c in METRIC_COLUMNS if c.startswith("repetition_") and c[-1].isdigit()]
-    plt = _plt()
+    ns = [c for c in REPETITION_METRICS if c[-1].isdigit()]
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for method in _methods(df):
         g = df[df.method == method]
         ys = [100 * g[c].mean() for c in ns]
-        ax.plot([int(c[-1]) for c in ns], ys, marker="o", label=method, color=COLORS.get(method))
+        ax.plot([int(c[-1]) for c in ns], ys, marker="o", label=method, color=METHOD_COLORS.get(method))
     ax.set(xlabel="n (n-gram)", ylabel="repetition rate (%)", title="repetition by method, final checkpoint")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def scaling(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path | str:
     """Accuracy at each decoding budget of the final checkpoint, averaged over the languages every
     method has (English left out when others remain), so each line averages the same set."""
-    df = check_selection(df, "accuracy", benchmark)
-    df = df[df.step == df.groupby("job_id").step.transform("max")]
+    df = at_final_step(check_selection(df, "accuracy", benchmark))
     if df.max_new_tokens.nunique() < 2:
         return "results exist at one decoding budget only (add eval.budgets to the spec)"
     langs = set.intersection(*(set(g.language) for _, g in df.groupby("method")))
-    langs = langs - {"eng"} or langs
+    langs = langs - set(REFERENCE_LANGUAGES) or langs
     if not langs:
         return "no language has results for every method"
     df = df[df.language.isin(langs)]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     for method in _methods(df):
         g = df[df.method == method].groupby("max_new_tokens").accuracy.mean()
-        ax.plot(g.index, 100 * g.values, marker="o", label=method, color=COLORS.get(method))
+        ax.plot(g.index, 100 * g.values, marker="o", label=method, color=METHOD_COLORS.get(method))
     budgets = sorted(df.max_new_tokens.unique())
     ax.set_xscale("log")
     ax.set_xticks(budgets, [str(b) for b in budgets])  # the budgets themselves, not 2x10^1
@@ -122,7 +125,7 @@ def scaling(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path |
         title=f"test-time scaling ({', '.join(sorted(langs))})",
     )
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _final_language_rows(df: pd.DataFrame, benchmark: str | None) -> pd.DataFrame | str:
@@ -147,16 +150,17 @@ def language_share(df: pd.DataFrame, out: Path, benchmark: str | None = None) ->
     target = g.target_language_rate.where(~eng, 0.0).fillna(0.0)  # English targets: one colour
     english = g.english_rate.fillna(0.0)
     other = (1.0 - target - english).clip(lower=0.0)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.8, 0.55 * len(g) + 1.5), 3.6))
     x = np.arange(len(g))
-    ax.bar(x, 100 * target, color="C2", label="target language")
-    ax.bar(x, 100 * english, bottom=100 * target, color="C0", label="English")
-    ax.bar(x, 100 * other, bottom=100 * (target + english), color="lightgrey", label="other / unsupported")
+    colors = RESPONSE_LANGUAGE_COLORS
+    ax.bar(x, 100 * target, color=colors["target"], label="target language")
+    ax.bar(x, 100 * english, bottom=100 * target, color=colors["English"], label="English")
+    ax.bar(x, 100 * other, bottom=100 * (target + english), color=colors["other"], label="other / unsupported")
     ax.set_xticks(x, [f"{lang}\n{m}" for lang, m in zip(g.language, g.method)], fontsize=7)
     ax.set(ylabel="share of response text (%)", ylim=(0, 100), title="language of the responses, final checkpoint")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def accuracy_by_language(df: pd.DataFrame, out: Path, benchmark: str | None = None) -> Path | str:
@@ -172,11 +176,14 @@ def accuracy_by_language(df: pd.DataFrame, out: Path, benchmark: str | None = No
     if g[cols[:2]].isna().all().all():
         return "no sample is dominated by the target language or by English (or no non-English language)"
     methods = [m for m in _methods(rows) if m in g.index]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.6, 1.2 * len(methods) + 1.5), 3.4))
     x = np.arange(len(methods))
     for k, (acc, share, label, color) in enumerate(
-        [(cols[0], cols[2], "target-language samples", "C2"), (cols[1], cols[3], "English samples", "C0")]
+        [
+            (cols[0], cols[2], "target-language samples", RESPONSE_LANGUAGE_COLORS["target"]),
+            (cols[1], cols[3], "English samples", RESPONSE_LANGUAGE_COLORS["English"]),
+        ]
     ):
         vals = [100 * g.loc[m, acc] if pd.notna(g.loc[m, acc]) else np.nan for m in methods]
         bars = ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, color=color, label=label)
@@ -187,7 +194,7 @@ def accuracy_by_language(df: pd.DataFrame, out: Path, benchmark: str | None = No
     ax.set_xticks(x, methods)
     ax.set(ylabel="accuracy (%)", title="accuracy by the sample's dominant language")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def job_figures(df: pd.DataFrame, job_id: str, out_dir: Path) -> list[Path]:

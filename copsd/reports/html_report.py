@@ -20,7 +20,8 @@ from copsd.errors import CopsdError
 from copsd.redact import display_url
 from copsd.reports.figures import figure_set
 from copsd.reports.output import check_file_target, write_text
-from copsd.reports.tables import render, side_by_side
+from copsd.reports.table_formats import render
+from copsd.reports.tables import side_by_side
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -71,7 +72,8 @@ def _table_html(df: pd.DataFrame, metric: str) -> str:
         return f'<p class="skipped">{html.escape(metric)}: {html.escape(str(exc))}</p>'
 
 
-def _metrics(df: pd.DataFrame) -> list[str]:
+def _table_metrics(df: pd.DataFrame) -> list[str]:
+    """The metrics tabulated: Pass@k and Maj@k with several samples, the language share where measured."""
     several = (df.n_samples > 1).any()
     langs = ["target_language_rate"] if "target_language_rate" in df and df.target_language_rate.notna().any() else []
     return ["accuracy", *(["pass_at_k", "maj_at_k"] if several else []), "format_rate", *langs]
@@ -156,7 +158,7 @@ def write_html_report(
         '<p id="broken" hidden></p>',
         _failures_html(jobs),
         "<h2>Tables</h2>",
-        *(_table_html(df, m) for m in (_metrics(df) if not df.empty else [])),
+        *(_table_html(df, m) for m in (_table_metrics(df) if not df.empty else [])),
         *([] if not df.empty else ['<p class="skipped">no results yet: no job has finished an evaluation</p>']),
         "<h2>Figures</h2>",
         *(_figure_html(name, path, note) for name, (path, note) in figures.items()),

@@ -1,8 +1,8 @@
-"""Paper-style comparison tables from the results database.
+"""Paper-style comparison tables from the results database: the numbers (`copsd.reports.table_formats`
+writes them as Markdown, LaTeX, CSV, HTML or a terminal table).
 
 `build_table` turns result rows into a grid of cells (mean over seeds, std when there are
-several, delta vs the base model, best per row); `render` writes it as markdown, LaTeX, CSV or
-HTML. Rates are shown in percent; `mean_length` in tokens.
+several, delta vs the base model, best per row). Rates are in percent; `mean_length` in tokens.
 
 Every average over languages (the Avg row; the by-model and by-method views) is over one set of
 languages, the same for every column, named in the title: `languages=` when given, else the
@@ -12,10 +12,6 @@ languages; English is the reference and gets its own row below the Avg).
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,20 +19,12 @@ import pandas as pd
 
 from copsd.config import short_model_name
 from copsd.errors import CopsdError
-from copsd.results.schema import REPORT_METRICS
+from copsd.results.schema import METRIC_COLUMNS, REPORT_METRICS
 
 METHOD_ORDER = ("base", "sft", "grpo", "copsd")
 REFERENCE_LANGUAGES = ("eng",)  # shown apart from, and not counted in, the default average
-LOWER_IS_BETTER = {
-    "truncation_rate",
-    "mean_length",
-    "repetition_2",
-    "repetition_3",
-    "repetition_4",
-    "repetition_5",
-    "repetition_6",
-    "repetition_rate",
-}
+REPETITION_METRICS = tuple(m for m in METRIC_COLUMNS if m.startswith("repetition_"))
+LOWER_IS_BETTER = {"truncation_rate", "mean_length", *REPETITION_METRICS}
 NOT_PERCENT = {"mean_length"}
 
 
@@ -59,12 +47,23 @@ class Table:
     groups: list[list[int]] = field(default_factory=list)  # column indices compared for "best"
 
 
-def _method_key(m: str) -> tuple:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+def method_key(method: str) -> tuple[int, str]:
+    """Sort key: the paper's method order, then any other method by name."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def scale(metric: str) -> float:
+    """Rates are shown in percent, lengths as they are."""
+    return 1.0 if metric in NOT_PERCENT else 100.0
+
+
+def metric_unit_label(metric: str) -> str:
+    """The metric as an axis or title label: `accuracy (%)`, `mean_length`."""
+    return metric + ("" if metric in NOT_PERCENT else " (%)")
 
 
 def check_selection(df: pd.DataFrame, metric: str, benchmark: str | None) -> pd.DataFrame:
-    """Validate the metric and narrow the results to one benchmark (shared by tables and plots)."""
+    """Validate the metric and narrow the results to one benchmark (shared by tables and figures)."""
     if metric not in REPORT_METRICS:
         raise CopsdError(f"unknown metric '{metric}'; choose from: {', '.join(REPORT_METRICS)}")
     if df.empty:
@@ -83,6 +82,11 @@ def at_full_budget(df: pd.DataFrame) -> pd.DataFrame:
     return df[df.max_new_tokens == df.groupby("job_id").max_new_tokens.transform("max")]
 
 
+def at_final_step(df: pd.DataFrame) -> pd.DataFrame:
+    """Each job's rows at its last evaluated checkpoint."""
+    return df[df.step == df.groupby("job_id").step.transform("max")]
+
+
 def select_rows(
     df: pd.DataFrame, metric: str, step: str = "final", benchmark: str | None = None, budget: int | None = None
 ) -> pd.DataFrame:
@@ -95,14 +99,10 @@ def select_rows(
     if df.empty:
         raise CopsdError("no results match --benchmark/--budget")
     if step == "final":
-        df = df[df.step == df.groupby("job_id").step.transform("max")]
+        df = at_final_step(df)
     elif step == "best":
-        idx = (
-            df.groupby("job_id")[metric].idxmin()
-            if metric in LOWER_IS_BETTER
-            else df.groupby("job_id")[metric].idxmax()
-        )
-        df = df.loc[idx]
+        by_job = df.groupby("job_id")[metric]
+        df = df.loc[by_job.idxmin() if metric in LOWER_IS_BETTER else by_job.idxmax()]
     else:
         try:
             s = int(step)
@@ -131,17 +131,42 @@ def averaged_languages(df: pd.DataFrame, languages: list[str] | None = None) -> 
     return chosen
 
 
-def _mean_over(df: pd.DataFrame, keys: list[str], languages: list[str]) -> pd.Series:
-    """Per (keys..., seed): the mean over `languages`, only where all of them have a value."""
-    sub = df[df.language.isin(languages)]
-    per_lang = sub.groupby([*keys, "seed", "language"]).value.mean()
-    grouped = per_lang.groupby(level=[*keys, "seed"])
-    complete = grouped.count() == len(languages)
-    return grouped.mean()[complete]
+def _mean_over_languages(df: pd.DataFrame, languages: list[str]) -> pd.DataFrame:
+    """Per (model, method, seed): the mean `value` over `languages`, only where all of them have one."""
+    per_lang = df[df.language.isin(languages)].groupby(["model", "method", "seed", "language"]).value.mean()
+    by_seed = per_lang.groupby(level=["model", "method", "seed"])
+    complete = by_seed.count() == len(languages)
+    return by_seed.mean()[complete].reset_index()
 
 
-def _scale(metric: str) -> float:
-    return 1.0 if metric in NOT_PERCENT else 100.0
+def _per_seed(df: pd.DataFrame, by: str, averaged: list[str]) -> pd.DataFrame:
+    """One `value` per (cell, seed): per language (by language, with the average as the language
+    "Avg"), or the average over the averaged languages (by model or method)."""
+    avg = _mean_over_languages(df, averaged)
+    if by != "language":
+        return avg
+    per_language = df.groupby(["language", "model", "method", "seed"]).value.mean().reset_index()
+    return pd.concat([per_language, avg.assign(language="Avg")], ignore_index=True)
+
+
+def _cell_stats(per_seed: pd.DataFrame, keys: list[str], lower_is_better: bool) -> pd.DataFrame:
+    """Per cell (`keys`): mean, std and count over the seeds measured (a seed with nothing measured,
+    e.g. no identifiable language, is left out), the delta vs the base model of the same keys, and
+    whether it is the best of its comparison group (the same keys except the method)."""
+    measured = per_seed.dropna(subset=["value"])
+    stats = measured.groupby(keys).value.agg(mean="mean", std="std", n_seeds="count").reset_index()
+    peers = [k for k in keys if k != "method"]
+    base = stats.loc[stats.method == "base", [*peers, "mean"]].rename(columns={"mean": "base_mean"})
+    stats = stats.merge(base, on=peers, how="left")
+    stats["delta"] = (stats["mean"] - stats["base_mean"]).where(stats.method != "base")
+    group = stats.groupby(peers)["mean"]
+    extreme = group.transform("min" if lower_is_better else "max")
+    stats["best"] = (group.transform("count") > 1) & np.isclose(stats["mean"], extreme, rtol=1e-9, atol=0.0)
+    return stats
+
+
+def _optional(x: float) -> float | None:
+    return None if pd.isna(x) else float(x)
 
 
 def build_table(
@@ -153,148 +178,47 @@ def build_table(
     budget: int | None = None,
     languages: list[str] | None = None,
 ) -> Table:
+    """Rows x columns: language x (model, method) (with an Avg row and English below it),
+    model x method, or method x model; each cell the mean over seeds (std, delta vs base)."""
+    if by not in ("language", "model", "method"):
+        raise CopsdError(f"--by must be language, model or method, not '{by}'")
     df = select_rows(df, metric, step, benchmark, budget)
-    df["value"] = df[metric] * _scale(metric)
+    df["value"] = df[metric] * scale(metric)
     averaged = averaged_languages(df, languages)
     models = sorted(df.model.unique())
-    methods = sorted(df.method.unique(), key=_method_key)
+    methods = sorted(df.method.unique(), key=method_key)
     if by == "language":
         shown = sorted(df.language.unique())
-        rows = [x for x in shown if x not in REFERENCE_LANGUAGES]
-        columns = [(m, me) for m in models for me in methods if ((df.model == m) & (df.method == me)).any()]
-        per_seed = df.groupby(["language", "model", "method", "seed"]).value.mean()
-        # Avg row: mean over the averaged languages within each seed, then over seeds
-        avg = _mean_over(df, ["model", "method"], averaged)
-        title_rows = rows + ["Avg"] + [x for x in shown if x in REFERENCE_LANGUAGES]
+        reference = [x for x in shown if x in REFERENCE_LANGUAGES]
+        rows = [x for x in shown if x not in reference] + ["Avg"] + reference
+        present = set(zip(df.model, df.method))
+        columns: list[tuple[str, ...]] = [(m, me) for m in models for me in methods if (m, me) in present]
+        groups = [[i for i, c in enumerate(columns) if c[0] == m] for m in models]  # "best" within a model
+    elif by == "model":
+        rows, columns, groups = models, [(me,) for me in methods], [list(range(len(methods)))]
+    else:  # best per column (model), across the rows (methods)
+        rows, columns, groups = methods, [(m,) for m in models], []
 
-        def seeds_of(r, c):
-            if r == "Avg":
-                return avg.loc[c] if c in avg.index.droplevel("seed") else None
-            key = (r, *c)
-            return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
-
-        groups = [[i for i, c in enumerate(columns) if c[0] == m] for m in models]
-        row_name = "language"
-    elif by in ("model", "method"):
-        per_seed = _mean_over(df, ["model", "method"], averaged)  # mean over the averaged languages
-        if by == "model":
-            title_rows, columns = models, [(me,) for me in methods]
-
-            def seeds_of(r, c):
-                key = (r, c[0])
-                return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
-        else:
-            title_rows, columns = list(methods), [(m,) for m in models]
-
-            def seeds_of(r, c):
-                key = (c[0], r)
-                return per_seed.loc[key] if key in per_seed.index.droplevel("seed") else None
-
-        groups = [list(range(len(columns)))]
-        row_name = by
-    else:
-        raise CopsdError(f"--by must be language, model or method, not '{by}'")
-
-    label = f"{metric}{'' if metric in NOT_PERCENT else ' (%)'}"
+    keys = ["language", "model", "method"] if by == "language" else ["model", "method"]
+    stats = _cell_stats(_per_seed(df, by, averaged), keys, metric in LOWER_IS_BETTER)
+    column_keys = [k for k in keys if k != by]
     t = Table(
-        title=f"{label} by {by}, {step} checkpoint ({steps_shown(df)}); averages over {', '.join(averaged)}",
-        row_name=row_name,
-        rows=title_rows,
+        title=f"{metric_unit_label(metric)} by {by}, {step} checkpoint ({steps_shown(df)}); "
+        f"averages over {', '.join(averaged)}",
+        row_name=by,
+        rows=rows,
         columns=columns,
-        groups=groups if by != "method" else [],
+        groups=groups,
     )
-    for r in title_rows:
-        for c in columns:
-            vals = seeds_of(r, c)
-            if vals is None or len(vals) == 0:
-                continue
-            v = np.asarray(vals, dtype=float)
-            v = v[~np.isnan(v)]  # a seed with nothing measured (e.g. no identifiable language) is left out
-            if len(v) == 0:
-                continue
-            t.cells[(r, c)] = Cell(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, None, len(v))
-    # delta vs base (the Avg row's columns average the same languages, so its delta is paired)
-    for (r, c), cell in t.cells.items():
-        if by == "language" and c[1] != "base" and (r, (c[0], "base")) in t.cells:
-            cell.delta = cell.mean - t.cells[(r, (c[0], "base"))].mean
-        elif by == "model" and c[0] != "base" and (r, ("base",)) in t.cells:
-            cell.delta = cell.mean - t.cells[(r, ("base",))].mean
-        elif by == "method" and r != "base" and ("base", c) in t.cells:
-            cell.delta = cell.mean - t.cells[("base", c)].mean
-    # best per row (within each model group); for by=method, best per column
-    lower = metric in LOWER_IS_BETTER
-    pick = min if lower else max
-    if by == "method":
-        for c in columns:
-            present = [t.cells[(r, c)] for r in title_rows if (r, c) in t.cells]
-            if len(present) > 1:
-                b = pick(x.mean for x in present)
-                for x in present:
-                    x.best = math.isclose(x.mean, b)
-    else:
-        for r in title_rows:
-            for g in t.groups:
-                present = [t.cells[(r, columns[i])] for i in g if (r, columns[i]) in t.cells]
-                if len(present) > 1:
-                    b = pick(x.mean for x in present)
-                    for x in present:
-                        x.best = math.isclose(x.mean, b)
+    for s in stats.itertuples(index=False):
+        t.cells[(getattr(s, by), tuple(getattr(s, k) for k in column_keys))] = Cell(
+            mean=float(s.mean),
+            std=_optional(s.std),
+            delta=_optional(s.delta),
+            n_seeds=int(s.n_seeds),
+            best=bool(s.best),
+        )
     return t
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def one_line(text) -> str:
-    """A name on one line: line breaks, tabs and other control characters become spaces (a
-    newline would end a Markdown or CSV row, a blank line a LaTeX cell)."""
-    return re.sub(r"[\x00-\x1f\x7f\u2028\u2029]", " ", str(text))
-
-
-def latex_escape(text: str) -> str:
-    """Names and titles as LaTeX text (model names carry `_`, titles `%`, users anything)."""
-    return "".join(_LATEX.get(ch, ch) for ch in one_line(text)).replace("±", r"$\pm$")
-
-
-_MD_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_MD_PUNCT = set("\\|*`~[]$")  # cell ends, emphasis, code, strike-through, links and images, math
-
-
-def md_escape(text) -> str:
-    """A name as Markdown text that renders as written: HTML (`<img onerror=...>`) as entities, the
-    characters Markdown (and GitHub's math) give meaning to backslash-escaped, `|` so it cannot
-    end a cell, one line. `_` is escaped where it could open or close emphasis (not inside a word:
-    `Qwen3_1.7B` stays readable)."""
-    s = one_line(text)
-    out = []
-    for i, ch in enumerate(s):
-        if ch in _MD_HTML:
-            out.append(_MD_HTML[ch])
-        elif ch in _MD_PUNCT:
-            out.append("\\" + ch)
-        elif ch == "_" and not (0 < i < len(s) - 1 and s[i - 1].isalnum() and s[i + 1].isalnum()):
-            out.append("\\_")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def csv_cell(text) -> str:
-    """A name as a CSV cell a spreadsheet shows as text: one line, and a leading `=`, `+`, `-` or
-    `@` (which Excel and LibreOffice would run as a formula) quoted with `'`."""
-    s = one_line(text)
-    return "'" + s if s[:1] in ("=", "+", "-", "@") else s
 
 
 def steps_shown(df: pd.DataFrame) -> str:
@@ -350,113 +274,3 @@ def side_by_side(df: pd.DataFrame, metrics: list[str], **kwargs) -> Table:
     width = len(parts)
     merged.groups = [[i * width + j for i in g] for g in first.groups for j in range(width)]
     return merged
-
-
-def _fmt(cell: Cell | None, digits: int = 2) -> str:
-    if cell is None:
-        return "–"
-    s = f"{cell.mean:.{digits}f}"
-    if cell.std is not None:
-        s += f" ± {cell.std:.{digits}f}"
-    if cell.delta is not None:
-        s += f" ({cell.delta:+.{digits}f})"
-    return s
-
-
-def _col_name(c: tuple[str, ...]) -> str:
-    return " ".join(c)
-
-
-def render(t: Table, fmt: str = "markdown") -> str:
-    heads = [t.row_name] + [_col_name(c) for c in t.columns]
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        header = [csv_cell(t.row_name)]
-        for c in t.columns:
-            n = csv_cell("/".join(c))
-            header += [n, f"{n}:std", f"{n}:delta"]
-        w.writerow(header)
-        for r in t.rows:
-            line = [csv_cell(r)]
-            for c in t.columns:
-                cell = t.cells.get((r, c))
-                line += [
-                    "" if cell is None else f"{cell.mean:.4f}",
-                    "" if cell is None or cell.std is None else f"{cell.std:.4f}",
-                    "" if cell is None or cell.delta is None else f"{cell.delta:.4f}",
-                ]
-            w.writerow(line)
-        return buf.getvalue()
-
-    def cell_text(r, c, bold):
-        cell = t.cells.get((r, c))
-        s = _fmt(cell)
-        return bold(s) if cell is not None and cell.best else s
-
-    if fmt == "markdown":
-        md = md_escape
-        out = [f"**{md(t.title)}**", "", "| " + " | ".join(md(h) for h in heads) + " |", "|" + "---|" * len(heads)]
-        for r in t.rows:
-            out.append("| " + " | ".join([md(r)] + [cell_text(r, c, lambda s: f"**{s}**") for c in t.columns]) + " |")
-        return "\n".join(out) + "\n"
-    if fmt == "latex":
-        esc = latex_escape
-        out = [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\begin{tabular}{l" + "r" * len(t.columns) + "}",
-            r"\toprule",
-            " & ".join(esc(h) for h in heads) + r" \\",
-            r"\midrule",
-        ]
-        for r in t.rows:
-            if r == "Avg":
-                out.append(r"\midrule")
-            out.append(
-                " & ".join([esc(r)] + [cell_text(r, c, lambda x: r"\textbf{" + x + "}") for c in t.columns]).replace(
-                    "±", r"$\pm$"
-                )
-                + r" \\"
-            )
-        out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(t.title) + "}", r"\end{table}"]
-        return "\n".join(out) + "\n"
-    if fmt == "html":
-        import html as h
-
-        out = [
-            f"<table>\n<caption>{h.escape(t.title)}</caption>",
-            "<tr>" + "".join(f"<th>{h.escape(x)}</th>" for x in heads) + "</tr>",
-        ]
-        for r in t.rows:
-            tds = "".join(
-                f"<td>{cell_text(r, c, lambda s: '<b>' + h.escape(s) + '</b>') if (t.cells.get((r, c)) and t.cells[(r, c)].best) else h.escape(_fmt(t.cells.get((r, c))))}</td>"
-                for c in t.columns
-            )
-            out.append(f"<tr><th>{h.escape(r)}</th>{tds}</tr>")
-        out.append("</table>")
-        return "\n".join(out) + "\n"
-    raise CopsdError(f"--format must be markdown, latex, csv or html, not '{fmt}'")
-
-
-def to_rich(t: Table):
-    from rich.markup import escape
-    from rich.table import Table as RichTable
-
-    # names are the user's: `[/x]` in a model or language would be rich markup (and an error)
-    rt = RichTable(title=escape(one_line(t.title)))
-    rt.add_column(escape(one_line(t.row_name)), style="bold")
-    for c in t.columns:
-        rt.add_column(escape(one_line(_col_name(c))), justify="right")
-    for r in t.rows:
-        cells = []
-        for c in t.columns:
-            cell = t.cells.get((r, c))
-            s = _fmt(cell)
-            cells.append(f"[bold green]{s}[/]" if cell is not None and cell.best else s)
-        rt.add_row(
-            escape(one_line(r)),
-            *cells,
-            end_section=(r == t.rows[-2] if len(t.rows) > 1 and t.rows[-1] == "Avg" else False),
-        )
-    return rt

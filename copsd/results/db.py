@@ -8,13 +8,15 @@ database consistent; job claims are a single conditional UPDATE, so several work
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, false, inspect, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
@@ -28,17 +30,22 @@ from copsd.results.schema import (
     LANGUAGE_COLUMNS,
     METRIC_COLUMNS,
     PENDING,
+    RESULT_UNIQUE,
     RUNNING,
     SCHEMA_VERSION,
     STATUSES,
     Base,
     JobRow,
     Meta,
+    ResultKey,
     ResultRow,
     SweepJob,
     SweepRow,
     utcnow,
 )
+
+# each backend's INSERT, whose `on_conflict_do_update` makes `add_result` one upsert statement
+_INSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def _add_columns(table: str, columns: dict[str, str]) -> Callable[[Engine], None]:
@@ -98,65 +105,17 @@ class LostOwnership(CopsdError):
     """This worker's claim on a job was taken over (it was paused past stale_after_s)."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims a job: the owner token its fenced writes carry, the host and pid shown by
+    `copsd sweep status`, and how to tell that a RUNNING job's owner is gone (its process died on
+    this host: the job is taken over at once). `copsd.run.identity.this_process()` makes the one
+    runners use; the default is for tools and tests (a random token, no orphan detection)."""
 
-
-def _host() -> str:
-    """This host, and its pid namespace: containers that share a hostname do not share pids."""
-    try:
-        ns = os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        ns = 0
-    return f"{socket.gethostname()}/{ns}"
-
-
-def scheduler_task() -> str | None:
-    """The SLURM job (`slurm:<array job>_<task>` or `slurm:<job>`) or submitit local job this
-    process runs in, if any."""
-    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if job and task:
-        return f"slurm:{job}_{task}"
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"slurm:{os.environ['SLURM_JOB_ID']}"
-    if os.environ.get("SUBMITIT_LOCAL_JOB_ID"):
-        return f"submitit-local:{os.environ['SUBMITIT_LOCAL_JOB_ID']}"
-    return None
-
-
-def host_label() -> str:
-    """The host a claim is made on, with the scheduler task holding it when there is one:
-    `copsd sweep status` shows it for RUNNING jobs."""
-    task = scheduler_task()
-    return f"{socket.gethostname()} {task}" if task else socket.gethostname()
-
-
-def new_owner_token() -> str:
-    """host/pid-namespace|pid|process start|random: unique per claim, and says whether its process is alive."""
-    return f"{_host()}|{os.getpid()}|{_process_start(os.getpid()) or '-'}|{uuid.uuid4().hex[:12]}"
-
-
-def owner_is_dead_here(owner: str | None) -> bool:
-    """True only when the owner ran on this host and its process is gone (or the pid was reused)."""
-    if not owner or owner.count("|") != 3:
-        return False
-    host, pid_s, start, _ = owner.split("|")
-    if host != _host() or not pid_s.isdigit():
-        return False
-    pid = int(pid_s)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, another user's
-    now_start = _process_start(pid)
-    return start != "-" and now_start is not None and now_start != start
+    token: str = field(default_factory=lambda: f"anonymous|{uuid.uuid4().hex[:12]}")
+    host: str | None = None
+    pid: int | None = None
+    orphaned: Callable[[str | None], bool] = lambda _owner: False
 
 
 def lock_timeout_s() -> float:
@@ -452,15 +411,24 @@ class ResultsDB:
                 q = q.where(JobRow.id.in_(list(ids)))
             return list(s.scalars(q))
 
-    def claim(self, job_id: str, *, max_attempts: int, stale_after_s: float, retry_failed: bool = True) -> str | None:
+    def claim(
+        self,
+        job_id: str,
+        *,
+        max_attempts: int,
+        stale_after_s: float,
+        retry_failed: bool = True,
+        claimant: Claimant | None = None,
+    ) -> str | None:
         """Atomically move a runnable job to RUNNING; returns the new owner token, or None if another
         worker has it or it is finished. A RUNNING job is runnable when its heartbeat is stale, or
-        at once when its owner was a process on this host that no longer exists (an orphan)."""
+        at once when `claimant.orphaned` says its owner is gone (a process on this host that died)."""
         now = utcnow()
-        token = new_owner_token()
+        who = claimant or Claimant()
+        token = who.token
         with self.Session.begin() as s:
             current = s.get(JobRow, job_id)
-            orphan = current is not None and current.status == RUNNING and owner_is_dead_here(current.owner)
+            orphan = current is not None and current.status == RUNNING and who.orphaned(current.owner)
             runnable = or_(
                 JobRow.status == PENDING,
                 and_(JobRow.status == FAILED, JobRow.attempts < max_attempts) if retry_failed else false(),
@@ -473,8 +441,8 @@ class ResultsDB:
                 .values(
                     status=RUNNING,
                     attempts=JobRow.attempts + 1,
-                    host=host_label(),
-                    pid=os.getpid(),
+                    host=who.host,
+                    pid=who.pid,
                     owner=token,
                     started_at=now,
                     heartbeat_at=now,
@@ -553,14 +521,13 @@ class ResultsDB:
             s.get(JobRow, job_id).mlflow_run_id = run_id
 
     # ---- results -------------------------------------------------------------------------------
-    def result_keys(self, job_id: str) -> set[tuple]:
+    def result_keys(self, job_id: str) -> set[ResultKey]:
+        """The keys of the job's stored result rows (what a resumed job need not evaluate again)."""
         with self.Session() as s:
             rows = s.execute(
-                select(
-                    ResultRow.benchmark, ResultRow.language, ResultRow.split, ResultRow.step, ResultRow.max_new_tokens
-                ).where(ResultRow.job_id == job_id)
+                select(*(getattr(ResultRow, f) for f in ResultKey._fields)).where(ResultRow.job_id == job_id)
             )
-            return {tuple(r) for r in rows}
+            return {ResultKey(*r) for r in rows}
 
     def add_result(
         self,
@@ -576,43 +543,37 @@ class ResultsDB:
         metrics: dict[str, float],
         owner: str | None = None,
     ) -> None:
-        """Insert or replace the row for this (job, benchmark, language, split, step, budget);
-        with `owner`, only while it still holds the job (else LostOwnership, nothing written)."""
+        """Insert or replace the job's row at this `ResultKey` (one statement: the dialect's upsert on
+        the unique key); with `owner`, only while it still holds the job (else LostOwnership, nothing written)."""
+        key = ResultKey(benchmark, language, split, step, max_new_tokens)
+        values = {
+            "n_samples": n_samples,
+            "n_problems": n_problems,
+            "created_at": utcnow(),
+            **{col: float(metrics[col]) for col in METRIC_COLUMNS},
+            **{
+                col: float(v) if (v := metrics.get(col)) is not None else None
+                for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS)
+            },
+        }
+        upsert = _INSERTS[self.engine.dialect.name](ResultRow).values(job_id=job_id, **key._asdict(), **values)
         with self.Session.begin() as s:
             if owner is not None:  # a write first: it takes the write lock, so the check holds until commit
                 held = s.execute(update(JobRow).where(self._mine(job_id, owner)).values(heartbeat_at=utcnow()))
                 if _rowcount(held) != 1:
                     raise LostOwnership(f"job {job_id} was reclaimed by another worker; this worker stops")
-            row = s.scalars(
-                select(ResultRow).where(
-                    ResultRow.job_id == job_id,
-                    ResultRow.benchmark == benchmark,
-                    ResultRow.language == language,
-                    ResultRow.split == split,
-                    ResultRow.step == step,
-                    ResultRow.max_new_tokens == max_new_tokens,
-                )
-            ).first()
-            if row is None:
-                row = ResultRow(
-                    job_id=job_id,
-                    benchmark=benchmark,
-                    language=language,
-                    split=split,
-                    step=step,
-                    max_new_tokens=max_new_tokens,
-                )
-                s.add(row)
-            row.n_samples, row.n_problems, row.created_at = n_samples, n_problems, utcnow()
-            for col in METRIC_COLUMNS:
-                setattr(row, col, float(metrics[col]))
-            for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS):
-                value = metrics.get(col)
-                setattr(row, col, float(value) if value is not None else None)
+            s.execute(upsert.on_conflict_do_update(index_elements=list(RESULT_UNIQUE), set_=values))
 
-    def results_frame(self, sweep: str | None = None, *, model: str | None = None, language: str | None = None):
+    def results_frame(
+        self,
+        sweep: str | None = None,
+        *,
+        model: str | None = None,
+        language: str | None = None,
+        job_id: str | None = None,
+    ):
         """Results joined with their jobs, as a pandas DataFrame (one row per result); narrowed to
-        a sweep, a model or a language when given."""
+        a sweep, a model, a language or one job when given."""
         import pandas as pd
 
         cols = [
@@ -637,6 +598,8 @@ class ResultsDB:
             q = q.where(JobRow.model == model)
         if language is not None:
             q = q.where(ResultRow.language == language)
+        if job_id is not None:
+            q = q.where(ResultRow.job_id == job_id)
         with self.engine.connect() as conn:
             return pd.read_sql(q, conn)
 

@@ -12,6 +12,7 @@ Bump SCHEMA_VERSION and add a migration in `copsd.results.db.MIGRATIONS` when yo
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -67,6 +68,19 @@ LANGUAGE_COLUMNS = (
 )
 # what `copsd report table --metric` accepts
 REPORT_METRICS = (*METRIC_COLUMNS, *LANGUAGE_COLUMNS)
+
+
+class ResultKey(NamedTuple):
+    """What makes a result row unique within its job (with `job_id`: the table's unique key)."""
+
+    benchmark: str
+    language: str
+    split: str
+    step: int
+    max_new_tokens: int  # the decoding budget the row was graded at
+
+
+RESULT_UNIQUE = ("job_id", *ResultKey._fields)
 
 
 def utcnow() -> datetime:
@@ -129,9 +143,7 @@ class SweepJob(Base):
 
 class ResultRow(Base):
     __tablename__ = "results"
-    __table_args__ = (
-        UniqueConstraint("job_id", "benchmark", "language", "split", "step", "max_new_tokens", name="uq_result"),
-    )
+    __table_args__ = (UniqueConstraint(*RESULT_UNIQUE, name="uq_result"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     benchmark: Mapped[str] = mapped_column(String(32))

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -69,12 +68,8 @@ class RunLog:
         _retry(lambda: self.client.set_tag(self.run_id, key, scrub(str(value))[:MAX_PARAM_LEN]))
 
     def log_jsonl(self, records: list[dict], name: str, artifact_path: str = "generations") -> None:
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / name
-            with open(p, "w", encoding="utf-8") as fh:
-                for r in records:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-            _retry(lambda: self.client.log_artifact(self.run_id, str(p), artifact_path), attempts=2)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        _retry(lambda: self.client.log_text(self.run_id, text, f"{artifact_path}/{name}"), attempts=2)
 
     def log_files(self, paths: list, artifact_path: str) -> None:
         for p in paths:
@@ -274,10 +269,7 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{job.label}:{job.job_id}", tags=tags)
         rid = run.info.run_id
         self._log_params(rid, job)
-        with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / "config.yaml"
-            p.write_text(job.to_yaml(), encoding="utf-8")
-            self.client.log_artifact(rid, str(p))
+        self.client.log_text(rid, job.to_yaml(), "config.yaml")
         return RunLog(self.client, rid)
 
     def _find_job_run(self, job_id: str) -> str | None:

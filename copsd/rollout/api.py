@@ -62,9 +62,7 @@ def generate(
     engine: str = "auto",
 ) -> list[list[Rollout]]:
     """`generate_stream` drained."""
-    return drain(
-        generate_stream(model, tokenizer, prompts, params, batch_size=batch_size, seed=seed, engine=engine)
-    )
+    return drain(generate_stream(model, tokenizer, prompts, params, batch_size=batch_size, seed=seed, engine=engine))
 
 
 @torch.no_grad()

@@ -158,7 +158,7 @@ def _task_db_url(shown: str) -> str:
 
 
 def _task_label() -> str:
-    from copsd.results.db import scheduler_task
+    from copsd.run.identity import scheduler_task
 
     return scheduler_task() or f"pid {os.getpid()}"
 

@@ -25,7 +25,8 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -35,14 +36,10 @@ from copsd.errors import CopsdError, SpecError, one_line
 from copsd.redact import display_url, shorten
 from copsd.results.db import ResultsDB
 from copsd.results.schema import DONE, FAILED, METRIC_COLUMNS, RUNNING
-from copsd.run.sweep import (
-    RunOptions,
-    SweepInterrupted,
-    Terminated,
-    execute_one,
-    make_tracker,
-    signals_return_jobs,
-)
+from copsd.run.execute import SKIPPED, JobHooks, execute_one
+from copsd.run.options import RunOptions, make_tracker
+from copsd.run.recorder import NotesSaid
+from copsd.run.signals import SweepInterrupted, Terminated, signals_return_jobs
 from copsd.spec import SearchSettings, SweepSpec, expand, filter_jobs, with_values
 
 
@@ -276,7 +273,6 @@ def run_tune(
     from optuna.trial import TrialState
 
     total = n_trials or search.n_trials
-    opts = replace(opts, isolate=False)  # the pruner's callback runs inside the job (docs/cluster.md)
     tracker = make_tracker(opts)
     db = ResultsDB(opts.db_url)
     study = optuna.create_study(
@@ -293,6 +289,7 @@ def run_tune(
     sweep_run = tracker.sweep_run(spec.name, sw.mlflow_run_id if sw else None, spec.description)
     parent: str | None = None
     current: list[int] = []  # the trial this process is running (its id), for a signal between trials' steps
+    notes = NotesSaid()  # said once by this process, not once per trial
 
     def run_trial(trial) -> float:
         nonlocal parent
@@ -322,17 +319,14 @@ def run_tune(
 
         for job in jobs:
             while True:  # the same values in another process's trial: wait for its job (or take it over)
+                # the pruner hears each checkpoint from the recorder, in this process; the job runs
+                # in its own (runner.isolate), like every job
+                hooks = JobHooks(notes=notes, on_checkpoint=[partial(on_result, job)])
                 outcome = execute_one(
-                    job,
-                    db,
-                    opts,
-                    tracker=tracker,
-                    parent_run_id=parent,
-                    sweep=spec.name,
-                    on_result=lambda step, m, job=job: on_result(job, step, m),
+                    job, db, opts, tracker=tracker, parent_run_id=parent, sweep=spec.name, hooks=hooks
                 )
                 row = db.get_job(job.job_id)
-                if not (outcome.status == "SKIPPED" and row is not None and row.status == RUNNING):
+                if not (outcome.outcome == SKIPPED and row is not None and row.status == RUNNING):
                     break
                 time.sleep(2.0)
             _tag_run(tracker, row.mlflow_run_id if row else None, trial.number)
@@ -343,7 +337,7 @@ def run_tune(
                 status = row.status if row else "missing"
                 err = row.last_error if row is not None and row.status == FAILED else "not finished"
                 raise CopsdError(f"job {job.job_id} ({job.label}) is {status}: {err}")
-            if outcome.status != "SKIPPED":
+            if outcome.outcome != SKIPPED:
                 say(outcome.line(job))
         value = objective_value(db.results_frame(spec.name)[lambda d: d.job_id.isin([j.job_id for j in jobs])], search)
         if value is None:

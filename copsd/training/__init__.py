@@ -1,5 +1,6 @@
 """Training methods (COPSD, GRPO, SFT): each a trainer (`*_trainer.py`, on the shared loop in
-`trainer.py`) paired with its settings class in `copsd.config`.
+`trainer.py`, which samples with `rollouts.py` and checkpoints with `checkpoints.py`) paired with
+its settings class in `copsd.config`.
 
 The trainers are imported on first use (PEP 562), so `copsd.training.memory` and `.cost` (the
 plan's estimates) load without torch."""
@@ -13,7 +14,7 @@ _LAZY = {
     "CopsdTrainer": "copsd.training.copsd_trainer",
     "GrpoTrainer": "copsd.training.grpo_trainer",
     "SftTrainer": "copsd.training.sft_trainer",
-    "StepStats": "copsd.training.trainer",
+    "StepStats": "copsd.training.step_stats",
     "Trainer": "copsd.training.trainer",
 }
 

@@ -14,6 +14,7 @@ from copsd.config import LoraSettings
 from copsd.errors import CopsdError
 
 CKPT_PREFIX = "step_"
+STATE_FILE = "trainer_state.pt"  # optimizer, scheduler, RNG states: `checkpoints.py` writes it
 
 
 def wrap_lora(model, lora: LoraSettings, seed: int):
@@ -51,7 +52,7 @@ def saved_steps(run_dir: Path) -> list[int]:
     out = []
     for p in d.iterdir():
         m = _COMPLETE.match(p.name)
-        if m and p.is_dir() and (p / "trainer_state.pt").is_file() and (p / "adapter_model.safetensors").is_file():
+        if m and p.is_dir() and (p / STATE_FILE).is_file() and (p / "adapter_model.safetensors").is_file():
             out.append(int(m.group(1)))
     return sorted(out)
 

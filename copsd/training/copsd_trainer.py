@@ -102,9 +102,7 @@ class CopsdTrainer(Trainer):
     # ---- one optimizer step -------------------------------------------------------------------
     def _params(self) -> SamplingParams:
         cfg = self.cfg
-        return SamplingParams(
-            n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_completion_length
-        )
+        return cfg.sampling_params(n=1)
 
     def _prompts(self, examples) -> list[str]:
         thinking = self.cfg.student_thinking
@@ -124,19 +122,6 @@ class CopsdTrainer(Trainer):
         if kept is not None and kept[0] == step and micro < len(kept[1]) and kept[1][micro] is examples:
             return kept[2][micro]
         return [g[0].token_ids for g in self.sample(self._prompts(examples), self._params(), step, micro, stats)]
-
-    def divergence_loss(self, examples, completions: list[list[int]]) -> tuple[torch.Tensor, dict]:
-        """Mean (clipped) divergence over the rollout tokens of these examples."""
-        keep = [i for i, c in enumerate(completions) if c]
-        examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
-        if not completions:
-            return torch.zeros((), device=self.device, requires_grad=True), {}
-        return self.token_loss(
-            [self.student_ids(e) for e in examples],
-            [self.teacher_ids(e) for e in examples],
-            completions,
-            self.tok.pad_token_id,
-        )
 
     def token_loss(
         self, student: list[list[int]], teacher: list[list[int]], completions: list[list[int]], pad_id: int
@@ -200,7 +185,8 @@ class CopsdTrainer(Trainer):
     def divergence_parts(self, examples, completions: list[list[int]], stats: StepStats):
         """Sum of divergences / the micro-batch's rollout tokens, one part per forward sub-batch
         (`forward_batches` on teacher-prompt + rollout lengths, the longer forward); the parts add up
-        to `divergence_loss`, and the diagnostics see the same first 256 tokens."""
+        to `token_loss` over the micro-batch's non-empty rollouts, and the diagnostics see the same
+        first 256 tokens."""
         keep = [i for i, c in enumerate(completions) if c]
         examples, completions = [examples[i] for i in keep], [completions[i] for i in keep]
         if not completions:
@@ -230,10 +216,6 @@ class CopsdTrainer(Trainer):
 
     def loss_parts(self, examples, step: int, index: int, stats: StepStats):
         yield from self.divergence_parts(examples, self.rollouts(examples, step, index, stats), stats)
-
-    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
-        """The micro-batch's loss without backward (`loss_parts` is what training runs)."""
-        return torch.stack(list(self.loss_parts(examples, step, index, stats))).sum()
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         out = self.rollout_metrics(stats)

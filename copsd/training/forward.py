@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
+from copsd.rollout import base_model
+
 
 def decoder_and_head(model):
     """(decoder returning hidden states, LM head) of a (PEFT-wrapped) causal LM."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return base.model, base.get_output_embeddings()
 
 

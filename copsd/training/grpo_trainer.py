@@ -31,7 +31,6 @@ from copsd.config import GrpoSettings
 from copsd.grading import first_box_after_think, grpo_reward_correct
 from copsd.losses import chunked_token_logprobs
 from copsd.prompts import student_prompt
-from copsd.rollout import SamplingParams
 from copsd.training.forward import completion_hidden, decoder_and_head
 from copsd.training.trainer import StepStats, Trainer
 
@@ -69,13 +68,7 @@ class GrpoTrainer(Trainer):
     def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
         """Sample every group of the step (one call, or one per micro-batch: train.rollout_batch) and score it."""
         cfg = self.cfg
-        params = SamplingParams(
-            n=cfg.num_generations,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            max_new_tokens=cfg.max_completion_length,
-        )
+        params = cfg.sampling_params(n=cfg.num_generations)
         self._groups = []
         prompts_by_micro = [[self.prompt(ex) for ex in examples] for examples in micro]
         sampled = self.sample_step(prompts_by_micro, params, step, stats)
@@ -157,11 +150,6 @@ class GrpoTrainer(Trainer):
             yield loss
         if has_kl:
             stats.add("kl", kl_sum / micro_tokens)
-
-    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
-        """The micro-batch's loss without backward (`loss_parts` is what training runs)."""
-        parts = list(self.loss_parts(examples, step, index, stats))
-        return torch.stack(parts).sum() if parts else None
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
         out = {

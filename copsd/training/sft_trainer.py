@@ -49,10 +49,6 @@ class SftTrainer(Trainer):
         targets = torch.tensor([t for c in comps for t in c], device=self.device)
         return chunked_token_logprobs(h, self.lm_head, targets, chunk_size=self.cfg.loss_chunk_size or 10**9).sum()
 
-    def micro_batch_loss(self, examples, step: int, index: int, stats: StepStats) -> torch.Tensor:
-        """The micro-batch's mean token loss in one forward (`loss_parts` is what training runs)."""
-        return sum(self.loss_parts(examples, step, index, stats), torch.zeros((), device=self.device))
-
     def loss_parts(self, examples, step: int, index: int, stats: StepStats):
         """-sum(log p) / the micro-batch's target tokens, one part per forward sub-batch."""
         pairs = [self.pair(ex) for ex in examples]

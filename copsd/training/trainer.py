@@ -1,28 +1,28 @@
 """The training loop every method shares (TRL's trainer + config pairing, nanoGPT's one loop).
 
 `Trainer` owns: deterministic batches, the micro-batch accumulation loop, AdamW with a learning-
-rate scheduler (transformers' linear/constant/cosine), grad-norm clipping, NaN checks, checkpoints every `save_steps`
-(adapter + optimizer + scheduler + RNG, so a crashed job resumes exactly) and per-step metrics.
-A method supplies `micro_batch_loss` (the mean loss of one micro-batch, recording what it wants
-in `StepStats`) and, optionally, `step_metrics`, `after_optimizer_step` and extra checkpoint state.
+rate scheduler (transformers' linear/constant/cosine), grad-norm clipping, NaN checks, checkpoints
+every `save_steps` (`checkpoints.py`: adapter + optimizer + scheduler + the random generators'
+states, so a crashed job resumes where it stopped) and per-step metrics; on-policy rollouts come
+from `rollouts.py`. A method supplies `loss_parts` (the loss of one micro-batch as parts that sum
+to it, recording what it wants in `StepStats`) and, optionally, `prepare_step`, `step_metrics`,
+`after_optimizer_step` and extra checkpoint state.
 
 Memory is bounded by design: gradient checkpointing (`train.gradient_checkpointing`, on by
 default on every device), log-probs and divergences computed a chunk of positions at a time
-(`train.loss_chunk_size`), and `loss_parts`: a method may yield a micro-batch's loss in parts, one
-per sub-batch of sequences (`forward_batches`: at most `train.micro_batch_size` sequences and
-`train.max_tokens_per_forward` padded tokens each), each part backpropagated before the next is
-computed; the parts sum to the micro-batch's loss, so gradients equal the unsplit path's.
+(`train.loss_chunk_size`), and `loss_parts`: one part per sub-batch of sequences
+(`forward_batches`: at most `train.micro_batch_size` sequences and `train.max_tokens_per_forward`
+padded tokens each), each part backpropagated before the next is computed; the parts sum to the
+micro-batch's loss, so gradients equal those of one forward over the whole micro-batch.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import resource
-import shutil
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,44 +30,32 @@ import torch
 
 from copsd.config import JobConfig, TrainCommon
 from copsd.errors import CopsdError
-from copsd.rollout import Rollout, SamplingParams, generate, resolve_engine
-from copsd.training.adapters import (
-    checkpoint_dir,
-    fsync_dir,
-    fsync_tree,
-    load_adapter,
-    remove_leftovers,
-    saved_steps,
-)
+from copsd.training.adapters import saved_steps
+from copsd.training.checkpoints import load_last_checkpoint, rng_states, save_checkpoint, set_rng_states
+from copsd.training.rollouts import RolloutSampling
+from copsd.training.step_stats import StepStats
+
+__all__ = [
+    "StepStats",
+    "Trainer",
+    "enable_gradient_checkpointing",
+    "make_scheduler",
+    "micro_batches",
+    "peak_memory_gib",
+    "sequence_batches",
+]
 
 
 def peak_memory_gib(device: torch.device) -> float:
+    """Logged as `train/peak_memory_gib`. On CUDA: the most memory torch allocated on `device` during
+    the current optimizer step (the loop resets the peak as each step starts). Elsewhere: the
+    process's peak resident set so far (getrusage's ru_maxrss cannot be reset), so it never falls."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB
 
 
-class StepStats:
-    """Values recorded during one optimizer step, by name (lists, so means and sums are exact)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, list[float]] = defaultdict(list)
-
-    def add(self, key: str, *values: float | torch.Tensor) -> None:
-        self.values[key].extend(float(v) for v in values)
-
-    def mean(self, key: str) -> float:
-        v = self.values.get(key) or []
-        return sum(v) / len(v) if v else 0.0
-
-    def sum(self, key: str) -> float:
-        return float(sum(self.values.get(key) or []))
-
-    def has(self, key: str) -> bool:
-        return bool(self.values.get(key))
-
-
-class Trainer:
+class Trainer(RolloutSampling):
     """The loop shared by COPSD, GRPO and SFT."""
 
     def __init__(
@@ -96,16 +84,10 @@ class Trainer:
             enable_gradient_checkpointing(model)
 
     # ---- what a method supplies -----------------------------------------------------------
-    def micro_batch_loss(self, examples: list, step: int, index: int, stats: StepStats) -> torch.Tensor | None:
-        """The mean loss of one micro-batch (None: nothing to learn from, e.g. only empty rollouts)."""
-        raise NotImplementedError
-
     def loss_parts(self, examples: list, step: int, index: int, stats: StepStats) -> Iterator[torch.Tensor]:
-        """The micro-batch's loss as parts that sum to it, each backpropagated (and its graph freed)
-        before the next is computed. Default: one part, `micro_batch_loss`."""
-        loss = self.micro_batch_loss(examples, step, index, stats)
-        if loss is not None:
-            yield loss
+        """The micro-batch's (mean) loss as parts that sum to it, each backpropagated (and its graph
+        freed) before the next is computed; no part: nothing to learn from (e.g. only empty rollouts)."""
+        raise NotImplementedError
 
     def forward_batches(self, lengths: list[int], max_sequences: int | None = None) -> list[list[int]]:
         """Indices of sequences (of these total lengths) grouped into forwards: in order, at most
@@ -114,7 +96,7 @@ class Trainer:
         return sequence_batches(lengths, max_sequences or self.cfg.micro_batch_size, self.cfg.max_tokens_per_forward)
 
     def step_metrics(self, stats: StepStats) -> dict[str, float]:
-        """Metrics of one optimizer step beyond the loss, from what `micro_batch_loss` recorded."""
+        """Metrics of one optimizer step beyond the loss, from what `loss_parts` recorded."""
         return {}
 
     def prepare_step(self, micro: list[list], step: int, stats: StepStats) -> None:
@@ -153,71 +135,6 @@ class Trainer:
         # what the gradient is of: the sum over micro-batches / their number (empty ones add 0)
         return {"loss": stats.sum("loss") / len(micro), **self.step_metrics(stats)}
 
-    # ---- rollouts (COPSD, GRPO) -----------------------------------------------------------------
-    def rollout_seed(self, step: int, micro: int) -> int:
-        return (self.job.seed * 1_000_003 + step * 101 + micro) % (2**31 - 1)
-
-    def sample(
-        self, prompts: list[str], params: SamplingParams, step: int, micro: int, stats: StepStats | None = None
-    ) -> list[list[Rollout]]:
-        """On-policy rollouts from the current weights, timed; lengths and stops go into `stats`."""
-        t0 = time.perf_counter()
-        self.model.eval()
-        try:
-            groups = generate(
-                self.model,
-                self.tok,
-                prompts,
-                params,
-                batch_size=len(prompts) * params.n,
-                seed=self.rollout_seed(step, micro),
-                engine=self.cfg.rollout_engine,
-            )
-        except RuntimeError as exc:
-            if "inf" not in str(exc) and "nan" not in str(exc):
-                raise
-            raise CopsdError(
-                f"the model's outputs became non-finite before training step {step} of {self.job.label} "
-                f"(rollouts cannot be sampled: the last update exploded); lower train.lr (now {self.cfg.lr})"
-            ) from None
-        self.model.train()
-        if stats is not None:
-            stats.add("rollout_time_s", time.perf_counter() - t0)
-            rolls = [r for g in groups for r in g]
-            stats.add("rollout_length", *(len(r.token_ids) for r in rolls))
-            stats.add("rollout_finished", *(r.finished for r in rolls))
-        return groups
-
-    def rollout_mode(self) -> str:
-        """`step` (one call for the whole step) or `micro` (one per micro-batch): train.rollout_batch,
-        `auto` = step where the fast engine samples (one wide decode instead of one per micro-batch)."""
-        mode = self.cfg.rollout_batch
-        if mode == "auto":
-            mode = "step" if resolve_engine(self.cfg.rollout_engine, self.model) == "fast" else "micro"
-        return mode
-
-    def sample_step(
-        self, prompts: list[list[str]], params: SamplingParams, step: int, stats: StepStats | None = None
-    ) -> list[list[list[Rollout]]]:
-        """Rollouts of every micro-batch of a step (`prompts` per micro-batch), grouped the same way."""
-        if self.rollout_mode() == "micro":
-            return [self.sample(ps, params, step, index, stats) for index, ps in enumerate(prompts)]
-        groups = self.sample([p for ps in prompts for p in ps], params, step, 0, stats)
-        out, start = [], 0
-        for ps in prompts:
-            out.append(groups[start : start + len(ps)])
-            start += len(ps)
-        return out
-
-    @staticmethod
-    def rollout_metrics(stats: StepStats) -> dict[str, float]:
-        t = stats.sum("rollout_time_s")
-        return {
-            "rollout_length": stats.mean("rollout_length"),
-            "truncation_rate": 1.0 - stats.mean("rollout_finished"),
-            "rollout_tokens_per_s": stats.sum("rollout_length") / t if t > 0 else 0.0,
-        }
-
     # ---- the loop --------------------------------------------------------------------------
     def batch_for(self, step: int, size: int) -> list:
         """Examples for optimizer step `step` (1-based): a seeded permutation per epoch."""
@@ -237,59 +154,32 @@ class Trainer:
         return self._perm
 
     def save(self, step: int) -> None:
-        """Write to a temp dir, fsync, rename: a checkpoint directory exists only when complete,
-        and a kill at any moment leaves at worst a temp dir that `resume` deletes."""
-        d = checkpoint_dir(self.run_dir, step)
-        tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(str(tmp))
-        torch.save(
-            {
-                "step": step,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(),
-                **self.extra_state(),
-            },
-            tmp / "trainer_state.pt",
-        )
-        fsync_tree(tmp)
-        if d.exists():
-            shutil.rmtree(d)
-        os.replace(tmp, d)  # atomic on one filesystem
-        fsync_dir(d.parent)
+        """Checkpoint `step`: adapter, optimizer, scheduler, RNG states and the method's extra state."""
+        state = {
+            "step": step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **rng_states(),
+            **self.extra_state(),
+        }
+        save_checkpoint(self.run_dir, step, self.model, state)
 
     def resume(self) -> int:
-        remove_leftovers(self.run_dir)  # temp dirs of a write that was killed
-        steps = saved_steps(self.run_dir)
-        if not steps:
+        """Load the last checkpoint (adapter, optimizer, scheduler, RNG states, extra state); its step."""
+        last, state = load_last_checkpoint(self.run_dir, self.model)
+        if not last:
             return 0
-        last = steps[-1]
-        load_adapter(self.model, self.run_dir, last)
-        path = checkpoint_dir(self.run_dir, last) / "trainer_state.pt"
-        try:  # tensors and plain containers only: a file placed in runs/ cannot run code
-            state = torch.load(path, weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad or hostile file
-            raise CopsdError(
-                f"{path}: not a checkpoint state copsd wrote ({type(exc).__name__}); delete that checkpoint "
-                "directory to resume from the one before"
-            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+        set_rng_states(state)
         self.load_extra_state(state)
         return last
 
     def train(self) -> int:
         """Train to `max_steps` (resuming from the last checkpoint); returns the final step."""
-        last = 0
-        for last, _metrics in self.steps():
-            pass
-        return last or (saved_steps(self.run_dir) or [0])[-1]
+        done = deque(self.steps(), maxlen=1)  # run to the end, keeping only the last (step, metrics)
+        return done[0][0] if done else (saved_steps(self.run_dir) or [0])[-1]
 
     def steps(self) -> Iterator[tuple[int, dict[str, float]]]:
         """Train to `max_steps` (resuming from the last checkpoint), yielding (step, metrics) after
@@ -298,6 +188,8 @@ class Trainer:
         start = self.resume()
         for step in range(start + 1, cfg.max_steps + 1):
             t0 = time.perf_counter()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)  # peak_memory_gib: this step's
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             try:
