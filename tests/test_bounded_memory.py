@@ -106,10 +106,8 @@ def test_grpo_sequence_micro_batches_equal_whole_groups(tmp_path, loss_type):
         adv = [[1.0, -0.5, 0.3, -0.8], [-1.2, 0.7, 0.2, 0.3]]
         groups = [([EX[i]], [p[i]] * 4, comps[i], adv[i]) for i in range(2)]
 
-        def prepare(micro, step, stats, trainer=trainer, groups=groups, comps=comps):
-            trainer._groups = groups
-            trainer._step_tokens = sum(len(c) for g in comps for c in g)
-            trainer._step_completions = 8
+        def prepare(micro, step, stats, trainer=trainer, groups=groups):
+            trainer.use_groups(groups)
 
         trainer.prepare_step = prepare
         if name == "whole":  # the unbounded path: each micro-batch's whole groups in one forward

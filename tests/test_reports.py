@@ -204,7 +204,7 @@ def test_every_figure_gives_a_method_the_same_colour(db, tmp_path, monkeypatch):
 
     import copsd.reports.curves as curves
     import copsd.reports.figures as figures
-    from copsd.reports.plots import METHOD_COLORS
+    from copsd.reports.figure_style import METHOD_COLORS
 
     drawn = []
     for module in (curves, figures):

@@ -267,7 +267,7 @@ def test_grpo_update_raises_the_likelihood_of_rewarded_completions(tmp_path):
             return float(chunked_token_logprobs(h, trainer.lm_head, torch.tensor(c)).mean())
 
     g0, b0 = logp(good), logp(bad)
-    trainer._step_tokens, trainer._step_completions = len(good) + len(bad), 2
+    trainer.use_groups([(EX[:1], [prompt, prompt], [good, bad], [1.0, -1.0])])
     for _ in range(3):
         trainer.optimizer.zero_grad()
         loss, _ = trainer.policy_loss([prompt, prompt], [good, bad], [1.0, -1.0], 1)
@@ -283,7 +283,8 @@ def test_grpo_loss_types_aggregate_over_the_whole_step(tmp_path, loss_type):
     trainer, lm = _setup(_job("grpo", loss_type=loss_type), tmp_path)
     p = lm.tokenizer(trainer.prompt(EX[0]), add_special_tokens=False)["input_ids"]
     micro = [([[5, 6, 7], [8, 9, 10, 11, 12]], [1.0, -0.5]), ([[13, 14]], [2.0])]
-    trainer._step_tokens, trainer._step_completions = 10, 3
+    trainer.use_groups([(EX[:1], [p] * len(c), c, a) for c, a in micro])
+    assert (trainer.step_tokens, trainer.step_completions) == (10, 3)
     losses = [float(trainer.policy_loss([p] * len(c), c, a, len(micro))[0].detach()) for c, a in micro]
     step_loss = sum(losses) / len(micro)
     expected = {
@@ -344,13 +345,6 @@ def test_checkpoints_must_be_saved_steps():
         )
     ok = JobConfig(method="copsd", model="m/m", language="swa", eval={"checkpoints": [0, 5, 100]})
     assert ok.eval_steps() == [0, 5, 100]
-
-
-def test_nan_loss_is_a_clear_error(tmp_path):
-    trainer, _ = _setup(_job(max_steps=1), tmp_path)
-    trainer.compute_step = lambda examples, step: {"loss": float("nan")}
-    with pytest.raises(CopsdError, match="non-finite loss .* lower train.lr"):
-        trainer.train()
 
 
 @pytest.mark.parametrize("method", ["copsd", "sft"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -10,6 +11,24 @@ import typer
 from copsd.cli.common import DB_OPT, console, err_console
 from copsd.errors import CopsdError
 from copsd.redact import shorten
+
+
+class By(str, Enum):
+    """What a table's rows are (`--by`)."""
+
+    language = "language"
+    model = "model"
+    method = "method"
+
+
+class TableFormat(str, Enum):
+    """The file a table is written as (`--format`)."""
+
+    markdown = "markdown"
+    latex = "latex"
+    csv = "csv"
+    html = "html"
+
 
 app = typer.Typer(
     help="Comparison tables and figures from the results database (reports/ beside it).", no_args_is_help=True
@@ -60,7 +79,7 @@ def _refuse_if_only_failures(df, jobs: list) -> None:
 
 @app.command("table")
 def table(
-    by: str = typer.Option("language", "--by", help="language (rows) x model/method (columns); or model; or method"),
+    by_: By = typer.Option(By.language, "--by", help="language (rows) x model/method (columns); or model; or method"),
     metric: str = typer.Option(
         "accuracy",
         "--metric",
@@ -70,7 +89,7 @@ def table(
     grader: str | None = typer.Option(
         None, "--grader", help="paper or lenient: read accuracy/pass/maj from that grader (default: each job's own)"
     ),
-    fmt: str = typer.Option("markdown", "--format", help="markdown, latex, csv or html (the file written)"),
+    format_: TableFormat = typer.Option(TableFormat.markdown, "--format", help="the file written"),
     sweep: str | None = typer.Option(None, "--sweep", help="only this sweep's jobs (default: every result)"),
     step: str = typer.Option("final", "--step", help="checkpoint per job: final, best, or a step number"),
     benchmark: str | None = typer.Option(None, "--benchmark", help="when results span several benchmarks"),
@@ -91,6 +110,7 @@ def table(
     from copsd.reports.table_formats import file_suffix, one_line, render, to_rich
     from copsd.reports.tables import side_by_side, with_grader
 
+    by, fmt = by_.value, format_.value
     suffix = file_suffix(fmt)
     if out is not None:  # before the DB is opened or anything is written
         check_file_target(out, example=f"table.{suffix}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,17 @@ from copsd.cli.common import DB_OPT, ONLY_HELP, console
 from copsd.errors import CopsdError
 from copsd.redact import display_url
 
+
+class PlanFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class DeviceType(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
 app = typer.Typer(help="Plan, run and inspect sweeps (YAML specs -> jobs -> results).", no_args_is_help=True)
 app.command("submit")(submit_cmd.submit)  # copsd/cli/submit.py: worker tasks on SLURM through submitit
 
@@ -20,7 +32,7 @@ app.command("submit")(submit_cmd.submit)  # copsd/cli/submit.py: worker tasks on
 @app.command("plan")
 def plan(
     spec: str = typer.Argument(..., help="spec file (e.g. sweeps/main.yaml) or embedded spec name (demo)"),
-    fmt: str = typer.Option("table", "--format", help="table or json"),
+    format_: PlanFormat = typer.Option(PlanFormat.table, "--format", help="a table, or JSON for scripts"),
     only: list[str] | None = typer.Option(None, "--only", help=ONLY_HELP),
     db: str | None = DB_OPT,
     estimate: bool = typer.Option(
@@ -29,8 +41,8 @@ def plan(
         help="add each job's estimated peak memory (GiB) and the phase that sets it, from the shapes alone "
         "(no weights loaded; docs/benchmarks.md gives its error)",
     ),
-    device: str = typer.Option(
-        "cuda", "--device", help="with --estimate: the device type to estimate for, cuda or cpu"
+    device_: DeviceType = typer.Option(
+        DeviceType.cuda, "--device", help="with --estimate: the device type to estimate for"
     ),
     gpu: str = typer.Option(
         "h100",
@@ -50,8 +62,7 @@ def plan(
     from copsd.results.db import existing_statuses
     from copsd.spec import select
 
-    if device not in ("cuda", "cpu"):
-        raise CopsdError(f"--device must be cuda or cpu, not '{device}'")
+    fmt, device = format_.value, device_.value
     from copsd.training.cost import estimate_cost
     from copsd.training.cost import gpus as known_gpus
 
@@ -83,8 +94,6 @@ def plan(
         doc = {"sweep": sel.spec.name, "spec": str(sel.path), "n_jobs": len(out), "jobs": out}
         sys.stdout.write(json.dumps(doc, indent=1) + "\n")
         return
-    if fmt != "table":
-        raise CopsdError(f"--format must be table or json, not '{fmt}'")
     t = Table(title=f"sweep '{sel.spec.name}' ({sel.path}): {len(jobs)} job(s)")
     extra: tuple[str, ...] = (f"peak GiB ({device})", "peak phase") if estimate else ()
     extra += ("tokens (M)", f"GPU-h ({gpu})") if costs else ()
@@ -181,7 +190,7 @@ def run(
 ):
     """Run a sweep; resumable: DONE jobs are skipped, crashed ones reclaimed, FAILED ones retried."""
     if dry_run:
-        return plan(spec=spec, fmt="table", only=only, db=db, estimate=False, device="cuda")
+        return plan(spec=spec, format_=PlanFormat.table, only=only, db=db, estimate=False, device_=DeviceType.cuda)
     from copsd.paths import db_url
     from copsd.run.sweep import RunOptions, run_sweep
     from copsd.spec import select
@@ -320,8 +329,8 @@ def reset(
     need --force (a worker that is in fact alive then stops at its next heartbeat without writing).
     """
     from copsd.results.db import ResultsDB
-    from copsd.run.identity import owner_is_dead_here
     from copsd.results.schema import RUNNING, STATUSES
+    from copsd.run.identity import owner_is_dead_here
     from copsd.spec import select
 
     wanted = status.upper()

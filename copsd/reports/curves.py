@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from copsd.config import short_model_name
-from copsd.reports.plots import METHOD_COLORS, pyplot, save_figure
+from copsd.reports.figure_style import METHOD_COLORS, pyplot, save_figure
 from copsd.reports.tables import at_full_budget, check_selection, method_key, metric_unit_label, scale
 
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # the method is the colour; with several models, the marker

@@ -12,7 +12,7 @@
   English, per method (is English reasoning more accurate?);
 - `curves`: the training dynamics (`copsd.reports.curves`).
 A figure whose data is missing is skipped with the reason, never drawn empty. Each is drawn and
-saved the one way `copsd.reports.plots` sets (plain text, METHOD_COLORS, PNG + PDF).
+saved the one way `copsd.reports.figure_style` sets (plain text, METHOD_COLORS, PNG + PDF).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from copsd.reports.curves import plot_curves
-from copsd.reports.plots import METHOD_COLORS, RESPONSE_LANGUAGE_COLORS, pyplot, save_figure
+from copsd.reports.figure_style import METHOD_COLORS, RESPONSE_LANGUAGE_COLORS, pyplot, save_figure
 from copsd.reports.tables import (
     REFERENCE_LANGUAGES,
     REPETITION_METRICS,

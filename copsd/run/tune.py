@@ -513,15 +513,12 @@ def _why(t) -> str:
 def tune_figures(url: str, study: str, out_dir) -> dict[str, str]:
     """Optimisation history and parameter importances (PNG), or why one was skipped."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.text
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
-    from copsd.reports.plots import PLAIN_TEXT
+    from copsd.reports.figure_style import PLAIN_TEXT, pyplot, save_figure
 
+    plt = pyplot()  # the file-only backend, before optuna draws
     s = _load_for_reading(url, study)
     complete = len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -535,17 +532,13 @@ def tune_figures(url: str, study: str, out_dir) -> dict[str, str]:
             done[name] = f"skipped: {complete} complete trial(s), {need} needed"
             continue
         try:
-            # plain text like every copsd figure: a `$` in a study or parameter name is not mathtext
+            # a `$` in a study or parameter name is not mathtext
             with warnings.catch_warnings(), matplotlib.rc_context(PLAIN_TEXT):
                 warnings.simplefilter("ignore")
                 draw(s)
-                fig = plt.gcf()  # optuna draws on a new current figure
-                for text in fig.findobj(matplotlib.text.Text):
-                    text.set_parse_math(False)
-                fig.set_size_inches(6.4, 4.0)
-                fig.tight_layout()
-                fig.savefig(path, dpi=110)
-            plt.close(fig)
+            fig = plt.gcf()  # optuna draws on a new current figure
+            fig.set_size_inches(6.4, 4.0)
+            save_figure(fig, path, pdf=False)  # plain text like every copsd figure
             done[name] = str(path)
         except (ValueError, RuntimeError) as exc:  # e.g. fewer than two finished trials
             done[name] = f"skipped: {str(exc).splitlines()[0]}"

@@ -97,7 +97,7 @@ def parse_spec(raw: Any, where: str = "<spec>") -> SweepSpec:
     return spec
 
 
-def _point_jobs(spec: SweepSpec, point: dict[str, Any], where: str) -> JobConfig:
+def _point_job(spec: SweepSpec, point: dict[str, Any], where: str) -> JobConfig:
     method = point.get("method", spec.defaults.get("method"))
     if method is None:
         raise SpecError(f"{where}: no method given; put 'method' in 'matrix' or 'defaults'")
@@ -132,7 +132,7 @@ def expand(spec: SweepSpec, where: str = "<spec>") -> list[JobConfig]:
         point = dict(zip(keys, values))
         if any(all(point.get(k) == v for k, v in ex.items()) for ex in spec.exclude):
             continue
-        job = _point_jobs(spec, point, where)
+        job = _point_job(spec, point, where)
         jobs.setdefault(job.job_id, job)
     return list(jobs.values())
 

@@ -46,15 +46,18 @@ def reward(text: str, gold: str, format_weight: float = 0.0) -> float:
     return float(grpo_reward_correct(text, gold)) + (format_weight if has_box else 0.0)
 
 
+# one micro-batch's scored groups: (examples, prompt ids, completions, advantages), one entry per
+# completion that has tokens
+Group = tuple[list, list[list[int]], list[list[int]], list[float]]
+
+
 class GrpoTrainer(Trainer):
     cfg: GrpoSettings
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder, self.lm_head = decoder_and_head(self.model)
-        self._groups: list[tuple[list, list[list[int]], list[list[int]], list[float]]] = []
-        self._step_tokens = 0
-        self._step_completions = 0
+        self.use_groups([])
 
     def prompts_per_step(self) -> int:
         return max(1, self.cfg.batch_size // self.cfg.num_generations)
@@ -69,7 +72,7 @@ class GrpoTrainer(Trainer):
         """Sample every group of the step (one call, or one per micro-batch: train.rollout_batch) and score it."""
         cfg = self.cfg
         params = cfg.sampling_params(n=cfg.num_generations)
-        self._groups = []
+        groups_by_micro: list[Group] = []
         prompts_by_micro = [[self.prompt(ex) for ex in examples] for examples in micro]
         sampled = self.sample_step(prompts_by_micro, params, step, stats)
         for examples, prompts, groups in zip(micro, prompts_by_micro, sampled):
@@ -85,9 +88,15 @@ class GrpoTrainer(Trainer):
                         prompt_ids.append(p_ids)
                         comps.append(x.token_ids)
                         adv.append(ai)
-            self._groups.append((examples, prompt_ids, comps, adv))
-        self._step_tokens = sum(len(c) for _, _, comps, _ in self._groups for c in comps)
-        self._step_completions = sum(len(comps) for _, _, comps, _ in self._groups)
+            groups_by_micro.append((examples, prompt_ids, comps, adv))
+        self.use_groups(groups_by_micro)
+
+    def use_groups(self, groups: list[Group]) -> None:
+        """The step's scored completions, one entry per micro-batch (what `loss_parts` forwards),
+        and the step's normalisers, which every micro-batch's loss divides by."""
+        self.groups = groups
+        self.step_tokens = sum(len(c) for _, _, comps, _ in groups for c in comps)
+        self.step_completions = sum(len(comps) for _, _, comps, _ in groups)
 
     def policy_loss(
         self,
@@ -121,11 +130,11 @@ class GrpoTrainer(Trainer):
             per_token = per_token + cfg.kl_coef * kl
             kl_value = float(kl.mean().detach())
         if cfg.loss_type == "dapo":
-            loss = per_token.sum() * n_micro / self._step_tokens
+            loss = per_token.sum() * n_micro / self.step_tokens
         elif cfg.loss_type == "grpo":
             lengths = [len(c) for c in comps]
             per_seq = torch.stack([t.mean() for t in torch.split(per_token, lengths)])
-            loss = per_seq.sum() * n_micro / self._step_completions
+            loss = per_seq.sum() * n_micro / self.step_completions
         else:  # bnpo
             loss = per_token.sum() / (micro_tokens or per_token.numel())
         return loss, kl_value
@@ -135,7 +144,7 @@ class GrpoTrainer(Trainer):
         per-device batch), fewer under `max_tokens_per_forward`; every aggregate is a sum over
         tokens or completions with the step's (bnpo: the micro-batch's) normaliser, so the parts
         add up to the loss of one forward over the whole micro-batch."""
-        _examples, prompt_ids, comps, adv = self._groups[index]
+        _examples, prompt_ids, comps, adv = self.groups[index]
         if not comps:
             return
         micro_tokens = sum(len(c) for c in comps)
@@ -143,7 +152,7 @@ class GrpoTrainer(Trainer):
         for idx in self.forward_batches([len(p) + len(c) for p, c in zip(prompt_ids, comps)]):
             sub = [comps[i] for i in idx]
             loss, kl = self.policy_loss(
-                [prompt_ids[i] for i in idx], sub, [adv[i] for i in idx], len(self._groups), micro_tokens
+                [prompt_ids[i] for i in idx], sub, [adv[i] for i in idx], len(self.groups), micro_tokens
             )
             if kl is not None:
                 kl_sum, has_kl = kl_sum + kl * sum(len(c) for c in sub), True

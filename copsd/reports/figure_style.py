@@ -29,10 +29,10 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+def save_figure(fig, out: Path, rect: tuple[float, float, float, float] | None = None, pdf: bool = True) -> Path:
     """The one way every report figure is laid out and saved: each text set to plain (also those
-    drawn while saving, under PLAIN_TEXT), PNG at `out` and PDF beside it, each written under a
-    temporary name and renamed; a failed write is one line naming the file. Closes `fig`."""
+    drawn while saving, under PLAIN_TEXT), PNG at `out` and (`pdf`) PDF beside it, each written
+    under a temporary name and renamed; a failed write is one line naming the file. Closes `fig`."""
     import matplotlib
     from matplotlib.text import Text
 
@@ -45,8 +45,9 @@ def save_figure(fig, out: Path, rect: tuple[float, float, float, float] | None =
             fig.tight_layout(**({"rect": rect} if rect else {}))
             with replacing(out) as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
-            with replacing(out.with_suffix(".pdf")) as tmp:
-                fig.savefig(tmp, format="pdf")
+            if pdf:
+                with replacing(out.with_suffix(".pdf")) as tmp:
+                    fig.savefig(tmp, format="pdf")
     finally:
         plt.close(fig)
     return out
