@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 
 LINTED = copsd tests scripts cli.py
 
-.PHONY: install install-dev demo test test-fast test-rebuild lint format typecheck
+.PHONY: install install-dev demo test test-fast test-rebuild lint format typecheck options
 
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
@@ -43,6 +43,11 @@ lint: install-dev
 format:
 	$(PY) -m ruff check --fix $(LINTED)
 	$(PY) -m ruff format $(LINTED)
+
+# the option tables of docs/method.md, generated from the configs' JSON schema (a test checks
+# they are current: run this after changing a config field)
+options:
+	$(PY) scripts/option_table.py
 
 # mypy on the package against scripts/mypy_baseline.txt: no new errors; the baseline only shrinks
 typecheck: install-dev
