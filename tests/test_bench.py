@@ -1,5 +1,7 @@
-"""`copsd speed rollout|step` on the tiny CPU shape: they run, measure both paths, write JSON
-(`bench` is the same command group under its earlier name; the last test checks the alias)."""
+"""`copsd speed rollout|workload|step` on the tiny CPU shape: they run, measure both paths, write JSON
+with the columns each row must have, and where a number is the scheduler's alone (decode steps and
+slot use of rows with fixed lengths) the exact one (`bench` is the same command group under its
+earlier name; a test checks the alias)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,38 @@ import json
 import pytest
 import torch
 from conftest import run_cli
+
+ROLLOUT_KEYS = {
+    "shape", "engine", "batch", "new_tokens", "lora", "ms_per_step", "tokens_per_s", "decode_tokens_per_s",
+    "peak_memory_gib", "bytes_per_step_gb", "achieved_gb_s", "bandwidth_share",
+}  # fmt: skip
+WORKLOAD_KEYS = {
+    "mode", "problems", "sequences", "slots", "wall_s", "useful_tokens", "useful_tokens_per_s", "workload_s",
+    "extrapolated", "peak_memory_gib",
+}  # fmt: skip
+ENGINE_KEYS = {"capture_s", "prefill_s", "decode_steps", "ms_per_step", "slot_utilization", "prefilled_prompts"}
+
+
+def _continuous_steps(lengths: list[int], slots: int, check_every: int = 16) -> int:
+    """Decode steps continuous batching takes for rows of these exact lengths: the host checks every
+    `check_every` steps and at the step a live row must have ended (copsd.rollout.fast.scheduler),
+    and refills every freed slot then."""
+    queue, steps, deadline = 0, 0, {}
+    free = list(range(slots))
+    while True:
+        for b in free:
+            if queue < len(lengths):
+                deadline[b] = steps + lengths[queue] - 1
+                queue += 1
+        if not deadline:
+            return steps
+        steps += 1
+        if steps % check_every and steps < min(deadline.values()):
+            free = []
+            continue
+        free = [b for b, d in deadline.items() if steps >= d]
+        for b in free:
+            del deadline[b]
 
 
 @pytest.mark.slow
@@ -40,6 +74,7 @@ def test_bench_rollout_measures_fast_and_hf(workdir):
     assert [(x["engine"], x["batch"]) for x in rows] == [("fast", 2), ("hf", 2), ("fast", 3), ("hf", 3)]
     by = {(x["engine"], x["batch"]): x for x in rows}
     for x in rows:
+        assert ROLLOUT_KEYS <= set(x) and x["new_tokens"] == (12 if x["engine"] == "fast" else 6)
         assert x["tokens_per_s"] > 0 and x["ms_per_step"] > 0 and x["bytes_per_step_gb"] > 0
         assert x["decode_tokens_per_s"] == pytest.approx(1e3 * x["batch"] / x["ms_per_step"])
     for b in (2, 3):  # the speed-up is the step-time ratio of the same run's rows; bytes are the shape's
@@ -61,7 +96,16 @@ def test_bench_rollout_compares_step_levers_with_plain_fast(workdir):
     assert r.returncode == 0, r.stderr
     rows = json.loads((workdir / "r.json").read_text())["rows"]
     assert [x["engine"] for x in rows] == ["fast", "fast+fuse+search"] and not any("error" in x for x in rows)
-    assert rows[1]["speedup_vs_fast"] > 0 and "x fast" in r.stdout
+    for x in rows:  # every row measures the same things, at the asked batch and length
+        assert ROLLOUT_KEYS <= set(x) and (x["shape"], x["batch"], x["new_tokens"], x["lora"]) == ("tiny", 2, 8, True)
+        assert x["decode_tokens_per_s"] == pytest.approx(1e3 * x["batch"] / x["ms_per_step"])
+        assert x["achieved_gb_s"] == pytest.approx(x["bytes_per_step_gb"] / (x["ms_per_step"] / 1e3))
+        assert x["bandwidth_share"] is None  # no device bandwidth is measured on a CPU
+    # the levers read the same weights and cache: the same bytes per step; the speed-up is the step-time ratio
+    assert rows[0]["bytes_per_step_gb"] == pytest.approx(rows[1]["bytes_per_step_gb"])
+    assert rows[1]["speedup_vs_fast"] == pytest.approx(rows[0]["ms_per_step"] / rows[1]["ms_per_step"])
+    assert "speedup_vs_fast" not in rows[0] and "speedup_vs_hf" not in rows[0]  # no hf row asked for
+    assert "x fast" in r.stdout and "tok/s" in r.stdout
     bad = run_cli("speed", "rollout", "--device", "cpu", "--engines", "fast+turbo", cwd=workdir)
     assert bad.returncode == 2 and "unknown engine(s) fast+turbo" in bad.stderr and "fast+fuse" in bad.stderr
 
@@ -141,7 +185,7 @@ def test_bench_step_per_method_measures_each_memory_setting(workdir):
 
 
 def test_step_measure_runs_every_method_in_process():
-    from copsd.speed.train_step import StepSetting, measure
+    from copsd.speed.step_memory import StepSetting, measure
 
     for method in ("copsd", "sft"):
         s = StepSetting(
@@ -180,8 +224,21 @@ def test_workload_every_mode_decodes_the_same_tokens(workdir):
     w = make_workload(12, 4, 30, 0.9, 96, 4096, seed=0)
     assert [len(p) for p in w.prompts] == prompt_lengths()[:12]
     assert res["workload"]["useful_tokens"] == sum(w.lengths) and 0 < res["workload"]["truncated_share"] < 0.5
+    assert [row["mode"] for row in res["rows"]] == ["fast", "static", "hf", "fast+fuse+search"]
     rows = {row["mode"]: row for row in res["rows"]}
+    for mode, row in rows.items():
+        keys = WORKLOAD_KEYS | (set() if mode == "hf" else ENGINE_KEYS)
+        assert keys <= set(row) and "error" not in row, (mode, keys - set(row))
+        assert row["workload_s"] == pytest.approx(sum(w.lengths) / row["useful_tokens_per_s"])
     assert rows["fast"]["useful_tokens"] == rows["static"]["useful_tokens"] == sum(w.lengths)
+    # rows end at their drawn lengths, so the decode steps are the scheduler's alone: static waves of 8
+    # wait for their longest row, continuous batching refills a slot at the check after its row ends
+    static_steps = sum(max(w.lengths[i : i + 8]) - 1 for i in range(0, len(w.lengths), 8))
+    cont_steps = _continuous_steps(w.lengths, slots=8)
+    assert rows["static"]["decode_steps"] == static_steps and rows["fast"]["decode_steps"] == cont_steps
+    assert rows["fast+fuse+search"]["decode_steps"] == cont_steps
+    for mode, steps in [("fast", cont_steps), ("static", static_steps)]:  # useful tokens / slot steps
+        assert rows[mode]["slot_utilization"] == pytest.approx(sum(w.lengths) / (steps * 8))
     assert (
         rows["fast+fuse+search"]["useful_tokens"] == sum(w.lengths) and rows["fast+fuse+search"]["speedup_vs_fast"] > 0
     )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from copsd.speed.step_memory import StepSetting, _trainer
 from copsd.speed.trace_memory import trace
-from copsd.speed.train_step import StepSetting, _trainer
 
 
 def _setting(method: str, **kw) -> StepSetting:
@@ -115,7 +115,7 @@ def test_qwen3_traces_match_the_shape_and_the_preflight_estimate_stays_above(met
     """At the Qwen3-1.7B shape: weights and adapters counted as the shape's parameter counts say; and the job preflight's estimate (`copsd.training.memory`, which refuses
     jobs that cannot fit) neither falls below what the step holds nor overstates it by much (traced
     2026-11-27: +13% GRPO (8 per forward), +15% SFT, +16% COPSD at 512 tokens; docs/benchmarks.md, "Traced")."""
-    from copsd.training.memory import KNOWN_SHAPES
+    from copsd.models.shapes import KNOWN_SHAPES
 
     s = _setting(
         method,

@@ -1,14 +1,15 @@
 """`copsd speed rollout|workload|step` (alias: `copsd bench`): speed measurements on random-weight Qwen3
-shapes, each with the reference (transformers `generate`, the naive loss) in the same run."""
+shapes, each with the reference (transformers `generate`, the naive loss) in the same run. `step` is
+three measurements under one name: the COPSD loss paths (`_loss_paths`), and with --method one
+optimizer step per memory setting, run (`_measured_step`) or with --trace counted (`_traced_step`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from copsd.cli.common import console, err_console
+from copsd.cli.speed_table import finish, show
 from copsd.errors import CopsdError
 
 app = typer.Typer(
@@ -19,29 +20,34 @@ app = typer.Typer(
 
 
 LEVERS = "fast+fuse, fast+compile, fast+flex, fast+search (combinable: fast+fuse+flex+search)"
+# the columns each command's table shows (speed_table.HEADERS names them)
+ROLLOUT_COLUMNS = (
+    "shape engine batch new_tokens tokens_per_s ms_per_step bandwidth_share peak_memory_gib "
+    "speedup_vs_hf speedup_vs_fast"
+)
+WORKLOAD_COLUMNS = (
+    "mode sequences useful_tokens_per_s workload_s slot_utilization ms_per_step peak_memory_gib "
+    "speedup_vs_static speedup_vs_hf speedup_vs_fast"
+)
+SETTING_COLUMNS = "checkpointing micro_batch max_tokens forwards_per_step"  # of `speed step --method`
+TRACED = "trace"  # the StepSetting.device of a step counted on fake tensors (on no device)
+# the options every measurement shares
+SHAPE = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)")
+DEVICE = typer.Option(None, "--device", help="cuda (default when present) or cpu")
+DTYPE = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32")
+OUT = typer.Option(None, "--out", help="write the results as JSON here")
 
 
 def _is_engine(name: str) -> bool:
     """fast, optionally with step-level levers (copsd.rollout.fast.EngineOptions)."""
     from copsd.rollout.fast import EngineOptions
 
-    try:
-        EngineOptions.parse(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _write(result: dict, out: Path | None) -> None:
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        err_console.print(f"wrote {out}")
+    return EngineOptions.is_name(name)
 
 
 @app.command("rollout")
 def rollout(
-    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    shape: str = SHAPE,
     batch: str = typer.Option("32,128", "--batch", help="comma-separated batch sizes"),
     new_tokens: int = typer.Option(1024, "--new-tokens", min=1, help="tokens decoded per row by the fast engine"),
     hf_new_tokens: int = typer.Option(128, "--hf-new-tokens", min=1, help="tokens per row for the (slow) hf baseline"),
@@ -57,10 +63,10 @@ def rollout(
     top_k: int = typer.Option(20, "--top-k"),
     top_p: float = typer.Option(0.95, "--top-p"),
     temperature: float = typer.Option(1.1, "--temperature"),
-    device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
+    device: str | None = DEVICE,
+    dtype: str = DTYPE,
     profile: bool = typer.Option(False, "--profile", help="also break one decode step down by kernel kind"),
-    out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+    out: Path | None = OUT,
 ):
     """Decode throughput: tokens/s, ms per step, bandwidth share, peak memory; fast vs hf.
 
@@ -74,7 +80,6 @@ def rollout(
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
     if bad := [e for e in engine_list if e != "hf" and not _is_engine(e)]:
         raise CopsdError(f"--engines: unknown engine(s) {', '.join(bad)}; choose from hf, fast, {LEVERS}")
-    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_rollout(
         shape,
         device=dev,
@@ -103,29 +108,12 @@ def rollout(
             top_k=top_k,
         )
         show(result["profile"])
-    _write(result, out)
-    console.print(
-        _table(
-            result["rows"],
-            [
-                "shape",
-                "engine",
-                "batch",
-                "new_tokens",
-                "tokens_per_s",
-                "ms_per_step",
-                "bandwidth_share",
-                "peak_memory_gib",
-                "speedup_vs_hf",
-                "speedup_vs_fast",
-            ],
-        )
-    )
+    finish(result, out, ROLLOUT_COLUMNS)
 
 
 @app.command("workload")
 def workload(
-    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    shape: str = SHAPE,
     problems: int = typer.Option(250, "--problems", min=1, help="problems (AfriMGSM has 250 per language)"),
     samples: int = typer.Option(12, "--samples", min=1, help="samples per problem (the evaluation's n_samples)"),
     slots: int = typer.Option(128, "--slots", min=1, help="sequences decoded at once (eval.batch_size)"),
@@ -139,10 +127,10 @@ def workload(
     ),
     hf_problems: int = typer.Option(8, "--hf-problems", min=1, help="problems hf decodes (extrapolated)"),
     lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA r=64 on every projection (a trained checkpoint)"),
-    device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
+    device: str | None = DEVICE,
+    dtype: str = DTYPE,
     seed: int = typer.Option(0, "--seed", help="seeds the prompts and the drawn lengths"),
-    out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+    out: Path | None = OUT,
 ):
     """The evaluation workload, where rows stop at different lengths: useful tokens/s and the time to
     finish it, for continuous batching (fast), static batches of the same engine, and hf.
@@ -163,7 +151,6 @@ def workload(
     bad = [m for m in mode_list if m not in MODES and not _is_engine(m)] or ([] if mode_list else ["(none)"])
     if bad:
         raise CopsdError(f"--modes: unknown mode(s) {', '.join(bad)}; choose from {', '.join(MODES)}, {LEVERS}")
-    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
     result = bench_workload(
         shape,
         device=dev,
@@ -181,29 +168,12 @@ def workload(
         log=show,
     )
     show(result["workload"])
-    _write(result, out)
-    console.print(
-        _table(
-            result["rows"],
-            [
-                "mode",
-                "sequences",
-                "useful_tokens_per_s",
-                "workload_s",
-                "slot_utilization",
-                "ms_per_step",
-                "peak_memory_gib",
-                "speedup_vs_static",
-                "speedup_vs_hf",
-                "speedup_vs_fast",
-            ],
-        )
-    )
+    finish(result, out, WORKLOAD_COLUMNS)
 
 
 @app.command("step")
 def step(
-    shape: str = typer.Option("qwen3-1.7b", "--shape", help="qwen3-1.7b | qwen3-4b | qwen3-8b | tiny (CPU)"),
+    shape: str = SHAPE,
     rollouts: int = typer.Option(4, "--rollouts", min=1, help="rollouts per micro-batch"),
     completion: int = typer.Option(1024, "--completion", min=1, help="tokens per rollout"),
     teacher_prompt: int = typer.Option(768, "--teacher-prompt", min=1, help="teacher prompt tokens"),
@@ -214,9 +184,9 @@ def step(
     reps: int = typer.Option(
         3, "--reps", min=0, help="timed repetitions after one warm-up (best is reported); --method: 0 = one cold step"
     ),
-    device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu"),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 | float32"),
-    out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+    device: str | None = DEVICE,
+    dtype: str = DTYPE,
+    out: Path | None = OUT,
     method: str | None = typer.Option(
         None,
         "--method",
@@ -252,44 +222,47 @@ def step(
          --completion 256 --max-tokens 0,1024
     Any shape, no GPU: copsd speed step --method grpo --shape qwen3-8b --completion 2048 --checkpointing on --trace
     """
-    from copsd.speed.shapes import check_options, positive_ints
+    from copsd.speed.shapes import check_options
 
     if trace and method is None:
         raise CopsdError("--trace needs --method copsd|grpo|sft")
     if trace and device is not None:
         raise CopsdError("--trace runs on no device: leave out --device")
-    dev = check_options("cpu" if trace else device, shape, dtype)  # a trace's fake tensors are CPU tensors
-    if trace:
-        dev = "trace"
-    show = lambda r: err_console.print(r, highlight=False)  # noqa: E731
-    if method is not None:
-        _method_step(
-            method,
-            shape,
-            model,
-            dev,
-            dtype,
-            prompts,
-            generations,
-            student_prompt,
-            completion,
-            teacher_prompt,
-            micro_batch,
-            max_tokens,
-            checkpointing,
-            chunk,
-            reps,
-            out,
-            show,
-        )
+    device = check_options("cpu" if trace else device, shape, dtype)  # a trace's fake tensors are CPU tensors
+    if method is None:  # the lean and naive loss paths of one COPSD step, with fast and hf rollouts
+        if reps < 1:
+            raise CopsdError("--reps 0 is for --method only; the COPSD comparison needs at least 1")
+        _loss_paths(shape, device, dtype, rollouts, completion, teacher_prompt, student_prompt, chunk, reps, out)
         return
-    if reps < 1:
-        raise CopsdError("--reps 0 is for --method only; the COPSD comparison needs at least 1")
-    from copsd.speed.step import bench_step
-
-    result = bench_step(
+    # one optimizer step through the method's trainer per memory setting: measured, or traced
+    settings = _step_settings(
+        method,
         shape,
-        device=dev,
+        model,
+        TRACED if trace else device,
+        dtype,
+        prompts=prompts,
+        generations=generations,
+        prompt_len=student_prompt,
+        completion=completion,
+        teacher_prompt=teacher_prompt,
+        micro_batch=micro_batch,
+        max_tokens=max_tokens,
+        checkpointing=checkpointing,
+        chunk=chunk,
+        reps=reps,
+    )
+    (_traced_step if trace else _measured_step)(settings, out)
+
+
+def _loss_paths(shape, device, dtype, rollouts, completion, teacher_prompt, student_prompt, chunk, reps, out) -> None:
+    """`speed step` without --method: COPSD rollouts fast vs hf, its loss lean vs naive."""
+    from copsd.speed.loss_paths import bench_loss_paths
+    from copsd.speed.shapes import positive_ints
+
+    result = bench_loss_paths(
+        shape,
+        device=device,
         dtype=dtype,
         rollouts=rollouts,
         completion=completion,
@@ -299,36 +272,25 @@ def step(
         reps=reps,
         log=show,
     )
-    _write(result, out)
-    console.print(
-        _table(
-            result["rows"],
-            ["path", "loss_step_s", "peak_memory_gib", "step_s_with_fast_rollouts", "step_s_with_hf_rollouts"],
-        )
-    )
+    finish(result, out, "path loss_step_s peak_memory_gib step_s_with_fast_rollouts step_s_with_hf_rollouts")
 
 
-def _method_step(
-    method,
-    shape,
-    model,
-    dev,
-    dtype,
-    prompts,
-    generations,
-    prompt_len,
-    completion,
-    teacher_prompt,
-    micro_batch,
-    max_tokens,
-    checkpointing,
-    chunk,
-    reps,
-    out,
-    show,
-) -> None:
+def _step_settings(
+    method: str,
+    shape: str,
+    model: str | None,
+    device: str,
+    dtype: str,
+    *,
+    micro_batch: str,
+    max_tokens: str,
+    checkpointing: str,
+    chunk: str,
+    **fixed,
+) -> list:
+    """One `StepSetting` per (checkpointing, micro-batch, token cap) the options list."""
     from copsd.speed.shapes import positive_ints
-    from copsd.speed.train_step import StepSetting, bench_train_step
+    from copsd.speed.step_memory import StepSetting
 
     if method not in ("copsd", "grpo", "sft"):
         raise CopsdError(f"--method: unknown method {method!r}; choose from copsd, grpo, sft")
@@ -338,87 +300,37 @@ def _method_step(
     caps = [int(x) for x in max_tokens.split(",") if x.strip()] if max_tokens.strip() else [0]
     if any(c < 0 for c in caps):
         raise CopsdError(f"--max-tokens takes comma-separated integers >= 0, got {max_tokens!r}")
-    settings = [
+    return [
         StepSetting(
             method=method,
             shape=shape,
             model=model,
-            device=dev,
+            device=device,
             dtype=dtype,
-            prompts=prompts,
-            generations=generations,
-            prompt_len=prompt_len,
-            completion=completion,
-            teacher_prompt=teacher_prompt,
             micro_batch=mb,
             max_tokens=cap,
             checkpointing=mode == "on",
             chunk=positive_ints(chunk, "--chunk")[0],
-            reps=reps,
+            **fixed,
         )
         for mode in modes
         for mb in positive_ints(micro_batch, "--micro-batch")
         for cap in caps
     ]
-    traced_by = None
-    if dev == "trace":
-        from copsd.speed.trace_memory import trace
-
-        traced_by = trace
-    result = bench_train_step(settings, log=show, traced_by=traced_by)
-    _write(result, out)
-    console.print(
-        _table(
-            result["rows"],
-            ["checkpointing", "micro_batch", "max_tokens", "forwards_per_step"]
-            + (
-                ["trace_s", "peak_gib", "step_gib", "estimate_gib"]
-                if dev == "trace"
-                else ["step_s", "peak_gib", "step_gib"]
-            ),
-        )
-    )
 
 
-_HEADERS = {
-    "forwards_per_step": "forwards",
-    "step_s": "step s",
-    "peak_gib": "peak GiB",
-    "step_gib": "step GiB (peak - base)",
-    "trace_s": "trace s",
-    "estimate_gib": "estimate GiB",
-    "max_tokens": "token cap",
-    "micro_batch": "micro-batch",
-    "checkpointing": "checkpointing",
-    "new_tokens": "new tok",
-    "tokens_per_s": "tok/s",
-    "ms_per_step": "ms/step",
-    "bandwidth_share": "bw share",
-    "peak_memory_gib": "peak GiB",
-    "speedup_vs_hf": "x hf",
-    "speedup_vs_static": "x static",
-    "speedup_vs_fast": "x fast",
-    "useful_tokens_per_s": "useful tok/s",
-    "workload_s": "workload s",
-    "slot_utilization": "slot use",
-    "sequences": "seqs",
-    "loss_step_s": "loss step s",
-    "step_s_with_fast_rollouts": "step s (fast)",
-    "step_s_with_hf_rollouts": "step s (hf)",
-}
+def _measured_step(settings: list, out: Path | None) -> None:
+    """`speed step --method M`: each setting's step run, its time and peak memory measured."""
+    from copsd.speed.step_memory import bench_step_memory
+
+    result = bench_step_memory(settings, log=show)
+    finish(result, out, f"{SETTING_COLUMNS} step_s peak_gib step_gib")
 
 
-def _table(rows: list[dict], cols: list[str]):
-    from rich.table import Table
+def _traced_step(settings: list, out: Path | None) -> None:
+    """`speed step --method M --trace`: each setting's step counted on fake tensors."""
+    from copsd.speed.step_memory import bench_step_memory
+    from copsd.speed.trace_memory import trace
 
-    optional = ("speedup_vs_fast",)  # only when a row compares a lever with plain fast
-    cols = [c for c in cols if c not in optional or any(c in r for r in rows)]
-    table = Table(*[_HEADERS.get(c, c) for c in cols])
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, r.get("error", "") if c == cols[-1] else "")
-            big = isinstance(v, float) and abs(v) >= 1000
-            cells.append(f"{v:,.0f}" if big else f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v))
-        table.add_row(*cells)
-    return table
+    result = bench_step_memory(settings, log=show, traced_by=trace)
+    finish(result, out, f"{SETTING_COLUMNS} trace_s peak_gib step_gib estimate_gib")

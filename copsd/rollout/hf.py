@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from copsd.rollout.types import SamplingParams
+from copsd.rollout.types import SamplingParams, base_model
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def generate_ids(
     device = next(model.parameters()).device
     # transformers fills every unset field from the model's own generation config (a checkpoint's
     # repetition_penalty, min_p, ...); a bare one keeps sampling exactly what `params` says.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     saved = base.generation_config
     base.generation_config = GenerationConfig(eos_token_id=stops or None, pad_token_id=pad_id)
     try:

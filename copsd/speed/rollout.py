@@ -157,16 +157,16 @@ def profile_decode(
     eager_ms = 1e3 * eng.last_timing["decode_s"] / eng.last_timing["decode_steps"]
     s = eng.state  # rewind the eager state and profile bare decode steps (no prefill)
     assert s is not None
-    width = fast._round_up(max(map(len, prompts)), fast.PROMPT_ALIGN)
+    width = fast.cache.prompt_width(map(len, prompts))
     s.pos.fill_(width)
     s.step.fill_(1)
     s.finished.fill_(False)
-    kv_len = min(s.capacity, fast._round_up(width + steps, fast.BUCKET))
+    kv_len = fast.cache.kv_len(width + steps - 1, s.capacity)
     stops = torch.tensor([-1], device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            eng.decode_one_token(kv_len, params, stops, pad)
+            eng.decoder.decode_one_token(s, kv_len, params, stops, pad)
         sync(dev)
     kernels = []
     for e in prof.key_averages():

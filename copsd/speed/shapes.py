@@ -1,4 +1,5 @@
-"""Random-weight Qwen3 models of the real shapes (no download), and the device's measured peak bandwidth."""
+"""Random-weight Qwen3 models of the real shapes (no download), the device's measured peak bandwidth,
+and what every speed measurement shares (its options, its memory readings, a failed row)."""
 
 from __future__ import annotations
 
@@ -6,48 +7,17 @@ import gc
 import random
 import time
 import traceback
+from typing import Any
 
 import torch
 
-# Qwen3 configs as published (vocabulary 151,936; rope theta 1e6)
-SHAPES: dict[str, dict] = {
-    "qwen3-1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=True,
-    ),
-    "qwen3-4b": dict(
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=True,
-    ),
-    "qwen3-8b": dict(
-        hidden_size=4096,
-        intermediate_size=12288,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=False,
-    ),
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        tie_word_embeddings=True,
-        vocab_size=4096,
-    ),
+from copsd.models.shapes import QWEN3, QWEN3_VOCAB, ModelShape
+from copsd.rollout import base_model
+
+# the Qwen3 shapes benchmarks run (copsd.models.shapes), and a tiny one for CPU tests
+SHAPES: dict[str, ModelShape] = {
+    **{name: QWEN3[name] for name in ("qwen3-1.7b", "qwen3-4b", "qwen3-8b")},
+    "tiny": ModelShape(hidden=128, intermediate=384, layers=2, heads=4, kv_heads=2, head_dim=32, vocab=4096, tied=True),
 }
 
 
@@ -57,8 +27,7 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    kw = dict(
-        vocab_size=151936,
+    kw: dict[str, Any] = dict(  # Qwen3's published config besides the shape
         rope_theta=1_000_000.0,
         max_position_embeddings=40960,
         rms_norm_eps=1e-6,
@@ -66,8 +35,8 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
         eos_token_id=151645,
         pad_token_id=151643,
     )
-    kw.update(SHAPES[shape])
-    if kw["vocab_size"] < 151936:  # the tiny shape: special tokens at the end of its vocabulary
+    kw.update(SHAPES[shape].config())
+    if kw["vocab_size"] < QWEN3_VOCAB:  # the tiny shape: special tokens at the end of its vocabulary
         kw.update(eos_token_id=kw["vocab_size"] - 2, pad_token_id=kw["vocab_size"] - 1)
     config = Qwen3Config(**kw)
     gc.collect()  # free an earlier benchmark's model before allocating the next one
@@ -105,7 +74,7 @@ def decode_weight_bytes(model, dtype: torch.dtype) -> int:
     """Weight bytes one decode step reads: every weight once, LoRA at the model dtype (the fast
     engine's shadow copies), the input embedding only where it is also the LM head (tied)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     emb, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
     total = 0
     for name, p in model.named_parameters():  # a tied embedding is listed once

@@ -1,7 +1,7 @@
 """`copsd speed step --method M --trace`: the peak memory of one optimizer step at any model shape,
 without that model's memory or compute.
 
-The step runs exactly as `copsd.speed.train_step.measure` runs it (the method's own trainer, the
+The step runs exactly as `copsd.speed.step_memory.measure` runs it (the method's own trainer, the
 same synthetic sequences), but every parameter, buffer and activation is a fake tensor (torch's
 FakeTensorMode: shape, dtype and device, no data), so an 8B GRPO step of 8 x 2,048 tokens traces in
 about half a minute in under 1 GiB of host memory. `LiveBytes` counts the bytes of every storage
@@ -110,7 +110,7 @@ def _as_eager() -> Iterator[None]:
 
 
 def _meta_model(s) -> Any:
-    """The setting's model with LoRA, on the meta device (no memory), as `train_step._model` builds it."""
+    """The setting's model with LoRA, on the meta device (no memory), as `step_memory._model` builds it."""
     from copsd.speed.shapes import random_model, with_lora
 
     if not s.model:
@@ -149,11 +149,11 @@ def _to_fake(model, mode) -> None:
 
 
 def trace(s) -> dict:
-    """The peak bytes of one optimizer step of setting `s` (a `train_step.StepSetting`), in the
+    """The peak bytes of one optimizer step of setting `s` (a `step_memory.StepSetting`), in the
     steady state: a first step creates AdamW's states, and the peak is that of the second."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from copsd.speed.train_step import _trainer, estimate_gib, forwards_per_step
+    from copsd.speed.step_memory import _trainer, estimate_gib, forwards_per_step
 
     t0 = time.perf_counter()
     model = _meta_model(s)

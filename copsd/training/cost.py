@@ -32,6 +32,7 @@ from importlib import resources
 import yaml
 
 from copsd.config import CopsdSettings, GrpoSettings, JobConfig, SftSettings
+from copsd.models.shapes import short_name
 
 LENGTH_MEDIAN = 400 / 1024  # median length as a share of the budget
 LENGTH_SIGMA = 0.9
@@ -48,8 +49,8 @@ def gpus() -> list[str]:
 
 
 def shape_key(model: str) -> str | None:
-    """'Qwen/Qwen3-1.7B' -> 'qwen3-1.7b' when recorded, else None."""
-    key = model.rsplit("/", 1)[-1].lower()
+    """'Qwen/Qwen3-1.7B' -> 'qwen3-1.7b' (copsd.models.shapes.short_name) when recorded, else None."""
+    key = short_name(model)
     return key if key in next(iter(throughput().values()))["decode_scale"] else None
 
 

@@ -32,16 +32,14 @@ docs/benchmarks.md, "Memory estimate vs measured" and "Traced".
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from copsd.config import GrpoSettings, JobConfig, SftSettings
 from copsd.errors import CopsdError
+from copsd.models.shapes import ModelShape, model_shape, shape_from_config
+from copsd.training.host_memory import host_memory
+from copsd.training.host_memory import return_freed_memory as return_freed_memory  # the runner imports it here
 
 GiB = 2**30
 
@@ -51,7 +49,10 @@ GiB = 2**30
 # checked per language (a script the tokenizer splits finely, e.g. Ge'ez or Vai, runs longer)
 PROMPT_TOKENS = 256
 TEACHER_PROMPT_TOKENS = 768
-PROMPT_ALIGN, KV_BUCKET = 8, 128  # the fast engine pads prompts to 8 and its cache to 128 positions
+# the fast engine pads prompts to 8 and its cache to 128 positions: copsd.rollout.fast.cache's
+# PROMPT_ALIGN and BUCKET, restated because importing the rollout package loads torch, which the
+# plan's estimate must not (tests/test_memory_estimate.py checks the two agree)
+PROMPT_ALIGN, KV_BUCKET = 8, 128
 LORA_BYTES = 4  # PEFT keeps adapters in fp32 over a bf16/fp16 model (autocast_adapter_dtype)
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32 like the adapters
 # vocabulary-sized fp32 buffers alive per loss position: COPSD's student and teacher logits, their
@@ -62,152 +63,6 @@ SAMPLING_BUFFERS = 4  # fp32 [rows, vocab] while sampling a token: logits, proba
 RUNTIME = "runtime (python, torch)"
 # RSS of a process with torch, transformers, peft and copsd imported: 0.41 GiB measured (torch 2.13 CPU)
 CPU_RUNTIME = int(0.4 * GiB)
-
-
-# ---- model shapes ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool  # the LM head is the input embedding
-
-    @property
-    def q(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def params(self) -> int:
-        """Parameters of the decoder (norms included) and the embedding (+ the LM head if untied)."""
-        H, inter = self.hidden, self.intermediate
-        attn = H * self.q + 2 * H * self.kv + self.q * H  # q, k, v, o projections
-        norms = 2 * H + 2 * self.head_dim  # input/post-attention norms, q_norm, k_norm
-        per_layer = attn + 3 * H * inter + norms  # gate, up, down
-        return self.layers * per_layer + H + self.vocab * H * (1 if self.tied else 2)
-
-    def projections(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each projection LoRA can target."""
-        H, inter, q, kv = self.hidden, self.intermediate, self.q, self.kv
-        return {
-            "q_proj": (H, q),
-            "k_proj": (H, kv),
-            "v_proj": (H, kv),
-            "o_proj": (q, H),
-            "gate_proj": (H, inter),
-            "up_proj": (H, inter),
-            "down_proj": (inter, H),
-        }
-
-    def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
-        """A (r x in) + B (out x r) per targeted projection per layer."""
-        proj = self.projections()
-        return self.layers * sum(r * (proj[t][0] + proj[t][1]) for t in targets if t in proj)
-
-
-def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> ModelShape:
-    return ModelShape(hidden, intermediate, layers, heads, 8, 128, 151936, tied)  # 8 kv heads of 128
-
-
-# Shapes of the models the shipped specs name, so that `sweep plan --estimate` needs neither the
-# network nor a download: the published config.json of each (Qwen3: vocabulary 151,936, 8 kv heads
-# of dimension 128; SmolLM2-135M-Instruct: HuggingFaceTB's config, which builtin:smollm2-135m-instruct
-# is converted to) and the recipes of the tiny builtins (copsd/models/builtin.py; their vocabulary
-# is the trained tokenizer's, about the recipe's 1,024).
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    "Qwen/Qwen3-0.6B": _qwen3(1024, 3072, 28, 16, True),
-    "Qwen/Qwen3-1.7B": _qwen3(2048, 6144, 28, 16, True),
-    "Qwen/Qwen3-4B": _qwen3(2560, 9728, 36, 32, True),
-    "Qwen/Qwen3-8B": _qwen3(4096, 12288, 36, 32, False),
-    "Qwen/Qwen3-14B": _qwen3(5120, 17408, 40, 40, False),
-    "builtin:smollm2-135m-instruct": ModelShape(576, 1536, 30, 9, 3, 64, 49152, True),
-}
-
-
-def _builtin_recipes() -> dict[str, ModelShape]:
-    from copsd.models.builtin import TINY_QWEN3, TINY_QWEN3_REALVOCAB
-
-    recipes: tuple[dict[str, Any], ...] = (TINY_QWEN3, TINY_QWEN3_REALVOCAB)
-    return {f"builtin:{r['kind']}": shape_from_config({**r, "tie_word_embeddings": True}) for r in recipes}
-
-
-def shape_from_config(cfg: Any) -> ModelShape:
-    """From a transformers config object or a config.json dict (a multimodal one's text_config)."""
-
-    def get(key: str, default: Any = None) -> Any:
-        return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
-
-    text = get("text_config")
-    if text is not None:
-        return shape_from_config(text)
-    heads = get("num_attention_heads")
-    return ModelShape(
-        hidden=get("hidden_size"),
-        intermediate=get("intermediate_size"),
-        layers=get("num_hidden_layers"),
-        heads=heads,
-        kv_heads=get("num_key_value_heads") or heads,
-        head_dim=get("head_dim") or get("hidden_size") // heads,
-        vocab=get("vocab_size"),
-        tied=bool(get("tie_word_embeddings", False)),  # absent: untied (Qwen3's and Llama's default)
-    )
-
-
-def _config_file(model: str) -> Path | None:
-    """config.json of a local model directory, or of a Hub model already in the local HF cache."""
-    p = Path(model).expanduser()
-    if p.is_dir():
-        return p / "config.json" if (p / "config.json").is_file() else None
-    if model.startswith(("builtin:", ".", "/", "~")) or model.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(model, "config.json")
-    except Exception:  # noqa: BLE001 - no cache, a malformed id: the shape is simply unknown here
-        return None
-    return Path(hit) if isinstance(hit, str) else None
-
-
-@lru_cache(maxsize=64)
-def model_shape(model: str) -> ModelShape | None:
-    """The shape of a spec's `model` without loading weights or using the network: its config.json
-    (a local directory, or a Hub model in the local cache), else the table above, else (unless
-    HF_HUB_OFFLINE) the Hub's config through transformers' AutoConfig; None if still unknown (a
-    plugin's builtin, an unreachable Hub)."""
-    path = _config_file(model)
-    if path is not None:
-        try:
-            return shape_from_config(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):  # not JSON, or missing fields: try transformers'
-            try:
-                from transformers import AutoConfig
-
-                return shape_from_config(AutoConfig.from_pretrained(str(path.parent), trust_remote_code=False))
-            except Exception:  # noqa: BLE001 - fall back to the table
-                pass
-    if model in KNOWN_SHAPES:
-        return KNOWN_SHAPES[model]
-    if model.startswith("builtin:"):
-        return _builtin_recipes().get(model)
-    if model.count("/") == 1 and not Path(model).exists() and not _offline():
-        try:  # a Hub model neither cached nor in the table: its config alone (a few kB)
-            from transformers import AutoConfig
-
-            return shape_from_config(AutoConfig.from_pretrained(model, trust_remote_code=False))
-        except Exception:  # noqa: BLE001 - unreachable, gated, unknown: the shape stays unknown
-            return None
-    return None
-
-
-def _offline() -> bool:
-    return any(os.environ.get(k) == "1" for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 # ---- per-token costs ----------------------------------------------------------------------------
@@ -440,45 +295,6 @@ PHASE_SETTINGS = {
 }
 
 
-def _read_meminfo() -> dict[str, int]:
-    out = {}
-    with open("/proc/meminfo", encoding="ascii") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            out[key] = int(rest.split()[0]) * 1024  # kB
-    return out
-
-
-def _cgroup_limit() -> int | None:
-    """A container's memory limit (cgroup v2 or v1), when one is set."""
-    for p in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            v = Path(p).read_text(encoding="ascii").strip()
-        except OSError:
-            continue
-        if v.isdigit() and int(v) < 2**60:
-            return int(v)
-    return None
-
-
-def host_memory() -> tuple[int, int]:
-    """(available, total) bytes of host RAM: psutil if installed, else /proc/meminfo; a cgroup
-    limit lowers the total."""
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        available, total = int(vm.available), int(vm.total)
-    except ImportError:
-        info = _read_meminfo()
-        total = info["MemTotal"]
-        available = info.get("MemAvailable", info.get("MemFree", total))
-    limit = _cgroup_limit()
-    if limit is not None:
-        total, available = min(total, limit), min(available, limit)
-    return available, total
-
-
 def preflight(job: JobConfig, device, *, n_problems: int | None = None, config: Any = None) -> bool:
     """Fail fast (one-line CopsdError) when the job's estimated peak cannot fit `device` (a
     torch.device): on CUDA above the free memory, on CPU above the total RAM; on CPU above the
@@ -517,15 +333,3 @@ def preflight(job: JobConfig, device, *, n_problems: int | None = None, config: 
             stacklevel=1,
         )
     return True
-
-
-def return_freed_memory() -> bool:
-    """On glibc, give every allocation above 128 KiB its own mapping, returned to the OS when freed.
-    By default glibc raises that threshold as large blocks are freed (up to 32 MiB) and keeps freed
-    blocks below it in its heap, where the many mid-sized tensors of a CPU training step fragment
-    it: one forward + backward of SmolLM2-135M over 4 x 2,200 tokens (checkpointing) reached 9.1 GiB
-    resident against 2.1 GiB with this set, equally fast (docs/benchmarks.md). True when set."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return False

@@ -1,4 +1,4 @@
-"""`copsd speed step`: one COPSD training step -- rollouts, teacher + student forward, loss,
+"""`copsd speed step` (without --method): one COPSD training step -- rollouts, teacher + student forward, loss,
 backward, optimizer -- with the lean loss path against the naive one, on random-weight shapes.
 
 * lean  (the default): only rollout positions reach the LM head, the loss is computed per
@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def _naive_loss(trainer, student, teacher, completions, pad_id) -> torch.Tensor:
     ).mean()
 
 
-def bench_step(
+def bench_loss_paths(
     shape: str,
     *,
     device: str,
@@ -76,7 +77,7 @@ def bench_step(
     rng = random.Random(0)
     teacher = [[rng.randrange(1000, vocab - 1000) for _ in range(teacher_prompt)] for _ in range(rollouts)]
     params = SamplingParams(temperature=1.1, top_p=0.95, top_k=20, max_new_tokens=completion)
-    out = {
+    out: dict[str, Any] = {
         "device": device_name(dev),
         "torch": torch.__version__,
         "shape": shape,
@@ -112,6 +113,7 @@ def bench_step(
         trainer = _trainer(model, chunk)
         model.train()
         times = []
+        row: dict[str, Any]
         reset_peak(dev)
         try:
             for _ in range(reps + 1):  # the first is a warm-up

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from copsd.rollout import base_model
+
 
 @dataclass(frozen=True)
 class StepSetting:
@@ -99,7 +101,8 @@ def estimate_gib(s: StepSetting, config) -> float:
     """`copsd.training.memory`'s estimate for this setting (the preflight's), as tensor bytes on a GPU:
     the larger of its loss step and teacher forward, with the setting's prompt lengths and no
     rollout cache (the synthetic rollouts need none)."""
-    from copsd.training.memory import GiB, estimate, shape_from_config
+    from copsd.models.shapes import shape_from_config
+    from copsd.training.memory import GiB, estimate
 
     job = _job(s).model_copy(update={"dtype": s.dtype})
     est = estimate(
@@ -112,7 +115,7 @@ def _trainer(s: StepSetting, model):
     """The method's trainer with synthetic inputs in place of rollouts and data."""
     from copsd.training import TRAINERS
 
-    cfg = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+    cfg = base_model(model).config
     vocab = cfg.vocab_size
     rng = random.Random(0)
 
@@ -136,16 +139,15 @@ def _trainer(s: StepSetting, model):
         g = s.generations
 
         def prepare(micro, step, stats):
-            trainer._groups = []
+            groups = []
             for batch in micro:
                 p_ids, comps, adv = [], [], []
                 for k in batch:
                     comps += completions[k * g : (k + 1) * g]
                     p_ids += [prompts[k]] * g
                     adv += [rng.gauss(0.0, 1.0) for _ in range(g)]
-                trainer._groups.append((batch, p_ids, comps, adv))
-            trainer._step_tokens = sum(len(c) for _, _, cs, _ in trainer._groups for c in cs)
-            trainer._step_completions = sum(len(cs) for _, _, cs, _ in trainer._groups)
+                groups.append((batch, p_ids, comps, adv))
+            trainer.use_groups(groups)
 
         trainer.prepare_step = prepare
     elif s.method == "sft":
@@ -236,7 +238,7 @@ def measure_isolated(s: StepSetting) -> dict:
     }
 
 
-def bench_train_step(
+def bench_step_memory(
     settings: list[StepSetting],
     *,
     log=print,
