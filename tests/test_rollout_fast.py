@@ -46,7 +46,7 @@ def _ids(tok, prompts):
 
 
 def test_greedy_equals_hf_token_for_token(tiny_model, monkeypatch):
-    monkeypatch.setattr(fast.cache, "BUCKET", 16)  # cross several cache buckets in 60 tokens
+    monkeypatch.setattr(fast.layout, "BUCKET", 16)  # cross several cache buckets in 60 tokens
     params = SamplingParams(n=2, temperature=0, max_new_tokens=60)
     model, tok = tiny_model.model, tiny_model.tokenizer
     for batch_size in (3, 10):  # a smaller last batch (padded rows) and one batch
@@ -265,7 +265,7 @@ def test_refilled_slots_equal_each_sequence_decoded_alone(monkeypatch):
     from copsd.prompts import student_prompt
     from copsd.rollout import stop_token_ids
 
-    monkeypatch.setattr(fast.cache, "BUCKET", 16)
+    monkeypatch.setattr(fast.layout, "BUCKET", 16)
     monkeypatch.setattr(fast.scheduler, "CHECK_EVERY", 4)
     lm = load_model("builtin:testbed")
     tok = lm.tokenizer
@@ -442,7 +442,7 @@ def test_compiled_step_decodes_what_the_eager_step_decodes(tiny_model):
 def test_flex_attention_reads_each_slot_up_to_its_own_position(tiny_model, monkeypatch):
     """FlexAttention over block-sparse per-slot views of the cache: the same greedy tokens as the
     plain engine, with slots refilled at other positions and 16-position blocks crossed."""
-    monkeypatch.setattr(fast.cache, "BUCKET", 16)
+    monkeypatch.setattr(fast.layout, "BUCKET", 16)
     model = _lora_copy(tiny_model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     twin = copy.deepcopy(model)
     ids = _ids(tiny_model.tokenizer, PROMPTS)
@@ -453,7 +453,7 @@ def test_flex_attention_reads_each_slot_up_to_its_own_position(tiny_model, monke
         ids, seqs, greedy, [], 0, seed=0, slots=3, limits=limits
     )
     assert flex == plain and [len(r) for r in flex] == limits
-    monkeypatch.setattr(fast.cache, "BUCKET", 128)  # a decode that fits one block (inductor's CPU kernel needs two)
+    monkeypatch.setattr(fast.layout, "BUCKET", 128)  # a decode that fits one block (inductor's CPU kernel needs two)
     short = SamplingParams(temperature=0, max_new_tokens=8)
     assert fast.FastEngine(twin, fast.EngineOptions(flex=True)).generate_ids(ids[:2], short, [], 0, seed=0) == (
         fast.FastEngine(model).generate_ids(ids[:2], short, [], 0, seed=0)

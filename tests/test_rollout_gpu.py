@@ -30,7 +30,7 @@ def _prompts(n=6):
 
 
 def test_graph_greedy_equals_hf_in_fp32(gpu_models, monkeypatch):
-    monkeypatch.setattr(fast.cache, "BUCKET", 32)
+    monkeypatch.setattr(fast.layout, "BUCKET", 32)
     model = gpu_models["fp32"]
     pad = model.config.pad_token_id
     params = SamplingParams(temperature=0, max_new_tokens=100)
@@ -40,7 +40,7 @@ def test_graph_greedy_equals_hf_in_fp32(gpu_models, monkeypatch):
 
 
 def test_graph_replay_equals_eager_steps_in_bf16(gpu_models, monkeypatch):
-    monkeypatch.setattr(fast.cache, "BUCKET", 32)
+    monkeypatch.setattr(fast.layout, "BUCKET", 32)
     model = gpu_models["bf16"]
     pad = model.config.pad_token_id
     eng = fast.engine_for(model)
@@ -76,7 +76,7 @@ def test_bf16_greedy_agreement_with_hf_is_recorded(gpu_models):
 def test_continuous_batching_in_graphs_equals_eager_and_hf(gpu_models, monkeypatch):
     """Refilled slots inside the CUDA-graph decode: fp32 greedy equals each sequence's decode alone
     (hf); bf16 graph replay equals eager steps (greedy) and seeded sampled runs repeat."""
-    monkeypatch.setattr(fast.cache, "BUCKET", 32)
+    monkeypatch.setattr(fast.layout, "BUCKET", 32)
     model = gpu_models["fp32"]
     pad = model.config.pad_token_id
     ids = _prompts(10)

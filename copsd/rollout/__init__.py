@@ -2,13 +2,33 @@
 method use.
 
 * `hf`   -- transformers `generate`, the reference (`hf.py`);
-* `fast` -- static KV cache + CUDA-graph decode over the model's own modules (`fast.py`);
-* `auto` -- `fast` where supported (CUDA, Llama/Qwen family), else `hf` (`engine_note` says why, once per sweep).
+* `fast` -- static KV cache + CUDA-graph decode over the model's own modules (`fast/`);
+* `auto` -- `fast` where supported (CUDA, Llama/Qwen family), else `hf` (`engine_note` says why,
+  once per sweep).
+
+The package loads lazily (`__getattr__`), so a module that needs only torch-free facts from it
+(`rollout.fast.layout`) does not load torch.
 """
 
-from copsd.rollout.api import ENGINES, at_budget, engine_note, generate, generate_stream, resolve_engine
-from copsd.rollout.types import Rollout, SamplingParams, base_model, drain, stop_token_ids
+from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+_HOME = {
+    "ENGINES": "api",
+    "at_budget": "api",
+    "engine_note": "api",
+    "generate": "api",
+    "generate_stream": "api",
+    "resolve_engine": "api",
+    "Rollout": "types",
+    "SamplingParams": "types",
+    "base_model": "types",
+    "drain": "types",
+    "stop_token_ids": "types",
+}
 __all__ = [
     "ENGINES",
     "Rollout",
@@ -22,3 +42,16 @@ __all__ = [
     "resolve_engine",
     "stop_token_ids",
 ]
+
+if TYPE_CHECKING:
+    from copsd.rollout.api import ENGINES, at_budget, engine_note, generate, generate_stream, resolve_engine
+    from copsd.rollout.types import Rollout, SamplingParams, base_model, drain, stop_token_ids
+
+
+def __getattr__(name: str):
+    """A name of `_HOME` from its module, or a submodule (`fast.layout`), loaded on first use."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

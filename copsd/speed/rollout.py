@@ -157,11 +157,11 @@ def profile_decode(
     eager_ms = 1e3 * eng.last_timing["decode_s"] / eng.last_timing["decode_steps"]
     s = eng.state  # rewind the eager state and profile bare decode steps (no prefill)
     assert s is not None
-    width = fast.cache.prompt_width(map(len, prompts))
+    width = fast.layout.prompt_width(map(len, prompts))
     s.pos.fill_(width)
     s.step.fill_(1)
     s.finished.fill_(False)
-    kv_len = fast.cache.kv_len(width + steps - 1, s.capacity)
+    kv_len = fast.layout.kv_len(width + steps - 1, s.capacity)
     stops = torch.tensor([-1], device=dev)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:

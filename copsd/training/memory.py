@@ -38,6 +38,7 @@ from typing import Any
 from copsd.config import GrpoSettings, JobConfig, SftSettings
 from copsd.errors import CopsdError
 from copsd.models.shapes import ModelShape, model_shape, shape_from_config
+from copsd.rollout.fast import layout
 from copsd.training.host_memory import host_memory
 from copsd.training.host_memory import return_freed_memory as return_freed_memory  # the runner imports it here
 
@@ -49,10 +50,6 @@ GiB = 2**30
 # checked per language (a script the tokenizer splits finely, e.g. Ge'ez or Vai, runs longer)
 PROMPT_TOKENS = 256
 TEACHER_PROMPT_TOKENS = 768
-# the fast engine pads prompts to 8 and its cache to 128 positions: copsd.rollout.fast.cache's
-# PROMPT_ALIGN and BUCKET, restated because importing the rollout package loads torch, which the
-# plan's estimate must not (tests/test_memory_estimate.py checks the two agree)
-PROMPT_ALIGN, KV_BUCKET = 8, 128
 LORA_BYTES = 4  # PEFT keeps adapters in fp32 over a bf16/fp16 model (autocast_adapter_dtype)
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq, fp32 like the adapters
 # vocabulary-sized fp32 buffers alive per loss position: COPSD's student and teacher logits, their
@@ -94,10 +91,6 @@ def layer_transient_bytes(s: ModelShape, a: int) -> int:
 
 def kv_bytes_per_token(s: ModelShape, a: int) -> int:
     return 2 * s.layers * s.kv * a  # K and V in every layer
-
-
-def _round_up(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
 
 
 # ---- the estimate -------------------------------------------------------------------------------
@@ -150,9 +143,10 @@ def _rollout_engine(engine: str, device: str) -> str:
 
 
 def _kv_positions(engine: str, prompt: int, new: int) -> int:
-    """Cache positions per row: the fast engine preallocates an aligned, bucketed cache."""
+    """Cache positions per row: the fast engine preallocates an aligned, bucketed cache (its own
+    arithmetic, which loads no torch)."""
     if engine == "fast":
-        return _round_up(_round_up(prompt, PROMPT_ALIGN) + new, KV_BUCKET)
+        return layout.capacity(prompt, new)
     return prompt + new
 
 

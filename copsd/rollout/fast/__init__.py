@@ -35,25 +35,54 @@ On CPU (tests) the same code runs eagerly. `hf` stays the reference this engine 
 against: token-for-token under greedy decoding, in distribution under sampling
 (tests/test_rollout_fast.py; on a GPU tests/test_rollout_gpu.py).
 
-The constants are re-exported here to be read; to change one (tests), patch the module that owns
-it: `fast.cache.BUCKET`, `fast.scheduler.CHECK_EVERY`.
+The package loads lazily (`__getattr__`): importing `copsd.rollout.fast.layout` (the cache sizes,
+which the memory estimate reads) does not load torch. To change a constant (tests), patch the
+module that owns it: `fast.layout.BUCKET`, `fast.scheduler.CHECK_EVERY`.
 """
 
-from copsd.rollout.fast.cache import BUCKET, PROMPT_ALIGN, round_up
-from copsd.rollout.fast.engine import FastEngine, engine_for, generate_ids
-from copsd.rollout.fast.options import EngineOptions
-from copsd.rollout.fast.scheduler import CHECK_EVERY
-from copsd.rollout.fast.support import SUPPORTED_MODEL_TYPES, unsupported_reason
+from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+_HOME = {
+    "BUCKET": "layout",
+    "PROMPT_ALIGN": "layout",
+    "round_up": "layout",
+    "CHECK_EVERY": "scheduler",
+    "EngineOptions": "options",
+    "FastEngine": "engine",
+    "engine_for": "engine",
+    "generate_ids": "engine",
+    "SUPPORTED_MODEL_TYPES": "support",
+    "unsupported_reason": "support",
+}
 __all__ = [
     "BUCKET",
     "CHECK_EVERY",
-    "PROMPT_ALIGN",
-    "SUPPORTED_MODEL_TYPES",
     "EngineOptions",
     "FastEngine",
+    "PROMPT_ALIGN",
+    "SUPPORTED_MODEL_TYPES",
     "engine_for",
     "generate_ids",
     "round_up",
     "unsupported_reason",
 ]
+
+if TYPE_CHECKING:
+    from copsd.rollout.fast.engine import FastEngine, engine_for, generate_ids
+    from copsd.rollout.fast.layout import BUCKET, PROMPT_ALIGN, round_up
+    from copsd.rollout.fast.options import EngineOptions
+    from copsd.rollout.fast.scheduler import CHECK_EVERY
+    from copsd.rollout.fast.support import SUPPORTED_MODEL_TYPES, unsupported_reason
+
+
+def __getattr__(name: str):
+    """A name of `_HOME` from its module, or a submodule (`fast.layout`), loaded on first use."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,9 @@ prefill) and its generated tokens after it, at its own rotary positions (= cache
 attends to the cache up to a `BUCKET` boundary, not its whole capacity; each bucket has its own
 captured graph (a handful per batch shape, reused across batches and steps).
 
-Tests patch `BUCKET` here (`fast.cache.BUCKET`): everything that depends on it reads it from this
-module when it runs.
+The sizes (`BUCKET`, `PROMPT_ALIGN`, capacities) are in `layout.py`, which needs no torch (the
+memory estimate reads them too); this module reads `layout.BUCKET` when it runs, so tests patch
+`fast.layout.BUCKET`.
 """
 
 from __future__ import annotations
@@ -18,37 +19,7 @@ from typing import Any
 
 import torch
 
-BUCKET = 128  # decode attends to the cache in multiples of this many positions
-PROMPT_ALIGN = 8  # prefill pads prompts (on the right) to a multiple of this (aligned attention masks)
-
-
-def round_up(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
-
-
-def prompt_width(lengths) -> int:
-    """Columns a prefill of prompts of these lengths takes (right-padded, aligned)."""
-    return round_up(max(lengths), PROMPT_ALIGN)
-
-
-def capacity(longest_prompt: int, max_new: int, flex: bool = False) -> int:
-    """Cache positions per slot for prompts up to `longest_prompt` and `max_new` new tokens."""
-    cap = round_up(round_up(longest_prompt, PROMPT_ALIGN) + max_new, BUCKET)
-    if flex:  # inductor's CPU flex kernel fails to build for a one-block cache (torch 2.13)
-        cap = max(cap, 2 * BUCKET)
-    return cap
-
-
-def kv_len(pos_bound: int, cap: int, flex: bool = False) -> int:
-    """The cache length a decode step attends to when no live slot's position exceeds `pos_bound`.
-    FlexAttention: the whole cache (its block mask bounds each slot's reads)."""
-    return cap if flex else min(cap, round_up(pos_bound + 1, BUCKET))
-
-
-def graph_kv_lens(shortest_prompt: int, needed: int, cap: int, flex: bool = False) -> list[int]:
-    """The buckets a run may decode at (one captured graph each): from the shortest prompt up to the
-    capacity the run needs, and the cache's whole capacity `cap`."""
-    return sorted({kv_len(c, cap, flex) for c in range(shortest_prompt, needed, BUCKET)} | {cap})
+from copsd.rollout.fast import layout
 
 
 class SlotCache:
@@ -71,7 +42,7 @@ class SlotCache:
         self.limit = torch.full((slots,), max_new, dtype=torch.long, device=dev)  # each sequence's own budget
         self.rows = torch.arange(slots, device=dev)
         self.arange = torch.arange(cap, device=dev)
-        n = cap // BUCKET  # FlexAttention's block ids, [slots, 1, 1, blocks]
+        n = cap // layout.BUCKET  # FlexAttention's block ids, [slots, 1, 1, blocks]
         self.blocks = torch.arange(n, dtype=torch.int32, device=dev).expand(slots, 1, 1, n).contiguous()
         self.graphs: dict[tuple, tuple] = {}  # key -> (graph, the stop-id tensor it reads)
 
@@ -120,16 +91,16 @@ def block_mask(cache: SlotCache, kv_len: int, flex_kw: dict):
     ones not at all (a ragged cache without paging; on a GPU flex decoding splits the reads)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    n = kv_len // BUCKET
+    n = kv_len // layout.BUCKET
     pos = cache.pos
-    last = (pos // BUCKET).to(torch.int32).view(-1, 1, 1)
+    last = (pos // layout.BUCKET).to(torch.int32).view(-1, 1, 1)
     every = cache.blocks[..., :n]
     return BlockMask.from_kv_blocks(
         torch.ones_like(last),
         last.unsqueeze(-1).expand_as(every).contiguous(),
         full_kv_num_blocks=last,
         full_kv_indices=every,
-        BLOCK_SIZE=(BUCKET, BUCKET),
+        BLOCK_SIZE=(layout.BUCKET, layout.BUCKET),
         mask_mod=lambda b, h, q, kv: kv <= pos[b],
         seq_lengths=(1, kv_len),
         **flex_kw,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from copsd.rollout.fast import cache as cache_layout
+from copsd.rollout.fast import layout as cache_layout
 from copsd.rollout.fast.cache import SlotCache, capture
 from copsd.rollout.fast.model import Decoder
 from copsd.rollout.fast.options import EngineOptions

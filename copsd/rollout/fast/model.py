@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from copsd.rollout.fast.cache import SlotCache, block_mask, prompt_width
+from copsd.rollout.fast.cache import SlotCache, block_mask
+from copsd.rollout.fast.layout import prompt_width
 from copsd.rollout.fast.options import EngineOptions
 from copsd.rollout.projections import Projections
 from copsd.rollout.sampling import sample_next

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator
 
 import torch
 
-from copsd.rollout.fast import cache as cache_layout
+from copsd.rollout.fast import layout as cache_layout
 from copsd.rollout.fast.cache import SlotCache
 from copsd.rollout.fast.model import Decoder
 from copsd.rollout.types import SamplingParams
