@@ -50,3 +50,41 @@ def test_the_checker_sees_cycles_and_upward_imports(tmp_path):
     g = ig.graph(pkg)
     assert ig.cycles(g) == [["copsd.data", "copsd.errors"]]
     assert ig.upward_imports(g) == ["copsd.errors -> copsd.data"]
+
+
+# Calls that write to the results DB (ResultsDB's methods) and to MLflow (RunLog, Tracker and
+# MlflowClient methods). Each module may make calls of one kind only: the job's rows go through
+# run/db_sink.py, its MLflow run through run/mlflow_sink.py, and the recorder only dispatches.
+DB_WRITES = {
+    "add_result", "set_provenance", "claim", "finish", "release", "heartbeat", "register_sweep",
+    "set_job_mlflow_run", "set_sweep_mlflow_run", "reset", "reset_orphan",
+}  # fmt: skip
+MLFLOW_WRITES = {
+    "set_tag", "log_metrics", "log_jsonl", "log_files", "log_text", "log_batch", "log_artifact", "set_terminated",
+    "create_run", "update_run", "delete_run", "job_run", "sweep_run", "adopt", "log_param", "create_experiment",
+    "set_experiment_tag", "end",
+}  # fmt: skip
+
+
+def _writes(path: Path) -> tuple[set[str], set[str]]:
+    import ast
+
+    calls = {
+        n.func.attr
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
+    return calls & DB_WRITES, calls & MLFLOW_WRITES
+
+
+def test_no_module_writes_to_both_the_results_db_and_mlflow(tmp_path):
+    both = {}
+    for path in sorted((ROOT / "copsd").rglob("*.py")):
+        db, mlflow = _writes(path)
+        if db and mlflow:
+            both[str(path.relative_to(ROOT))] = (sorted(db), sorted(mlflow))
+    assert both == {}
+    # the checker sees such a module (the job runner before the recorder was one)
+    mixed = tmp_path / "mixed.py"
+    mixed.write_text("def f(db, run):\n    db.add_result('j', metrics={})\n    run.log_metrics({}, 0)\n")
+    assert _writes(mixed) == ({"add_result"}, {"log_metrics"})

@@ -13,6 +13,7 @@ from copsd.results.db import Claimant, LostOwnership, ResultsDB
 from copsd.results.schema import METRIC_COLUMNS, ResultKey, ResultRow
 from copsd.results.tracking import Tracker
 from copsd.run import events
+from copsd.run.mlflow_sink import JobTracking
 from copsd.run.recorder import NotesSaid, Recorder
 
 
@@ -51,7 +52,7 @@ def test_results_are_stored_full_budget_last_and_logged_with_generations_and_fig
                   metrics=_metrics(0.9))  # fmt: skip
     run = tracker.job_run(job, None)
     seen: list[tuple[int, set]] = []
-    rec = Recorder(job, db, owner, run, figures_dir=tmp_path / "figs",
+    rec = Recorder(job, db, owner, JobTracking(job, run), figures_dir=tmp_path / "figs",
                    on_checkpoint=[lambda step, m: seen.append((step, db.result_keys(job.job_id)))])  # fmt: skip
     for event in (events.Planned([5, 10], 24), events.TrainStep(1, {"loss": 0.7}), _result(5, 0.2), _result(10, 0.4)):
         rec.record(event)

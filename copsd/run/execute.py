@@ -14,9 +14,10 @@ from copsd.config import JobConfig
 from copsd.errors import one_line
 from copsd.results.db import LostOwnership, ResultsDB
 from copsd.results.schema import DONE, FAILED
-from copsd.results.tracking import NullTracker, RunLog, Tracker
+from copsd.results.tracking import NullTracker, Tracker
 from copsd.run.identity import this_process
 from copsd.run.job import JobPlan, run_job
+from copsd.run.mlflow_sink import JobTracking
 from copsd.run.options import RunOptions
 from copsd.run.recorder import Display, NotesSaid, Recorder
 from copsd.run.signals import Terminated, raise_if_signalled
@@ -117,22 +118,22 @@ def execute_one(
     if owner is None:
         return JobOutcome(SKIPPED)
     t0 = time.perf_counter()
-    run: RunLog | None = None
+    tracking: JobTracking | None = None
     try:
         hooks.on_start()
         if opts.isolate:  # started once a job is ours (a process that claims nothing imports no torch)
             warm_up()  # the fork server imports torch & co. while the MLflow run is set up
         with _Heartbeat(db, job.job_id, owner, opts.heartbeat_s) as beat:
             row = db.get_job(job.job_id)
-            run = tracker.job_run(job, parent_run_id, existing=row.mlflow_run_id if row else None, sweep=sweep)
-            if run.run_id:
-                db.set_job_mlflow_run(job.job_id, run.run_id)
+            tracking = JobTracking.open(tracker, job, parent_run_id, row.mlflow_run_id if row else None, sweep)
+            if tracking.run_id:
+                db.set_job_mlflow_run(job.job_id, tracking.run_id)
             plan = JobPlan(opts.workspace.runs_dir, frozenset(db.result_keys(job.job_id)), opts.device, opts.preflight)
             recorder = Recorder(
                 job,
                 db,
                 owner,
-                run,
+                tracking,
                 log_generations=opts.log_generations,
                 figures_dir=plan.runs_dir / job.job_id / "figures",
                 display=hooks.display,
@@ -149,8 +150,8 @@ def execute_one(
             recorder.finish()
     except (KeyboardInterrupt, Terminated):
         # back to PENDING, attempt not counted; a job another worker took over is left to it
-        if db.release(job.job_id, owner) and run is not None:
-            run.end("KILLED")
+        if db.release(job.job_id, owner) and tracking is not None:
+            tracking.killed()
         raise
     except LostOwnership as exc:  # another worker runs it now: write nothing, leave its MLflow run alone
         return JobOutcome(LOST, one_line(exc), time.perf_counter() - t0)
@@ -158,11 +159,11 @@ def execute_one(
         err = one_line(exc)
         if not db.finish(job.job_id, FAILED, err, owner=owner):
             return JobOutcome(LOST, f"claim taken over (then: {err})", time.perf_counter() - t0)
-        if run is not None:
-            run.set_tag("copsd.error", err)
-            run.end("FAILED")
+        if tracking is not None:
+            tracking.failed(err)
         return JobOutcome(FAILED, err, time.perf_counter() - t0)
     if not db.finish(job.job_id, DONE, owner=owner):
         return JobOutcome(LOST, "the claim was taken over before the job could be marked DONE")
-    run.end("FINISHED")
+    assert tracking is not None
+    tracking.finished()
     return JobOutcome(DONE, None, time.perf_counter() - t0, recorder.evaluated)

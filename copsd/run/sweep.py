@@ -23,6 +23,7 @@ from copsd.config import JobConfig
 from copsd.results.db import ResultsDB
 from copsd.results.schema import DONE, FAILED, PENDING, RUNNING
 from copsd.run.execute import SKIPPED, JobHooks, JobOutcome, execute_one
+from copsd.run.mlflow_sink import SweepTracking
 from copsd.run.options import RunOptions, make_tracker
 from copsd.run.recorder import Display, NotesSaid
 from copsd.run.signals import SweepInterrupted, Terminated, raise_if_signalled, signals_return_jobs
@@ -102,11 +103,12 @@ def run_sweep(
         db.close()
         return summary
     sw = db.get_sweep(name)
-    sweep_run = tracker.sweep_run(name, sw.mlflow_run_id if sw else None, description)
-    if sweep_run.run_id and sweep_run.run_id != (sw.mlflow_run_id if sw else None):
-        winner = db.set_sweep_mlflow_run(name, sweep_run.run_id, only_if_unset=not (sw and sw.mlflow_run_id))
+    known = sw.mlflow_run_id if sw else None
+    sweep_run = SweepTracking(tracker)
+    if sweep_run.open(name, known, description) and sweep_run.run_id != known:
+        winner = db.set_sweep_mlflow_run(name, sweep_run.run_id, only_if_unset=not known)
         if winner != sweep_run.run_id:  # another process started at the same moment recorded its run first
-            sweep_run = tracker.adopt(sweep_run, winner)
+            sweep_run.yield_to(winner)
     parent = sweep_run.run_id or None
     try:
         with signals_return_jobs():
@@ -115,7 +117,7 @@ def run_sweep(
             else:
                 _run_parallel(todo, opts, parent, name, summary)
     except (KeyboardInterrupt, Terminated) as exc:
-        sweep_run.end("KILLED")
+        sweep_run.close("KILLED")
         db.close()
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         raise SweepInterrupted(
@@ -123,8 +125,7 @@ def run_sweep(
             "finished, the running one was returned to PENDING; run the same command again to resume",
             signum,
         ) from None
-    sweep_run.set_tag("copsd.failed_jobs", str(summary.failed))
-    sweep_run.end("FINISHED")
+    sweep_run.close("FINISHED", failed_jobs=summary.failed)
     db.close()
     return summary
 

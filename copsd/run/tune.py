@@ -37,6 +37,7 @@ from copsd.redact import display_url, shorten
 from copsd.results.db import ResultsDB
 from copsd.results.schema import DONE, FAILED, METRIC_COLUMNS, RUNNING
 from copsd.run.execute import SKIPPED, JobHooks, execute_one
+from copsd.run.mlflow_sink import SweepTracking, tag_run
 from copsd.run.options import RunOptions, make_tracker
 from copsd.run.recorder import NotesSaid
 from copsd.run.signals import SweepInterrupted, Terminated, signals_return_jobs
@@ -286,7 +287,8 @@ def run_tune(
     # a resumed or extended study goes on with the sampler's sequence instead of starting it again
     study.sampler = _sampler(search, worker, len(study.get_trials(deepcopy=False)))
     sw = db.get_sweep(spec.name)
-    sweep_run = tracker.sweep_run(spec.name, sw.mlflow_run_id if sw else None, spec.description)
+    sweep_run = SweepTracking(tracker)
+    sweep_run.open(spec.name, sw.mlflow_run_id if sw else None, spec.description)
     parent: str | None = None
     current: list[int] = []  # the trial this process is running (its id), for a signal between trials' steps
     notes = NotesSaid()  # said once by this process, not once per trial
@@ -329,7 +331,7 @@ def run_tune(
                 if not (outcome.outcome == SKIPPED and row is not None and row.status == RUNNING):
                     break
                 time.sleep(2.0)
-            _tag_run(tracker, row.mlflow_run_id if row else None, trial.number)
+            tag_run(tracker, row.mlflow_run_id if row else None, "copsd.trial", str(trial.number))
             if pruned:
                 say(outcome.line(job))
                 raise optuna.TrialPruned(f"pruned at step {pruned[0]}")
@@ -397,7 +399,7 @@ def run_tune(
             again = _settle_interrupted(study, current, signum)
         except Exception:  # noqa: BLE001 - best effort: Optuna's heartbeat fails the trial later anyway
             again = None
-        sweep_run.end("KILLED")
+        sweep_run.close("KILLED")
         db.close()
         what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         running = (
@@ -414,7 +416,7 @@ def run_tune(
     finished = len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)])
     failed = _counted_failures(trials, TrialState)
     logging.getLogger("copsd").info("tune %s: %d trial(s) in %.0fs", spec.name, len(ran), time.perf_counter() - t0)
-    sweep_run.end("FINISHED")
+    sweep_run.close("FINISHED")
     db.close()
     error = stopped[0] if stopped else None
     if error is None and failed and not finished:  # the budget is spent and no trial has succeeded
@@ -466,15 +468,6 @@ def _settle_interrupted(study, current: list[int], signum: int) -> int | None:
     if t.params:
         study.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number})
     return t.number
-
-
-def _tag_run(tracker, run_id: str | None, number: int) -> None:
-    client = getattr(tracker, "client", None)
-    if client is not None and run_id:
-        try:
-            client.set_tag(run_id, "copsd.trial", str(number))
-        except Exception:  # noqa: BLE001 - a tag never fails a trial
-            pass
 
 
 def trials_frame(url: str, study: str) -> pd.DataFrame:
