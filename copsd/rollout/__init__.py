@@ -12,9 +12,9 @@ The package loads lazily (`__getattr__`), so a module that needs only torch-free
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
+
+from copsd.rollout.types import lazy_attributes
 
 _HOME = {
     "ENGINES": "api",
@@ -48,10 +48,4 @@ if TYPE_CHECKING:
     from copsd.rollout.types import Rollout, SamplingParams, base_model, drain, stop_token_ids
 
 
-def __getattr__(name: str):
-    """A name of `_HOME` from its module, or a submodule (`fast.layout`), loaded on first use."""
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOME)

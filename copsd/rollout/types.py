@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import importlib
+import importlib.util
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,3 +60,17 @@ def drain(stream: Generator[object, None, R]) -> R:
 def base_model(model):
     """The model under a peft wrapper (or the model itself): where its config and layers live."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lazy_attributes(package: str, home: dict[str, str]) -> Callable[[str], object]:
+    """A package's `__getattr__` that loads on first use a name of `home` (name -> the submodule
+    that defines it) or a submodule itself, so importing the package loads nothing heavy."""
+
+    def attribute(name: str) -> object:
+        if name in home:
+            return getattr(importlib.import_module(f"{package}.{home[name]}"), name)
+        if importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return attribute

@@ -42,9 +42,9 @@ module that owns it: `fast.layout.BUCKET`, `fast.scheduler.CHECK_EVERY`.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
+
+from copsd.rollout.types import lazy_attributes
 
 _HOME = {
     "BUCKET": "layout",
@@ -79,10 +79,4 @@ if TYPE_CHECKING:
     from copsd.rollout.fast.support import SUPPORTED_MODEL_TYPES, unsupported_reason
 
 
-def __getattr__(name: str):
-    """A name of `_HOME` from its module, or a submodule (`fast.layout`), loaded on first use."""
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _HOME)
