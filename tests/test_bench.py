@@ -199,7 +199,7 @@ def test_step_measure_runs_every_method_in_process():
 
 def test_bench_step_method_bad_input_is_one_line(workdir):
     for args, expect in [
-        (["--method", "dpo"], "--method: unknown method 'dpo'"),
+        (["--method", "dpo"], "'dpo' is not one of 'copsd', 'grpo', 'sft'"),
         (["--method", "sft", "--checkpointing", "maybe"], "--checkpointing takes on, off"),
         (["--reps", "0"], "--reps 0 is for --method only"),
     ]:

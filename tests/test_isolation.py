@@ -167,3 +167,37 @@ def test_a_signalled_sweep_leaves_no_job_process_behind(workdir, sig):
         assert _rows(db, "select status, attempts, last_error from jobs") == [("PENDING", 0, "interrupted")]
     else:
         assert _rows(db, "select status from jobs") == [("RUNNING",)]  # an orphan, taken over by the next run
+
+
+TUNE_SPEC = textwrap.dedent("""
+    name: iso-tune
+    defaults:
+      model: builtin:sigkill
+      dtype: float32
+      eval: {benchmark: mgsm, limit: 2, decoding: {n_samples: 1, max_new_tokens: 8}, checkpoints: [2]}
+      train: {batch_size: 2, micro_batch_size: 2, max_steps: 2, save_steps: 2, lora: {r: 4, alpha: 8},
+              max_examples: 24, val_size: 8, max_completion_length: 8}
+    matrix: {language: [swa], method: [copsd]}
+    search:
+      params:
+        train.lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+      objective: {metric: accuracy, direction: maximize}
+      n_trials: 4
+      max_failures: 2
+      sampler: random
+      pruner: none
+""")
+
+
+def test_a_tune_trial_runs_in_its_own_process_so_a_killed_trial_fails_alone(workdir):
+    """The pruner is a recorder hook in the tune process, so trials run isolated like every job:
+    a trial whose job the kernel kills is FAILED with the cause, and the tune process lives on to
+    stop after `max_failures` with one line (in-process trials would take the tune process down)."""
+    (workdir / "sigkill_plugin.py").write_text(PLUGIN)
+    (workdir / "tune.yaml").write_text(TUNE_SPEC)
+    env = {"COPSD_PLUGINS": "sigkill_plugin", "PYTHONPATH": str(workdir)}
+    r = run_cli("tune", "tune.yaml", "--no-mlflow", cwd=workdir, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr  # not -9: the tune process was not the one killed
+    assert "stopped: 2 trials in a row failed" in r.stderr and "killed by signal 9" in r.stderr
+    rows = _rows(workdir / "experiments.db", "select status, last_error from jobs")
+    assert len(rows) == 2 and all(s == "FAILED" and e.startswith("job process killed by signal 9") for s, e in rows)

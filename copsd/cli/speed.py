@@ -5,12 +5,20 @@ optimizer step per memory setting, run (`_measured_step`) or with --trace counte
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
 
 from copsd.cli.speed_table import finish, show
 from copsd.errors import CopsdError
+
+
+class TrainedMethod(str, Enum):
+    copsd = "copsd"
+    grpo = "grpo"
+    sft = "sft"
+
 
 app = typer.Typer(
     help="Speed measurements on random-weight Qwen3 shapes (no download); each measures transformers' "
@@ -187,10 +195,10 @@ def step(
     device: str | None = DEVICE,
     dtype: str = DTYPE,
     out: Path | None = OUT,
-    method: str | None = typer.Option(
+    method_: TrainedMethod | None = typer.Option(
         None,
         "--method",
-        help="copsd | grpo | sft: one optimizer step through that method's trainer on synthetic full-length "
+        help="one optimizer step through that method's trainer on synthetic full-length "
         "sequences, per memory setting (without it: COPSD rollouts fast vs hf + loss lean vs naive)",
     ),
     model: str | None = typer.Option(
@@ -224,6 +232,7 @@ def step(
     """
     from copsd.speed.shapes import check_options
 
+    method = method_.value if method_ is not None else None
     if trace and method is None:
         raise CopsdError("--trace needs --method copsd|grpo|sft")
     if trace and device is not None:
@@ -292,8 +301,6 @@ def _step_settings(
     from copsd.speed.shapes import positive_ints
     from copsd.speed.step_memory import StepSetting
 
-    if method not in ("copsd", "grpo", "sft"):
-        raise CopsdError(f"--method: unknown method {method!r}; choose from copsd, grpo, sft")
     modes = [m.strip() for m in checkpointing.split(",") if m.strip()]
     if not modes or any(m not in ("on", "off") for m in modes):
         raise CopsdError(f"--checkpointing takes on, off or on,off, got {checkpointing!r}")
