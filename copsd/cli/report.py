@@ -237,7 +237,7 @@ def tune_report(
 
     from copsd.cli.common import existing_db_url
     from copsd.paths import Workspace
-    from copsd.run.tune import trials_frame, tune_figures
+    from copsd.run.tune_report import trials_frame, tune_figures
 
     if top < 1:
         raise CopsdError(f"--top must be at least 1, not {top}")

@@ -1,13 +1,14 @@
+# Over 350 lines on purpose: `ResultsDB` is the one class every row goes through (sweeps, claims, results).
 """Results database access: open (with migrations), register sweeps, claim/finish jobs, store results.
 
 Every state change is one short transaction, so a crash or Ctrl-C at any point leaves the
 database consistent; job claims are a single conditional UPDATE, so several worker processes
-(or machines sharing a database server) never run the same job twice.
+(or machines sharing a database server) never run the same job twice. Opening the engine (lock
+waits, SQLite pragmas, error hints) is in `connection.py`, the schema's upgrades in `migrations.py`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,14 +16,23 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, false, inspect, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, false, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from copsd.errors import CopsdError
 from copsd.paths import db_url, sqlite_path
 from copsd.redact import display_url, scrub
+from copsd.results.connection import (
+    is_race,
+    lock_timeout_s,
+    locked_message,  # noqa: F401 - importable from here, as before
+    open_engine,
+    raise_if_lock_timed_out,
+    wait_for_write_lock,
+)
+from copsd.results.migrations import MIGRATIONS, Migration, migrate, schema_is_current
 from copsd.results.schema import (
     DONE,
     FAILED,
@@ -34,7 +44,6 @@ from copsd.results.schema import (
     RUNNING,
     SCHEMA_VERSION,
     STATUSES,
-    Base,
     JobRow,
     Meta,
     ResultKey,
@@ -48,57 +57,9 @@ from copsd.results.schema import (
 _INSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-def _add_columns(table: str, columns: dict[str, str]) -> Callable[[Engine], None]:
-    """A migration that adds nullable columns (skipping any a half-finished earlier run added)."""
-
-    def migrate(engine: Engine) -> None:
-        have = {c["name"] for c in inspect(engine).get_columns(table)}
-        with engine.begin() as conn:
-            for name, sql_type in columns.items():
-                if name not in have:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
-
-    return migrate
-
-
-def _v2(engine: Engine) -> None:
-    _add_columns("jobs", {"provenance_json": "TEXT"})(engine)
-    _add_columns("results", dict.fromkeys(GRADER_COLUMNS, "FLOAT"))(engine)
-
-
-def _v3(engine: Engine) -> None:
-    _add_columns("jobs", {"owner": "VARCHAR(255)"})(engine)
-
-
-def _v4(engine: Engine) -> None:
-    _add_columns("results", dict.fromkeys(LANGUAGE_COLUMNS, "FLOAT"))(engine)
-
-
-# version -> function(engine) that upgrades a database from version-1 to version.
-MIGRATIONS: dict[int, Callable[[Engine], None]] = {2: _v2, 3: _v3, 4: _v4}
-
-
 def _rowcount(result) -> int:
     """Rows an UPDATE matched (CursorResult.rowcount; typed loosely by SQLAlchemy's stubs)."""
     return int(getattr(result, "rowcount", 0))
-
-
-def _db_error_hint(exc: Exception) -> str:
-    text = " ".join(str(getattr(exc, "orig", exc)).split())  # a server's multi-line message on one line
-    low = text.lower()
-    if "not a database" in low or "malformed" in low:
-        return f"{text} (not an SQLite results database, or damaged: point --db/COPSD_DB elsewhere)"
-    if "disk is full" in low or "no space left" in low:
-        return f"disk full: {text} (free space, or point --db/COPSD_DB elsewhere)"
-    if "readonly" in low or "read-only" in low or "unable to open" in low:
-        return f"{text} (check that the file and its directory are writable)"
-    return text
-
-
-def _is_race(exc: Exception) -> bool:
-    """An error another process starting at the same moment causes, which a retry resolves."""
-    text = str(getattr(exc, "orig", exc)).lower()
-    return any(w in text for w in ("locked", "already exists", "duplicate", "unique", "busy"))
 
 
 class LostOwnership(CopsdError):
@@ -118,71 +79,6 @@ class Claimant:
     orphaned: Callable[[str | None], bool] = lambda _owner: False
 
 
-def lock_timeout_s() -> float:
-    """How long a command waits for another process's write lock on a SQLite results DB
-    (`COPSD_DB_LOCK_TIMEOUT`, seconds; default 60) before it gives up with one line."""
-    raw = os.environ.get("COPSD_DB_LOCK_TIMEOUT", "60")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise CopsdError(
-            f"COPSD_DB_LOCK_TIMEOUT={raw!r} is not a number of seconds; e.g. COPSD_DB_LOCK_TIMEOUT=60"
-        ) from None
-    if not 0 <= value <= 86_400:
-        raise CopsdError(f"COPSD_DB_LOCK_TIMEOUT={raw} is out of range; give 0 to 86400 seconds")
-    return value
-
-
-def _sqlite_pragmas(timeout_s: float, readonly: bool) -> Callable:
-    def on_connect(dbapi_conn, _record) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-        if readonly:
-            cur.execute("PRAGMA query_only=ON")  # a reading command cannot write, whatever it calls
-        else:
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    return on_connect
-
-
-def locked_message(shown: str, waited_s: float) -> str:
-    return (
-        f"results database {shown} is locked: another process holds its write lock (waited {waited_s:.0f} s); "
-        "let that process finish (copsd sweep status shows RUNNING jobs), or wait longer with COPSD_DB_LOCK_TIMEOUT=SECONDS"
-    )
-
-
-def _wait_for_write_lock(path, shown: str, timeout_s: float) -> None:
-    """Before a writing command starts: if another process holds the SQLite write lock, say so
-    once, wait up to `timeout_s`, then stop with one line (instead of minutes of silence)."""
-    import sqlite3
-    import sys
-
-    def try_lock(wait: float) -> bool:
-        con = sqlite3.connect(path, timeout=wait, isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            con.execute("ROLLBACK")
-            return True
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                return False
-            return True  # not a lock: the real open reports it
-        finally:
-            con.close()
-
-    if not path.exists() or try_lock(0.2):
-        return
-    print(f"copsd: waiting up to {timeout_s:.0f} s for the write lock on {shown} (held by another process; "
-          "COPSD_DB_LOCK_TIMEOUT sets the wait)", file=sys.stderr, flush=True)  # fmt: skip
-    t0 = time.monotonic()
-    if not try_lock(timeout_s):
-        raise CopsdError(locked_message(shown, time.monotonic() - t0 + 0.2))
-
-
 class ResultsDB:
     """The results DB. `readonly=True` (status, plan, reports) never writes: no tables created, no
     migration, `query_only` on SQLite, read-only transactions on PostgreSQL; a SQLite file on a
@@ -192,7 +88,7 @@ class ResultsDB:
         self,
         url: str | None = None,
         *,
-        migrations: dict[int, Callable[[Engine], None]] | None = None,
+        migrations: dict[int, Migration] | None = None,
         schema_version: int = SCHEMA_VERSION,
         readonly: bool = False,
     ):
@@ -204,9 +100,9 @@ class ResultsDB:
             raise CopsdError(f"database directory '{path.parent}' does not exist (from --db/COPSD_DB '{self.shown}')")
         timeout = lock_timeout_s()
         if path is not None and not readonly:
-            _wait_for_write_lock(path, self.shown, timeout)
+            wait_for_write_lock(path, self.shown, timeout)
         try:
-            self.engine = self._engine(path, timeout)
+            self.engine = open_engine(self.url, self.shown, path, timeout, readonly)
         except ModuleNotFoundError as exc:
             hint = " (pip install 'copsd[postgres]' and use postgresql+psycopg://...)" if "postgres" in self.url else ""
             raise CopsdError(f"cannot open database '{self.shown}': no driver {exc.name!r}{hint}") from None
@@ -216,107 +112,16 @@ class ResultsDB:
             raise CopsdError(f"cannot open database '{self.shown}': {scrub(str(exc))}") from None
         self.Session = sessionmaker(self.engine, expire_on_commit=False)
         if readonly:
-            if not self._schema_is_current(schema_version):  # an older DB is upgraded once, as before
+            if not schema_is_current(
+                self.Session, self.shown, schema_version
+            ):  # an older DB is upgraded once, as before
                 ResultsDB(self.url, migrations=migrations, schema_version=schema_version).close()
         else:
-            self._migrate(MIGRATIONS if migrations is None else migrations, schema_version)
-
-    def _engine(self, path, timeout: float) -> Engine:
-        if path is None:
-            args: dict = {}
-            if self.readonly and self.url.startswith("postgresql"):
-                args = {"options": "-c default_transaction_read_only=on"}
-            return create_engine(self.url, connect_args=args)
-        if not self.readonly:
-            engine = create_engine(self.url, connect_args={"timeout": timeout})
-            event.listen(engine, "connect", _sqlite_pragmas(timeout, readonly=False))
-            return engine
-        # read-only: the file as SQLite opens it read-only; if even that needs a write (a WAL
-        # database without its -shm file on a read-only disk), as an immutable file
-        for flags in ("mode=ro", "immutable=1"):
-            engine = create_engine(
-                f"sqlite:///file:{path.resolve()}?{flags}&uri=true", connect_args={"timeout": timeout}
+            migrate(
+                self.engine, self.Session, self.shown, MIGRATIONS if migrations is None else migrations, schema_version
             )
-            event.listen(engine, "connect", _sqlite_pragmas(timeout, readonly=True))
-            try:
-                with engine.connect() as conn:
-                    conn.execute(text("SELECT count(*) FROM sqlite_master"))
-                return engine
-            except OperationalError as exc:
-                engine.dispose()
-                low = str(exc).lower()
-                if flags == "immutable=1" or not any(w in low for w in ("unable to open", "readonly", "read-only")):
-                    raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
-            except DatabaseError as exc:
-                engine.dispose()
-                raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
-        raise AssertionError("unreachable")
 
-    def _raise_if_lock_timed_out(self, exc: Exception, t0: float) -> None:
-        """A lock that outlasted the busy timeout is another process's, not a start-up race: one
-        line naming it, instead of 20 retries of a minute each."""
-        text_ = str(getattr(exc, "orig", exc)).lower()
-        waited = time.monotonic() - t0
-        if ("locked" in text_ or "busy" in text_) and waited >= min(1.0, lock_timeout_s()):
-            raise CopsdError(locked_message(self.shown, waited)) from None
-
-    def _schema_is_current(self, target: int) -> bool:
-        """Read-only open: the DB's schema is this copsd's (True), older (False), or refused."""
-        try:
-            with self.Session() as s:
-                row = s.get(Meta, "schema_version")
-        except (OperationalError, ProgrammingError, DatabaseError) as exc:
-            text_ = str(getattr(exc, "orig", exc)).lower()
-            if "no such table" in text_ or "does not exist" in text_:
-                raise CopsdError(
-                    f"database '{self.shown}' holds no copsd results (no 'meta' table); point --db/COPSD_DB at a "
-                    "results database, or run a sweep first"
-                ) from None
-            raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
-        current = int(row.value) if row else None
-        if current is None:
-            raise CopsdError(f"database '{self.shown}' has no schema version; it is not a copsd results database")
-        if current > target:
-            raise CopsdError(
-                f"database '{self.shown}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
-            )
-        return current >= target
-
-    # ---- schema ----------------------------------------------------------------------------
-    def _migrate(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
-        """Create tables and run migrations; safe when several processes start on one DB at once
-        (a race on table creation, the version row or a column shows up as an error that a retry
-        resolves, since every step re-checks what exists)."""
-        t0 = time.monotonic()
-        for attempt in range(20):
-            try:
-                self._migrate_once(migrations, target)
-                return
-            except (OperationalError, IntegrityError, ProgrammingError, DatabaseError) as exc:
-                self._raise_if_lock_timed_out(exc, t0)
-                if not _is_race(exc) or attempt == 19:
-                    raise CopsdError(f"cannot open database '{self.shown}': {_db_error_hint(exc)}") from None
-                time.sleep(0.05 * (attempt + 1))
-
-    def _migrate_once(self, migrations: dict[int, Callable[[Engine], None]], target: int) -> None:
-        Base.metadata.create_all(self.engine)  # new tables only; never alters existing ones
-        with self.Session.begin() as s:
-            row = s.get(Meta, "schema_version")
-            current = int(row.value) if row else None
-            if current is None:
-                s.add(Meta(key="schema_version", value=str(target)))
-                return
-        if current > target:
-            raise CopsdError(
-                f"database '{self.shown}' has schema v{current}, newer than this copsd (v{target}); upgrade copsd"
-            )
-        for version in range(current + 1, target + 1):
-            migrations[version](self.engine)  # idempotent: re-checks the columns it adds
-            with self.Session.begin() as s:
-                row = s.get(Meta, "schema_version")
-                if row is None or int(row.value) < version:
-                    s.merge(Meta(key="schema_version", value=str(version)))
-
+    # ---- schema (copsd/results/migrations.py) -------------------------------------------------
     def schema_version(self) -> int:
         with self.Session() as s:
             return int(s.get(Meta, "schema_version").value)
@@ -340,8 +145,8 @@ class ResultsDB:
                 self._register_once(name, jobs, description, spec_path, spec_yaml)
                 return
             except (IntegrityError, OperationalError) as exc:
-                self._raise_if_lock_timed_out(exc, t0)
-                if not _is_race(exc) or attempt == 19:
+                raise_if_lock_timed_out(exc, t0, self.shown)
+                if not is_race(exc) or attempt == 19:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
@@ -546,23 +351,23 @@ class ResultsDB:
         """Insert or replace the job's row at this `ResultKey` (one statement: the dialect's upsert on
         the unique key); with `owner`, only while it still holds the job (else LostOwnership, nothing written)."""
         key = ResultKey(benchmark, language, split, step, max_new_tokens)
-        values = {
-            "n_samples": n_samples,
-            "n_problems": n_problems,
-            "created_at": utcnow(),
-            **{col: float(metrics[col]) for col in METRIC_COLUMNS},
-            **{
-                col: float(v) if (v := metrics.get(col)) is not None else None
-                for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS)
-            },
-        }
-        upsert = _INSERTS[self.engine.dialect.name](ResultRow).values(job_id=job_id, **key._asdict(), **values)
         with self.Session.begin() as s:
             if owner is not None:  # a write first: it takes the write lock, so the check holds until commit
                 held = s.execute(update(JobRow).where(self._mine(job_id, owner)).values(heartbeat_at=utcnow()))
                 if _rowcount(held) != 1:
                     raise LostOwnership(f"job {job_id} was reclaimed by another worker; this worker stops")
-            s.execute(upsert.on_conflict_do_update(index_elements=list(RESULT_UNIQUE), set_=values))
+            values = {
+                "n_samples": n_samples,
+                "n_problems": n_problems,
+                "created_at": utcnow(),
+                **{col: float(metrics[col]) for col in METRIC_COLUMNS},
+                **{
+                    col: float(v) if (v := metrics.get(col)) is not None else None
+                    for col in (*GRADER_COLUMNS, *LANGUAGE_COLUMNS)
+                },
+            }
+            insert = _INSERTS[self.engine.dialect.name](ResultRow).values(job_id=job_id, **key._asdict(), **values)
+            s.execute(insert.on_conflict_do_update(index_elements=list(RESULT_UNIQUE), set_=values))
 
     def results_frame(
         self,
