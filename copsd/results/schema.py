@@ -6,7 +6,7 @@
     results     one row per (job, benchmark, language, split, checkpoint step, decoding budget)
     meta        key/value; `schema_version` drives the migrations in `copsd.results.db`
 
-Bump SCHEMA_VERSION and add a migration in `copsd.results.db.MIGRATIONS` when you change a table.
+Bump SCHEMA_VERSION and add a migration in `copsd.results.migrations.MIGRATIONS` when you change a table.
 """
 
 from __future__ import annotations
