@@ -174,7 +174,8 @@ def qwen05(real_cache):
 
     _require(QWEN25_CODER_05B)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(load_mod, "cpu_bf16_native", lambda: True)  # bf16 whatever the CPU: the forward must be finite anyway
+        # bf16 whatever the CPU: the forward must be finite anyway
+        mp.setattr(load_mod, "cpu_bf16_native", lambda: True)
         return load_model(f"builtin:{QWEN25_CODER_05B.name}", dtype="bfloat16", device="cpu")
 
 
