@@ -255,3 +255,21 @@ def test_reports_escape_what_they_print():
     assert r"12.50 $\pm$ 1.00" in tex
     html = render(t, "html")
     assert "a&amp;b&lt;i&gt;" in html and "<i>" not in html
+
+
+def test_best_step_of_a_metric_some_jobs_never_measured(db):
+    """Language rates are NULL where nothing was identifiable: such a job has no best checkpoint, so
+    it stands at its final one, and the jobs that were measured still get their best."""
+    from copsd.reports.tables import select_rows
+
+    df = db.results_frame("t")
+    measured = (df.method == "copsd") & (df.language == "swa") & (df.seed == 0)
+    df.loc[measured, "target_language_rate"] = df.loc[measured, "step"].map({5: 0.6, 10: 0.2})
+    rows = select_rows(df, "target_language_rate", "best")
+    assert len(rows) == df.job_id.nunique()  # one row per job, none dropped
+    assert rows[measured.reindex(rows.index)].step.tolist() == [5]  # its best, not its final (10)
+    others = rows[~measured.reindex(rows.index)]
+    assert (
+        others.target_language_rate.isna().all()
+        and (others.step == others.groupby("job_id").step.transform("max")).all()
+    )

@@ -101,8 +101,12 @@ def select_rows(
     if step == "final":
         df = at_final_step(df)
     elif step == "best":
-        by_job = df.groupby("job_id")[metric]
-        df = df.loc[by_job.idxmin() if metric in LOWER_IS_BETTER else by_job.idxmax()]
+        measured = df[df[metric].notna()]
+        by_job = measured.groupby("job_id")[metric]
+        best = df.loc[by_job.idxmin() if metric in LOWER_IS_BETTER else by_job.idxmax()]
+        # a job whose metric was never measured (e.g. no identifiable language) has no best: its final
+        unmeasured = at_final_step(df[~df.job_id.isin(measured.job_id)])
+        df = pd.concat([best, unmeasured]) if not unmeasured.empty else best
     else:
         try:
             s = int(step)
