@@ -13,6 +13,7 @@ from copsd.results.db import Claimant, LostOwnership, ResultsDB
 from copsd.results.schema import METRIC_COLUMNS, ResultKey, ResultRow
 from copsd.results.tracking import Tracker
 from copsd.run import events
+from copsd.run.db_sink import JobRows
 from copsd.run.mlflow_sink import JobTracking
 from copsd.run.recorder import NotesSaid, Recorder
 
@@ -52,7 +53,7 @@ def test_results_are_stored_full_budget_last_and_logged_with_generations_and_fig
                   metrics=_metrics(0.9))  # fmt: skip
     run = tracker.job_run(job, None)
     seen: list[tuple[int, set]] = []
-    rec = Recorder(job, db, owner, JobTracking(job, run), figures_dir=tmp_path / "figs",
+    rec = Recorder(JobRows(job, db, owner), JobTracking(job, run), figures_dir=tmp_path / "figs",
                    on_checkpoint=[lambda step, m: seen.append((step, db.result_keys(job.job_id)))])  # fmt: skip
     for event in (events.Planned([5, 10], 24), events.TrainStep(1, {"loss": 0.7}), _result(5, 0.2), _result(10, 0.4)):
         rec.record(event)
@@ -86,7 +87,7 @@ def test_a_recorder_whose_claim_was_taken_over_writes_nothing(store):
     first = db.claim(job.job_id, max_attempts=3, stale_after_s=600)
     db.reset([job.job_id], running=True)  # e.g. `sweep reset --force`: another worker claims it next
     assert db.claim(job.job_id, max_attempts=3, stale_after_s=600, claimant=Claimant())
-    rec = Recorder(job, db, first)
+    rec = Recorder(JobRows(job, db, first), JobTracking(job))
     with pytest.raises(LostOwnership):
         rec.record(_result(0, 0.5))
     assert db.result_keys(job.job_id) == set() and rec.evaluated == {}
@@ -96,7 +97,7 @@ def test_notes_are_said_once_per_sweep_process_and_unknown_events_are_refused(st
     db, _ = store
     notes = NotesSaid()
     for seed in (0, 1):  # two jobs of one sweep, one NotesSaid
-        rec = Recorder(_job(seed), db, notes=notes)
+        rec = Recorder(JobRows(_job(seed), db), JobTracking(_job(seed)), notes=notes)
         rec.record(events.Note("note: rollout engine 'hf' (CUDA graphs need a GPU)"))
     assert capsys.readouterr().err.count("note: rollout engine 'hf'") == 1
     with pytest.raises(TypeError, match="not an event"):

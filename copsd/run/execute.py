@@ -15,6 +15,7 @@ from copsd.errors import one_line
 from copsd.results.db import LostOwnership, ResultsDB
 from copsd.results.schema import DONE, FAILED
 from copsd.results.tracking import NullTracker, Tracker
+from copsd.run.db_sink import JobRows
 from copsd.run.identity import this_process
 from copsd.run.job import JobPlan, run_job
 from copsd.run.mlflow_sink import JobTracking
@@ -130,9 +131,7 @@ def execute_one(
                 db.set_job_mlflow_run(job.job_id, tracking.run_id)
             plan = JobPlan(opts.workspace.runs_dir, frozenset(db.result_keys(job.job_id)), opts.device, opts.preflight)
             recorder = Recorder(
-                job,
-                db,
-                owner,
+                JobRows(job, db, owner),
                 tracking,
                 log_generations=opts.log_generations,
                 figures_dir=plan.runs_dir / job.job_id / "figures",

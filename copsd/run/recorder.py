@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from copsd.config import JobConfig
-from copsd.results.db import ResultsDB
 from copsd.run import events
 from copsd.run.db_sink import JobRows
 from copsd.run.mlflow_sink import JobTracking
@@ -45,10 +44,8 @@ class Recorder:
     `on_checkpoint(step, metrics)` hooks run after a checkpoint's rows are stored (tuning reports
     to its pruner there, and may raise to stop the job)."""
 
-    job: JobConfig
-    db: ResultsDB
-    owner: str | None = None
-    tracking: JobTracking | None = None
+    rows: JobRows
+    tracking: JobTracking
     log_generations: bool = True
     figures_dir: Path | None = None  # where the job's figures are drawn (None: none drawn)
     display: Display = field(default_factory=Display)
@@ -56,13 +53,12 @@ class Recorder:
     on_checkpoint: list[Callable[[int, dict[str, float]], None]] = field(default_factory=list)
     evaluated: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> metrics recorded now
 
-    def __post_init__(self) -> None:
-        self.rows = JobRows(self.job, self.db, self.owner)
-        self.tracking = self.tracking or JobTracking(self.job)
+    @property
+    def job(self) -> JobConfig:
+        return self.rows.job
 
     def record(self, event: events.Event) -> None:
         tracking = self.tracking
-        assert tracking is not None
         match event:
             case events.Planned(samples=samples):
                 self.display.total(samples)
@@ -89,12 +85,12 @@ class Recorder:
     def finish(self) -> None:
         """After the job's last event: its figures, from its own results, as MLflow artifacts
         (`figures/`). A figure never fails a job: the numbers are stored."""
-        if not (self.tracking and self.tracking.run_id and self.evaluated and self.figures_dir):
+        if not (self.tracking.run_id and self.evaluated and self.figures_dir):
             return
         from copsd.reports.figures import job_figures
 
         try:
-            frame = self.db.results_frame(job_id=self.job.job_id)
+            frame = self.rows.db.results_frame(job_id=self.job.job_id)
             self.tracking.figures(job_figures(frame, self.job.job_id, self.figures_dir))
         except Exception as exc:  # noqa: BLE001 - the numbers are stored; a plot is a convenience
             logging.getLogger("copsd").warning(
